@@ -1,0 +1,365 @@
+//! Argument parsing and output. Everything that touches the kernel or the store is a library
+//! call; this file only turns arguments into calls and results into text or JSON.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use rcx_dm::dm::Dm;
+use rcx_dm::pool::{self, Pool, PoolOptions, VolRef};
+use rcx_dm::units::{format_size, parse_size};
+
+#[derive(Parser)]
+#[command(
+    name = "rcx-dm",
+    version,
+    about = "Device-mapper thin-provisioning snapshot backend for containers",
+    long_about = "Creates loop-backed (or block-device-backed) thin pools, thin volumes and \
+snapshots with device-mapper ioctls.\n\nTypical use:\n  rcx-dm pool create --data-size 100G\n  \
+rcx-dm thin create 0 --size 1G\n  rcx-dm snap 1 0\n\nSizes take K, M, G, T suffixes (powers of 1024) \
+and must be multiples of 512 bytes. Set RUST_LOG=debug to see every ioctl."
+)]
+struct Cli {
+    /// Directory holding pool state and backing files.
+    #[arg(long, global = true, env = "RCX_DM_ROOT", default_value = pool::DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Pool to operate on.
+    #[arg(long, global = true, env = "RCX_DM_POOL", default_value = "rcx")]
+    pool: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create, activate, inspect and destroy pools.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Thin volumes.
+    #[command(subcommand)]
+    Thin(ThinCmd),
+    /// Snapshot ORIGIN as a new thin volume NEW (an active origin is suspended around it).
+    Snap {
+        /// Id for the snapshot (0..16777215); omit or pass "-" to allocate one.
+        new: String,
+        /// The volume to snapshot, by id or name.
+        origin: VolRef,
+        #[arg(long)]
+        name: Option<String>,
+        /// Size of the snapshot device (default: the origin's).
+        #[arg(long, value_parser = size_arg)]
+        size: Option<u64>,
+    },
+    /// Activate a volume and print its device path.
+    Activate { volume: VolRef },
+    /// Remove a volume's device; its data stays in the pool.
+    Deactivate { volume: VolRef },
+    /// Delete a volume and free its blocks.
+    Delete {
+        volume: VolRef,
+        /// Deactivate an active volume first instead of refusing.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the pool's volumes.
+    List(JsonFlag),
+    /// Show one volume.
+    Info {
+        volume: VolRef,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show the kernel's device-mapper version and loaded targets.
+    DmInfo(JsonFlag),
+}
+
+#[derive(Subcommand)]
+enum PoolCmd {
+    /// Create a pool: backing storage, zeroed metadata, the thin-pool device.
+    Create {
+        /// Data size (default 100G for a sparse file, the whole device with --data-dev).
+        #[arg(long, value_parser = size_arg)]
+        data_size: Option<u64>,
+        /// Metadata size, or "auto" to size it from data and block size.
+        #[arg(long, default_value = "auto")]
+        meta_size: String,
+        /// Data block size: a multiple of 64K from 64K to 1G.
+        #[arg(long, default_value = "64K", value_parser = size_arg)]
+        block_size: u64,
+        /// Free blocks below which the kernel raises an event (default 1% of the pool).
+        #[arg(long)]
+        low_water: Option<u64>,
+        /// Use this block device for data instead of a sparse file.
+        #[arg(long, requires = "meta_dev")]
+        data_dev: Option<PathBuf>,
+        /// Use this block device for metadata instead of a sparse file (its start is zeroed).
+        #[arg(long, requires = "data_dev")]
+        meta_dev: Option<PathBuf>,
+        /// Do not zero newly provisioned blocks (faster first writes; old data may show).
+        #[arg(long)]
+        no_zero: bool,
+        /// Queue writes for up to 60 s when the pool is full instead of failing them at once.
+        #[arg(long)]
+        queue_if_no_space: bool,
+    },
+    /// Attach loops, load the pool and re-activate its volumes (e.g. after a reboot).
+    Activate,
+    /// Take down the pool's volumes, the pool and its loops; nothing is lost.
+    Deactivate,
+    /// Transaction id, space used, mode and volume count.
+    Status(JsonFlag),
+    /// Pools under --root.
+    List(JsonFlag),
+    /// Remove the pool and its backing files.
+    Destroy {
+        /// Deactivate active volumes instead of refusing.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ThinCmd {
+    /// Create an empty thin volume and activate it; prints the device path last.
+    Create {
+        /// Id (0..16777215); allocated when omitted.
+        id: Option<String>,
+        #[arg(long, value_parser = size_arg)]
+        size: u64,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct JsonFlag {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+fn size_arg(s: &str) -> std::result::Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+fn id_arg(s: Option<&str>) -> Result<Option<u32>> {
+    match s {
+        None | Some("-") => Ok(None),
+        Some(s) => Ok(Some(pool::parse_thin_id(s)?)),
+    }
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rcx-dm: error: {e:#}");
+            1
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("rcx-dm must run as root (device-mapper and loop devices need CAP_SYS_ADMIN); try sudo");
+    }
+    let root = cli.root.as_path();
+    let open = || Pool::open(root, &cli.pool);
+    match cli.cmd {
+        Cmd::Pool(p) => pool_cmd(root, &cli.pool, p),
+        Cmd::Thin(ThinCmd::Create { id, size, name }) => {
+            let id = id_arg(id.as_deref())?;
+            let v = open()?.create_thin(id, size, name.as_deref())?;
+            println!("created thin volume {} ({})", v.id, format_size(v.size_bytes));
+            print_device(&v)
+        }
+        Cmd::Snap { new, origin, name, size } => {
+            let id = id_arg(Some(&new))?;
+            let v = open()?.snapshot(id, &origin, size, name.as_deref())?;
+            println!("created snapshot {} of {origin}", v.id);
+            print_device(&v)
+        }
+        Cmd::Activate { volume } => {
+            println!("{}", open()?.activate_volume(&volume)?.display());
+            Ok(())
+        }
+        Cmd::Deactivate { volume } => Ok(open()?.deactivate_volume(&volume)?),
+        Cmd::Delete { volume, force } => Ok(open()?.delete(&volume, force)?),
+        Cmd::List(o) => {
+            let vols = open()?.volumes()?;
+            if o.json {
+                return print_json(&vols);
+            }
+            println!("{:>8}  {:<16} {:>8} {:>8} {:>10}  DEVICE", "ID", "NAME", "PARENT", "SIZE", "MAPPED");
+            for v in vols {
+                println!(
+                    "{:>8}  {:<16} {:>8} {:>8} {:>10}  {}",
+                    v.id,
+                    v.name.as_deref().unwrap_or("-"),
+                    v.parent.map_or("-".into(), |p| p.to_string()),
+                    format_size(v.size_bytes),
+                    v.mapped_bytes.map_or("-".into(), human),
+                    v.device.map_or("(inactive)".into(), |d| d.display().to_string())
+                );
+            }
+            Ok(())
+        }
+        Cmd::Info { volume, out } => {
+            let v = open()?.volume(&volume)?;
+            if out.json {
+                return print_json(&v);
+            }
+            println!("id:      {}", v.id);
+            println!("name:    {}", v.name.as_deref().unwrap_or("-"));
+            println!("parent:  {}", v.parent.map_or("-".into(), |p| p.to_string()));
+            println!("size:    {} ({} bytes)", format_size(v.size_bytes), v.size_bytes);
+            println!("active:  {}", v.active);
+            println!("device:  {}", v.device.map_or("-".into(), |d| d.display().to_string()));
+            println!("mapped:  {}", v.mapped_bytes.map_or("-".into(), human));
+            Ok(())
+        }
+        Cmd::DmInfo(o) => {
+            let dm = Dm::open()?;
+            let (a, b, c) = dm.version()?;
+            let targets = dm.targets()?;
+            if o.json {
+                #[derive(Serialize)]
+                struct Out {
+                    ioctl_version: String,
+                    targets: Vec<rcx_dm::dm::TargetVersion>,
+                }
+                return print_json(&Out { ioctl_version: format!("{a}.{b}.{c}"), targets });
+            }
+            println!("device-mapper ioctl interface {a}.{b}.{c}");
+            for t in targets {
+                let (x, y, z) = t.version;
+                println!("  {:<18} v{x}.{y}.{z}", t.name);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn pool_cmd(root: &std::path::Path, name: &str, cmd: PoolCmd) -> Result<()> {
+    match cmd {
+        PoolCmd::Create { data_size, meta_size, block_size, low_water, data_dev, meta_dev, no_zero, queue_if_no_space } => {
+            let meta_size = match meta_size.as_str() {
+                "auto" => None,
+                s => Some(parse_size(s).context("--meta-size")?),
+            };
+            let opts = PoolOptions {
+                data_size,
+                meta_size,
+                block_size,
+                low_water_blocks: low_water,
+                data_dev,
+                meta_dev,
+                zero_new_blocks: !no_zero,
+                error_if_no_space: !queue_if_no_space,
+            };
+            let p = Pool::create(root, name, &opts)?;
+            let c = p.config();
+            println!(
+                "created pool '{name}': data {} ({}), metadata {} ({}), block {}",
+                format_size(c.data_bytes),
+                c.data.path().display(),
+                format_size(c.meta_bytes),
+                c.meta.path().display(),
+                format_size(c.block_bytes)
+            );
+            println!("{}", rcx_dm::dm::node::mapper_path(&p.pool_dm_name()).display());
+            Ok(())
+        }
+        PoolCmd::Activate => {
+            let n = Pool::open(root, name)?.activate()?;
+            println!("pool '{name}' active, {n} volume(s) activated");
+            Ok(())
+        }
+        PoolCmd::Deactivate => Ok(Pool::open(root, name)?.deactivate()?),
+        PoolCmd::Status(o) => {
+            let s = Pool::open(root, name)?.status()?;
+            if o.json {
+                return print_json(&s);
+            }
+            println!("pool:        {}", s.name);
+            println!("active:      {}", s.active);
+            println!("volumes:     {}", s.volumes);
+            println!("block size:  {}", format_size(s.block_bytes));
+            if let Some(k) = &s.kernel {
+                let pct = |u: u64, t: u64| if t == 0 { 0.0 } else { 100.0 * u as f64 / t as f64 };
+                println!("transaction: {}", k.transaction_id);
+                println!("mode:        {}", k.mode);
+                println!(
+                    "data:        {}/{} blocks ({:.1}%) of {}",
+                    k.data_used_blocks,
+                    k.data_total_blocks,
+                    pct(k.data_used_blocks, k.data_total_blocks),
+                    format_size(s.data_bytes)
+                );
+                println!(
+                    "metadata:    {}/{} blocks ({:.1}%) of {}",
+                    k.meta_used_blocks,
+                    k.meta_total_blocks,
+                    pct(k.meta_used_blocks, k.meta_total_blocks),
+                    format_size(s.meta_bytes)
+                );
+                println!("needs_check: {}", k.needs_check);
+            }
+            Ok(())
+        }
+        PoolCmd::List(o) => {
+            let pools = Pool::list(root)?;
+            if o.json {
+                return print_json(&pools);
+            }
+            for p in pools {
+                println!("{p}");
+            }
+            Ok(())
+        }
+        PoolCmd::Destroy { force } => Ok(Pool::open(root, name)?.destroy(force)?),
+    }
+}
+
+fn print_device(v: &rcx_dm::Volume) -> Result<()> {
+    match &v.device {
+        Some(d) => println!("{}", d.display()),
+        None => bail!("volume {} was created but is not active; run `rcx-dm activate {}`", v.id, v.id),
+    }
+    Ok(())
+}
+
+fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}

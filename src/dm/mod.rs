@@ -1,0 +1,227 @@
+//! Device-mapper: typed targets and status lines over the `devicemapper` crate's ioctls.
+//! No dmsetup, no libdevmapper, no udev: device nodes come from devtmpfs (`/dev/dm-N`) and
+//! the `/dev/mapper/<name>` links are made here (see `node`).
+
+mod linear;
+pub mod node;
+mod thin;
+mod thin_pool;
+
+pub use linear::LinearTarget;
+pub use thin::{ThinStatus, ThinTarget};
+pub use thin_pool::{PoolMode, ThinPoolStatus, ThinPoolTarget};
+
+use devicemapper::{DevId, DmError, DmFlags, DmName, DmOptions, DmUuid, DM};
+
+use crate::error::{Errno, Error, Result};
+
+/// A block device as the kernel's tables name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevNum {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl std::fmt::Display for DevNum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.major, self.minor)
+    }
+}
+
+/// One target line of a table: sectors [start, start+length) mapped by `target` with `params`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetLine {
+    pub start: u64,
+    pub length: u64,
+    pub target: String,
+    pub params: String,
+}
+
+/// A target type that can be rendered into a table line.
+pub trait Target {
+    const TYPE: &'static str;
+    fn params(&self) -> String;
+    fn line(&self, start: u64, length: u64) -> TargetLine {
+        TargetLine { start, length, target: Self::TYPE.to_string(), params: self.params() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevInfo {
+    pub name: String,
+    pub dev: DevNum,
+    pub open_count: i32,
+    pub suspended: bool,
+    pub read_only: bool,
+    pub live_table: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TargetVersion {
+    pub name: String,
+    pub version: (u32, u32, u32),
+}
+
+/// An open handle on `/dev/mapper/control`.
+pub struct Dm {
+    dm: DM,
+}
+
+fn errno_of(err: &DmError) -> Option<Errno> {
+    match err {
+        DmError::Core(devicemapper::errors::Error::Ioctl(_, _, _, e)) => Some(**e),
+        _ => None,
+    }
+}
+
+fn dm_err(op: &'static str, dev: &str, err: DmError) -> Error {
+    let errno = errno_of(&err);
+    let msg = match errno {
+        Some(e) => format!("{} ({})", e.desc(), e),
+        None => err.to_string(),
+    };
+    Error::Dm { op, dev: dev.to_string(), errno, msg }
+}
+
+fn dm_name(name: &str) -> Result<&DmName> {
+    DmName::new(name).map_err(|e| Error::invalid("device-mapper name", format!("'{name}': {e}")))
+}
+
+impl Dm {
+    pub fn open() -> Result<Dm> {
+        if !std::path::Path::new("/dev/mapper/control").exists() {
+            return Err(Error::DmUnavailable("no /dev/mapper/control".into()));
+        }
+        let dm = DM::new().map_err(|e| Error::DmUnavailable(e.to_string()))?;
+        Ok(Dm { dm })
+    }
+
+    /// The dm ioctl interface version (major, minor, patch).
+    pub fn version(&self) -> Result<(u32, u32, u32)> {
+        self.dm.version().map_err(|e| dm_err("version", "control", e))
+    }
+
+    /// The target types the kernel has loaded, with their versions.
+    pub fn targets(&self) -> Result<Vec<TargetVersion>> {
+        let list = self.dm.list_versions().map_err(|e| dm_err("list_versions", "control", e))?;
+        Ok(list
+            .into_iter()
+            .map(|(name, a, b, c)| TargetVersion { name, version: (a, b, c) })
+            .collect())
+    }
+
+    /// Names of all dm devices.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let devs = self.dm.list_devices().map_err(|e| dm_err("list", "control", e))?;
+        Ok(devs.into_iter().map(|(n, _, _)| n.to_string()).collect())
+    }
+
+    /// The device's state, or None when no device has that name.
+    pub fn info(&self, name: &str) -> Result<Option<DevInfo>> {
+        match self.dm.device_info(&DevId::Name(dm_name(name)?)) {
+            Ok(i) => {
+                let flags = i.flags();
+                Ok(Some(DevInfo {
+                    name: name.to_string(),
+                    dev: DevNum { major: i.device().major, minor: i.device().minor },
+                    open_count: i.open_count(),
+                    suspended: flags.contains(DmFlags::DM_SUSPEND),
+                    read_only: flags.contains(DmFlags::DM_READONLY),
+                    live_table: flags.contains(DmFlags::DM_ACTIVE_PRESENT),
+                }))
+            }
+            Err(e) if errno_of(&e) == Some(Errno::ENXIO) => Ok(None),
+            Err(e) => Err(dm_err("info", name, e)),
+        }
+    }
+
+    /// Create a device, load its table and resume it: the usual three ioctls.
+    /// If loading or resuming fails the half-made device is removed again.
+    pub fn create(&self, name: &str, uuid: Option<&str>, table: &[TargetLine], read_only: bool) -> Result<DevInfo> {
+        let id = DevId::Name(dm_name(name)?);
+        let uuid = match uuid {
+            Some(u) => Some(DmUuid::new(u).map_err(|e| Error::invalid("dm uuid", format!("'{u}': {e}")))?),
+            None => None,
+        };
+        self.dm
+            .device_create(dm_name(name)?, uuid, DmOptions::default())
+            .map_err(|e| dm_err("create", name, e))?;
+        let loaded = self.load(name, table, read_only).and_then(|_| self.resume(name));
+        if let Err(e) = loaded {
+            let _ = self.dm.device_remove(&id, DmOptions::default());
+            return Err(e);
+        }
+        self.info(name)?.ok_or_else(|| Error::Inconsistent(format!("{name} vanished after creation")))
+    }
+
+    /// Load a table into the device's inactive slot; `resume` makes it live.
+    pub fn load(&self, name: &str, table: &[TargetLine], read_only: bool) -> Result<()> {
+        let lines: Vec<_> = table
+            .iter()
+            .map(|t| (t.start, t.length, t.target.clone(), t.params.clone()))
+            .collect();
+        let mut opts = DmOptions::default();
+        if read_only {
+            opts = opts.set_flags(DmFlags::DM_READONLY);
+        }
+        self.dm
+            .table_load(&DevId::Name(dm_name(name)?), &lines, opts)
+            .map(|_| ())
+            .map_err(|e| dm_err("load", name, e))
+    }
+
+    pub fn suspend(&self, name: &str) -> Result<()> {
+        let opts = DmOptions::default().set_flags(DmFlags::DM_SUSPEND);
+        self.dm.device_suspend(&DevId::Name(dm_name(name)?), opts).map(|_| ()).map_err(|e| dm_err("suspend", name, e))
+    }
+
+    pub fn resume(&self, name: &str) -> Result<()> {
+        self.dm
+            .device_suspend(&DevId::Name(dm_name(name)?), DmOptions::default())
+            .map(|_| ())
+            .map_err(|e| dm_err("resume", name, e))
+    }
+
+    /// Remove a device. A device that does not exist is already removed (Ok).
+    pub fn remove(&self, name: &str) -> Result<()> {
+        match self.dm.device_remove(&DevId::Name(dm_name(name)?), DmOptions::default()) {
+            Ok(_) => Ok(()),
+            Err(e) if errno_of(&e) == Some(Errno::ENXIO) => Ok(()),
+            Err(e) => Err(dm_err("remove", name, e)),
+        }
+    }
+
+    /// The live table's status lines.
+    pub fn status(&self, name: &str) -> Result<Vec<TargetLine>> {
+        self.table_query(name, "status", DmOptions::default())
+    }
+
+    /// The live table itself.
+    pub fn table(&self, name: &str) -> Result<Vec<TargetLine>> {
+        self.table_query(name, "table", DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE))
+    }
+
+    fn table_query(&self, name: &str, op: &'static str, opts: DmOptions) -> Result<Vec<TargetLine>> {
+        let (_, lines) = self.dm.table_status(&DevId::Name(dm_name(name)?), opts).map_err(|e| dm_err(op, name, e))?;
+        Ok(lines
+            .into_iter()
+            .map(|(start, length, target, params)| TargetLine { start, length, target, params })
+            .collect())
+    }
+
+    /// Send a target message (sector 0), e.g. `create_thin 1`.
+    pub fn message(&self, name: &str, msg: &str) -> Result<Option<String>> {
+        self.dm
+            .target_msg(&DevId::Name(dm_name(name)?), None, msg)
+            .map(|(_, out)| out)
+            .map_err(|e| dm_err("message", name, e))
+    }
+}
+
+/// The single status line of a one-target device, checked to be of the expected type.
+pub fn single_status<'a>(lines: &'a [TargetLine], target: &str, dev: &str) -> Result<&'a str> {
+    match lines {
+        [l] if l.target == target => Ok(&l.params),
+        _ => Err(Error::Inconsistent(format!("{dev} is not a single {target} target: {lines:?}"))),
+    }
+}

@@ -1,0 +1,157 @@
+//! `thin-pool`: the pool target's table and its status line.
+
+use serde::Serialize;
+
+use super::{DevNum, Target};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThinPoolTarget {
+    pub meta: DevNum,
+    pub data: DevNum,
+    pub block_sectors: u64,
+    pub low_water_blocks: u64,
+    /// Zero newly provisioned blocks (the kernel's default); off = `skip_block_zeroing`.
+    pub zero_new_blocks: bool,
+    /// Fail writes at once when the pool fills instead of queueing them for 60 s.
+    pub error_if_no_space: bool,
+}
+
+impl Target for ThinPoolTarget {
+    const TYPE: &'static str = "thin-pool";
+    fn params(&self) -> String {
+        let mut features = Vec::new();
+        if !self.zero_new_blocks {
+            features.push("skip_block_zeroing");
+        }
+        if self.error_if_no_space {
+            features.push("error_if_no_space");
+        }
+        let mut p = format!("{} {} {} {} {}", self.meta, self.data, self.block_sectors, self.low_water_blocks, features.len());
+        for f in features {
+            p.push(' ');
+            p.push_str(f);
+        }
+        p
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    Rw,
+    Ro,
+    OutOfDataSpace,
+    /// The kernel reports `Fail`: metadata or data device failed.
+    Fail,
+}
+
+impl std::fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PoolMode::Rw => "rw",
+            PoolMode::Ro => "ro",
+            PoolMode::OutOfDataSpace => "out_of_data_space",
+            PoolMode::Fail => "fail",
+        })
+    }
+}
+
+/// `<transaction id> <used meta>/<total meta> <used data>/<total data> <held root> <mode>
+/// <discard> <no-space policy> <needs_check|-> [<meta low watermark>]`. Meta blocks are 4 KiB,
+/// data blocks are the pool's block size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ThinPoolStatus {
+    pub transaction_id: u64,
+    pub meta_used_blocks: u64,
+    pub meta_total_blocks: u64,
+    pub data_used_blocks: u64,
+    pub data_total_blocks: u64,
+    /// Root of a reserved metadata snapshot (for checking live metadata), if any.
+    pub held_metadata_root: Option<u64>,
+    pub mode: PoolMode,
+    pub needs_check: bool,
+}
+
+impl ThinPoolStatus {
+    pub fn parse(line: &str) -> Result<ThinPoolStatus> {
+        let bad = || Error::Inconsistent(format!("unexpected thin-pool status '{line}'"));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first() == Some(&"Fail") || f.first() == Some(&"Error") {
+            return Ok(ThinPoolStatus {
+                transaction_id: 0,
+                meta_used_blocks: 0,
+                meta_total_blocks: 0,
+                data_used_blocks: 0,
+                data_total_blocks: 0,
+                held_metadata_root: None,
+                mode: PoolMode::Fail,
+                needs_check: true,
+            });
+        }
+        if f.len() < 8 {
+            return Err(bad());
+        }
+        let num = |s: &str| s.parse::<u64>().map_err(|_| bad());
+        let ratio = |s: &str| -> Result<(u64, u64)> {
+            let (a, b) = s.split_once('/').ok_or_else(bad)?;
+            Ok((num(a)?, num(b)?))
+        };
+        let (mu, mt) = ratio(f[1])?;
+        let (du, dt) = ratio(f[2])?;
+        let mode = match f[4] {
+            "rw" => PoolMode::Rw,
+            "ro" => PoolMode::Ro,
+            "out_of_data_space" => PoolMode::OutOfDataSpace,
+            _ => return Err(bad()),
+        };
+        Ok(ThinPoolStatus {
+            transaction_id: num(f[0])?,
+            meta_used_blocks: mu,
+            meta_total_blocks: mt,
+            data_used_blocks: du,
+            data_total_blocks: dt,
+            held_metadata_root: if f[3] == "-" { None } else { Some(num(f[3])?) },
+            mode,
+            needs_check: f[7] == "needs_check",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pool_status_lines() {
+        let s = ThinPoolStatus::parse("7 345/262144 12/1638400 - rw discard_passdown error_if_no_space - 3080192").unwrap();
+        assert_eq!(s.transaction_id, 7);
+        assert_eq!((s.meta_used_blocks, s.meta_total_blocks), (345, 262144));
+        assert_eq!((s.data_used_blocks, s.data_total_blocks), (12, 1638400));
+        assert_eq!(s.mode, PoolMode::Rw);
+        assert!(!s.needs_check);
+        assert_eq!(s.held_metadata_root, None);
+        let s = ThinPoolStatus::parse("3 10/100 100/100 42 out_of_data_space no_discard_passdown error_if_no_space needs_check 80").unwrap();
+        assert_eq!(s.mode, PoolMode::OutOfDataSpace);
+        assert_eq!(s.held_metadata_root, Some(42));
+        assert!(s.needs_check);
+        assert_eq!(ThinPoolStatus::parse("Fail").unwrap().mode, PoolMode::Fail);
+        assert!(ThinPoolStatus::parse("1 2/3").is_err());
+        assert!(ThinPoolStatus::parse("1 2/3 4/x - rw a b -").is_err());
+    }
+
+    #[test]
+    fn renders_features() {
+        let t = ThinPoolTarget {
+            meta: DevNum { major: 7, minor: 1 },
+            data: DevNum { major: 7, minor: 0 },
+            block_sectors: 128,
+            low_water_blocks: 16,
+            zero_new_blocks: true,
+            error_if_no_space: true,
+        };
+        assert_eq!(t.params(), "7:1 7:0 128 16 1 error_if_no_space");
+        let t = ThinPoolTarget { zero_new_blocks: false, error_if_no_space: false, ..t };
+        assert_eq!(t.params(), "7:1 7:0 128 16 1 skip_block_zeroing");
+    }
+}

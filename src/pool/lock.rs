@@ -1,0 +1,29 @@
+//! The pool lock: an exclusive flock held only around the short store-plus-ioctl section of an
+//! operation (never around mkfs, population or a running container).
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::{IoContext, Result};
+
+pub struct PoolLock {
+    _lock: Flock<File>,
+}
+
+impl PoolLock {
+    pub fn acquire(dir: &Path) -> Result<PoolLock> {
+        let path = dir.join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ctx(|| format!("opening {}", path.display()))?;
+        let lock = Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| std::io::Error::from(e))
+            .ctx(|| format!("locking {}", path.display()))?;
+        Ok(PoolLock { _lock: lock })
+    }
+}

@@ -1,0 +1,481 @@
+//! A pool as a whole: backing storage, the kernel's thin-pool device, the state store, the
+//! lock, and recovery. This is the API every front end calls.
+
+mod fault;
+mod lock;
+mod recover;
+pub mod store;
+mod volume;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use volume::{parse_id as parse_thin_id, VolRef, Volume};
+
+use crate::dm::{self, Dm, PoolMode, Target, ThinPoolStatus, ThinPoolTarget};
+use crate::error::{Error, IoContext, Result};
+use crate::loopback;
+use crate::units::SECTOR;
+use lock::PoolLock;
+use store::{Backing, PoolConfig, Store};
+
+pub const DEFAULT_ROOT: &str = "/var/lib/rcx-dm";
+/// Thin device ids are 24 bits in the kernel's metadata.
+pub const MAX_THIN_ID: u32 = (1 << 24) - 1;
+pub const MIN_BLOCK: u64 = 64 << 10;
+pub const MAX_BLOCK: u64 = 1 << 30;
+/// The kernel uses at most this much of a metadata device (dm-thin THIN_METADATA_MAX_SECTORS).
+pub const MAX_META_BYTES: u64 = 255 * (1 << 14) * 8 * SECTOR;
+const MIN_META_BYTES: u64 = 8 << 20;
+
+/// How `pool create` lays out a new pool.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Data size; defaults to 100 GiB for a sparse file, to the whole device for `data_dev`.
+    pub data_size: Option<u64>,
+    /// Metadata size; None computes it from data size and block size.
+    pub meta_size: Option<u64>,
+    pub block_size: u64,
+    pub low_water_blocks: Option<u64>,
+    pub data_dev: Option<PathBuf>,
+    pub meta_dev: Option<PathBuf>,
+    pub zero_new_blocks: bool,
+    pub error_if_no_space: bool,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            data_size: None,
+            meta_size: None,
+            block_size: MIN_BLOCK,
+            low_water_blocks: None,
+            data_dev: None,
+            meta_dev: None,
+            zero_new_blocks: true,
+            error_if_no_space: true,
+        }
+    }
+}
+
+/// Metadata for `data_bytes` in blocks of `block_bytes`: 128 bytes per block (twice what LVM
+/// reserves, as snapshots multiply mappings; a sparse file costs nothing until used).
+pub fn auto_meta_size(data_bytes: u64, block_bytes: u64) -> u64 {
+    let blocks = data_bytes.div_ceil(block_bytes);
+    let bytes = blocks.saturating_mul(128).div_ceil(4096) * 4096;
+    bytes.clamp(MIN_META_BYTES, MAX_META_BYTES)
+}
+
+pub fn validate_block_size(bytes: u64) -> Result<()> {
+    if !(MIN_BLOCK..=MAX_BLOCK).contains(&bytes) || bytes % MIN_BLOCK != 0 {
+        return Err(Error::invalid(
+            "block size",
+            format!("{bytes} bytes; the kernel takes multiples of 64K from 64K to 1G"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_pool_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && !name.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid("pool name", format!("'{name}'; use 1-64 letters, digits, '_', '.', '-'")))
+    }
+}
+
+/// `pool status`: the store's view plus the kernel's status line when the pool is live.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub active: bool,
+    pub device: Option<PathBuf>,
+    pub data_bytes: u64,
+    pub meta_bytes: u64,
+    pub block_bytes: u64,
+    pub volumes: usize,
+    #[serde(flatten)]
+    pub kernel: Option<ThinPoolStatus>,
+}
+
+pub struct Pool {
+    name: String,
+    store: Store,
+    config: PoolConfig,
+}
+
+impl Pool {
+    /// Open an existing pool's store (the kernel side may or may not be active).
+    pub fn open(root: &Path, name: &str) -> Result<Pool> {
+        validate_pool_name(name)?;
+        let store = Store::new(root.join(name));
+        let config = store.config()?.ok_or_else(|| Error::NoSuchPool { pool: name.into(), root: root.into() })?;
+        Ok(Pool { name: name.to_string(), store, config })
+    }
+
+    /// Pools under `root`.
+    pub fn list(root: &Path) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let Ok(dir) = std::fs::read_dir(root) else { return Ok(out) };
+        for e in dir.flatten() {
+            if e.path().join("pool.json").exists() {
+                if let Some(n) = e.file_name().to_str() {
+                    out.push(n.to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// The dm name of the thin-pool device.
+    pub fn pool_dm_name(&self) -> String {
+        format!("{}-pool", self.name)
+    }
+
+    /// The dm name of volume `id`.
+    pub fn thin_dm_name(&self, id: u32) -> String {
+        format!("{}-{id}", self.name)
+    }
+
+    /// Create backing storage, zeroed metadata and the thin-pool device.
+    pub fn create(root: &Path, name: &str, opts: &PoolOptions) -> Result<Pool> {
+        validate_pool_name(name)?;
+        validate_block_size(opts.block_size)?;
+        let dm = Dm::open()?;
+        let store = Store::new(root.join(name));
+        if store.config()?.is_some() {
+            return Err(Error::PoolExists(name.into()));
+        }
+        let probe = Pool { name: name.into(), store: Store::new(root.join(name)), config: placeholder_config(name) };
+        if dm.info(&probe.pool_dm_name())?.is_some() {
+            return Err(Error::invalid(
+                "pool name",
+                format!("a device-mapper device '{}' already exists; pick another --pool", probe.pool_dm_name()),
+            ));
+        }
+        if store.dir().exists() {
+            // A `pool create` that died half-way: nothing was committed, start over.
+            cleanup_partial(store.dir())?;
+        }
+        let config = plan(name, store.dir(), opts)?;
+        store.init()?;
+        let pool = Pool { name: name.into(), store, config };
+        match pool.build(&dm, opts) {
+            Ok(()) => Ok(pool),
+            Err(e) => {
+                let _ = dm.remove(&pool.pool_dm_name());
+                let _ = cleanup_partial(pool.store.dir());
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&self, dm: &Dm, opts: &PoolOptions) -> Result<()> {
+        for (b, bytes, given) in [
+            (&self.config.data, self.config.data_bytes, &opts.data_dev),
+            (&self.config.meta, self.config.meta_bytes, &opts.meta_dev),
+        ] {
+            match b {
+                Backing::File(p) => loopback::create_sparse(p, bytes)?,
+                Backing::Device(p) => {
+                    let (_, have) = loopback::block_device(p)?;
+                    if have < bytes {
+                        return Err(Error::invalid(
+                            "device",
+                            format!("{} has {have} bytes, fewer than the {bytes} asked for", p.display()),
+                        ));
+                    }
+                    debug_assert!(given.is_some());
+                }
+            }
+        }
+        // The kernel formats new metadata only where the superblock is all zeroes.
+        if let Backing::Device(p) = &self.config.meta {
+            loopback::zero_head(p, 1 << 20)?;
+        }
+        self.load_pool(dm)?;
+        fault::point("pool-create.loaded")?;
+        self.store.put_config(&self.config)
+    }
+
+    /// Attach backing loops and load the thin-pool table unless the device already exists.
+    fn load_pool(&self, dm: &Dm) -> Result<PathBuf> {
+        let name = self.pool_dm_name();
+        let info = match dm.info(&name)? {
+            Some(i) => i,
+            None => {
+                let meta = self.backing_dev(&self.config.meta)?;
+                let data = self.backing_dev(&self.config.data)?;
+                let c = &self.config;
+                let table = ThinPoolTarget {
+                    meta,
+                    data,
+                    block_sectors: c.block_bytes / SECTOR,
+                    low_water_blocks: c.low_water_blocks,
+                    zero_new_blocks: c.zero_new_blocks,
+                    error_if_no_space: c.error_if_no_space,
+                };
+                let sectors = c.data_bytes / c.block_bytes * (c.block_bytes / SECTOR);
+                dm.create(&name, Some(&format!("RCXDM-{name}")), &[table.line(0, sectors)], false)?
+            }
+        };
+        dm::node::ensure(&name, info.dev)
+    }
+
+    fn backing_dev(&self, b: &Backing) -> Result<dm::DevNum> {
+        let dev = match b {
+            Backing::File(p) => loopback::attach(p)?,
+            Backing::Device(p) => p.clone(),
+        };
+        Ok(loopback::block_device(&dev)?.0)
+    }
+
+    fn lock(&self) -> Result<PoolLock> {
+        PoolLock::acquire(self.store.dir())
+    }
+
+    /// The live pool's status, or PoolInactive.
+    fn kernel_status(&self, dm: &Dm) -> Result<ThinPoolStatus> {
+        let name = self.pool_dm_name();
+        if dm.info(&name)?.is_none() {
+            return Err(Error::PoolInactive(self.name.clone()));
+        }
+        let lines = dm.status(&name)?;
+        ThinPoolStatus::parse(dm::single_status(&lines, "thin-pool", &name)?)
+    }
+
+    /// Status usable for changing the pool's metadata: fails clearly when the kernel has
+    /// put the pool in a mode that refuses it.
+    fn writable_status(&self, dm: &Dm) -> Result<ThinPoolStatus> {
+        let s = self.kernel_status(dm)?;
+        match s.mode {
+            PoolMode::Fail => Err(Error::PoolUnhealthy {
+                pool: self.name.clone(),
+                why: "the kernel failed the pool; deactivate it and run thin_check on its metadata".into(),
+            }),
+            PoolMode::Ro => Err(Error::PoolUnhealthy {
+                pool: self.name.clone(),
+                why: "the kernel switched the pool to read-only (metadata full or damaged)".into(),
+            }),
+            _ => Ok(s),
+        }
+    }
+
+    /// After a reboot or `pool deactivate`: re-attach loops, load the pool, finish any
+    /// interrupted operation, and bring back the volumes that were active.
+    /// Returns the number of volumes activated.
+    pub fn activate(&self) -> Result<usize> {
+        let dm = Dm::open()?;
+        let _l = self.lock()?;
+        self.load_pool(&dm)?;
+        let status = self.kernel_status(&dm)?;
+        if status.needs_check || status.mode == PoolMode::Fail {
+            return Err(Error::PoolUnhealthy {
+                pool: self.name.clone(),
+                why: "the kernel flags its metadata as needing a check; deactivate it and run thin_check".into(),
+            });
+        }
+        self.recover_locked(&dm)?;
+        let mut n = 0;
+        for v in self.store.volumes()? {
+            if v.txid > status.transaction_id {
+                // Committed in the store but not in the kernel's metadata (lost with a power cut
+                // before the kernel's commit): the volume never durably existed.
+                tracing::warn!(id = v.id, txid = v.txid, kernel = status.transaction_id, "dropping volume the kernel never committed");
+                self.store.remove_volume(v.id)?;
+                if let Some(name) = &v.name {
+                    self.store.release_name(name, v.id)?;
+                }
+                continue;
+            }
+            if v.autoactivate {
+                self.activate_thin(&dm, &v)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Take down every volume, the pool and its loops. Nothing is lost: volumes that were
+    /// active come back with `activate`.
+    pub fn deactivate(&self) -> Result<()> {
+        let dm = Dm::open()?;
+        let _l = self.lock()?;
+        self.teardown(&dm)
+    }
+
+    fn teardown(&self, dm: &Dm) -> Result<()> {
+        let prefix = format!("{}-", self.name);
+        // Every live device of this pool, including any the store lost track of.
+        for dev in dm.list()? {
+            let Some(id) = dev.strip_prefix(&prefix).and_then(|r| r.parse::<u32>().ok()) else { continue };
+            self.remove_thin_device(dm, id)?;
+        }
+        let name = self.pool_dm_name();
+        dm.remove(&name).map_err(|e| busy_or(e, &name))?;
+        dm::node::remove(&name);
+        for b in [&self.config.data, &self.config.meta] {
+            if let Backing::File(p) = b {
+                loopback::detach(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the pool and its backing files. Refused while a volume is active unless `force`.
+    pub fn destroy(self, force: bool) -> Result<()> {
+        let dm = Dm::open()?;
+        let _l = self.lock()?;
+        if !force {
+            for v in self.store.volumes()? {
+                if dm.info(&self.thin_dm_name(v.id))?.is_some() {
+                    return Err(Error::Busy(format!("{} in pool '{}'", v.id, self.name), "active", "deactivate it first or pass --force"));
+                }
+            }
+        }
+        self.teardown(&dm)?;
+        std::fs::remove_dir_all(self.store.dir()).ctx(|| format!("removing {}", self.store.dir().display()))
+    }
+
+    pub fn status(&self) -> Result<PoolStatus> {
+        let dm = Dm::open()?;
+        let _l = self.lock()?;
+        let name = self.pool_dm_name();
+        let info = dm.info(&name)?;
+        let kernel = match info {
+            Some(_) => Some(self.kernel_status(&dm)?),
+            None => None,
+        };
+        let c = &self.config;
+        Ok(PoolStatus {
+            name: self.name.clone(),
+            active: info.is_some(),
+            device: info.map(|_| dm::node::mapper_path(&name)),
+            data_bytes: c.data_bytes,
+            meta_bytes: c.meta_bytes,
+            block_bytes: c.block_bytes,
+            volumes: self.store.volume_count()?,
+            kernel,
+        })
+    }
+}
+
+pub(crate) fn busy_or(e: Error, what: &str) -> Error {
+    if e.errno() == Some(crate::error::Errno::EBUSY) {
+        Error::Busy(what.to_string(), "in use", "unmount it or close what holds it open")
+    } else {
+        e
+    }
+}
+
+fn placeholder_config(name: &str) -> PoolConfig {
+    PoolConfig {
+        name: name.into(),
+        data: Backing::File(PathBuf::new()),
+        meta: Backing::File(PathBuf::new()),
+        data_bytes: 0,
+        meta_bytes: 0,
+        block_bytes: MIN_BLOCK,
+        low_water_blocks: 0,
+        zero_new_blocks: true,
+        error_if_no_space: true,
+    }
+}
+
+/// Decide sizes and backing for a new pool from the options.
+fn plan(name: &str, dir: &Path, opts: &PoolOptions) -> Result<PoolConfig> {
+    let size_of = |dev: &Option<PathBuf>, asked: Option<u64>, default: u64| -> Result<(Backing, u64)> {
+        Ok(match dev {
+            Some(d) => {
+                let (_, have) = loopback::block_device(d)?;
+                (Backing::Device(d.clone()), asked.unwrap_or(have))
+            }
+            None => (Backing::File(PathBuf::new()), asked.unwrap_or(default)),
+        })
+    };
+    let (data, data_bytes) = size_of(&opts.data_dev, opts.data_size, 100 << 30)?;
+    if data_bytes < opts.block_size {
+        return Err(Error::invalid("data size", format!("{data_bytes} bytes is smaller than one block")));
+    }
+    let auto = auto_meta_size(data_bytes, opts.block_size);
+    let (meta, meta_bytes) = size_of(&opts.meta_dev, opts.meta_size, auto)?;
+    if meta_bytes < (2 << 20) {
+        return Err(Error::invalid("metadata size", format!("{meta_bytes} bytes; the kernel needs at least 2M")));
+    }
+    let data = match data {
+        Backing::File(_) => Backing::File(dir.join("data.img")),
+        d => d,
+    };
+    let meta = match meta {
+        Backing::File(_) => Backing::File(dir.join("meta.img")),
+        m => m,
+    };
+    let blocks = data_bytes / opts.block_size;
+    Ok(PoolConfig {
+        name: name.into(),
+        data,
+        meta,
+        data_bytes,
+        meta_bytes,
+        block_bytes: opts.block_size,
+        low_water_blocks: opts.low_water_blocks.unwrap_or((blocks / 100).max(1)),
+        zero_new_blocks: opts.zero_new_blocks,
+        error_if_no_space: opts.error_if_no_space,
+    })
+}
+
+/// Undo a half-made pool directory: detach loops over its files, then remove it.
+fn cleanup_partial(dir: &Path) -> Result<()> {
+    for f in ["data.img", "meta.img"] {
+        let p = dir.join(f);
+        if p.exists() {
+            loopback::detach(&p)?;
+        }
+    }
+    std::fs::remove_dir_all(dir).ctx(|| format!("removing half-created pool {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_sizes_follow_the_kernel() {
+        for ok in [64 << 10, 128 << 10, 1 << 20, 1 << 30] {
+            validate_block_size(ok).unwrap();
+        }
+        for bad in [0, 512, 32 << 10, 96 << 10, 2 << 30, (1 << 30) + (64 << 10)] {
+            assert!(validate_block_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn auto_metadata_scales_and_is_clamped() {
+        assert_eq!(auto_meta_size(1 << 20, 64 << 10), MIN_META_BYTES);
+        assert_eq!(auto_meta_size(100 << 30, 64 << 10), 200 << 20);
+        assert_eq!(auto_meta_size(1 << 50, 64 << 10), MAX_META_BYTES);
+    }
+
+    #[test]
+    fn pool_names() {
+        validate_pool_name("rcx").unwrap();
+        validate_pool_name("t-1.a_b").unwrap();
+        for bad in ["", "-x", ".x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(validate_pool_name(bad).is_err(), "{bad}");
+        }
+    }
+}

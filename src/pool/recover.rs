@@ -1,0 +1,91 @@
+//! Roll-forward / roll-back of an interrupted operation. The kernel's pool transaction id
+//! decides: each intent records the id before the operation, and the operation's last kernel
+//! step is `set_transaction_id txid txid+1`. So after a crash:
+//!   kernel == txid+1: the kernel committed; finish the store side (roll forward);
+//!   kernel == txid:   the kernel did not commit; undo whatever kernel step may have run.
+//! Deletes are always rolled forward once their intent is written.
+
+use super::store::{Intent, VolumeRecord};
+use super::{fault, Pool};
+use crate::dm::Dm;
+use crate::error::{Errno, Error, Result};
+
+impl Pool {
+    /// Finish or undo an interrupted operation. Call with the pool lock held.
+    pub(crate) fn recover_locked(&self, dm: &Dm) -> Result<()> {
+        let Some(intent) = self.store.intent()? else { return Ok(()) };
+        tracing::info!(?intent, "recovering interrupted operation");
+        let kernel = self.kernel_status(dm)?.transaction_id;
+        match &intent {
+            Intent::Create { id, name, parent, size_bytes, txid } => {
+                if let Some(p) = parent {
+                    // A crash between suspend and resume leaves the origin suspended.
+                    let origin = self.thin_dm_name(*p);
+                    if dm.info(&origin)?.is_some_and(|i| i.suspended) {
+                        dm.resume(&origin)?;
+                    }
+                }
+                if kernel == txid + 1 {
+                    let rec = VolumeRecord {
+                        id: *id,
+                        name: name.clone(),
+                        parent: *parent,
+                        size_bytes: *size_bytes,
+                        txid: kernel,
+                        autoactivate: true,
+                    };
+                    if let Some(n) = name {
+                        self.store.claim_name(n, *id)?;
+                    }
+                    if self.store.volume(*id)?.is_none() {
+                        self.store.put_volume(&rec)?;
+                    }
+                } else if kernel == *txid {
+                    self.remove_thin_device(dm, *id)?;
+                    ignore(dm.message(&self.pool_dm_name(), &format!("delete {id}")), Errno::ENODATA)?;
+                    self.store.remove_volume(*id)?;
+                    if let Some(n) = name {
+                        self.store.release_name(n, *id)?;
+                    }
+                } else {
+                    return Err(self.mismatch(&intent, kernel));
+                }
+            }
+            Intent::Delete { id, name, txid } => {
+                if kernel != *txid && kernel != txid + 1 {
+                    return Err(self.mismatch(&intent, kernel));
+                }
+                self.remove_thin_device(dm, *id)?;
+                ignore(dm.message(&self.pool_dm_name(), &format!("delete {id}")), Errno::ENODATA)?;
+                fault::point("delete.deleted")?;
+                if kernel == *txid {
+                    dm.message(&self.pool_dm_name(), &format!("set_transaction_id {txid} {}", txid + 1))?;
+                }
+                fault::point("delete.committed")?;
+                self.store.remove_volume(*id)?;
+                if let Some(n) = name {
+                    self.store.release_name(n, *id)?;
+                }
+                fault::point("delete.recorded")?;
+            }
+        }
+        self.store.clear_intent()
+    }
+
+    fn mismatch(&self, intent: &Intent, kernel: u64) -> Error {
+        Error::Inconsistent(format!(
+            "pool '{}' has transaction id {kernel} but the interrupted operation {intent:?} expected its own; \
+             the pool was changed outside rcx-dm; inspect it with thin_ls before continuing",
+            self.name
+        ))
+    }
+}
+
+/// The kernel's idempotency signals: EEXIST / ENODATA mean "already done".
+fn ignore<T>(r: Result<T>, errno: Errno) -> Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.errno() == Some(errno) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

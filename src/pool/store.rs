@@ -1,0 +1,304 @@
+//! The pool's state store: one small JSON file per record, written durably (temp file, fsync,
+//! rename, fsync of the directory). Every lookup is one file by key, so an operation costs the
+//! same with 10 or 10,000 volumes; only listing reads the whole directory.
+//!
+//! Layout under `<root>/<pool>/`:
+//!   pool.json          PoolConfig
+//!   volumes/<id>.json  VolumeRecord
+//!   names/<name>       the id that name refers to (created with O_EXCL: names are unique)
+//!   intent.json        the one operation in flight (operations are serialised by the lock)
+//!   next-id            allocation hint, not authoritative
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "path")]
+pub enum Backing {
+    /// A sparse file under the pool directory, attached to a loop device on activation.
+    File(PathBuf),
+    /// A block device the caller owns.
+    Device(PathBuf),
+}
+
+impl Backing {
+    pub fn path(&self) -> &Path {
+        match self {
+            Backing::File(p) | Backing::Device(p) => p,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolConfig {
+    pub name: String,
+    pub data: Backing,
+    pub meta: Backing,
+    pub data_bytes: u64,
+    pub meta_bytes: u64,
+    pub block_bytes: u64,
+    pub low_water_blocks: u64,
+    pub zero_new_blocks: bool,
+    pub error_if_no_space: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeRecord {
+    pub id: u32,
+    pub name: Option<String>,
+    pub parent: Option<u32>,
+    pub size_bytes: u64,
+    /// The pool transaction id that committed this volume.
+    pub txid: u64,
+    /// Bring the volume back when the pool is activated (it was active when last used).
+    pub autoactivate: bool,
+}
+
+/// An operation that may have touched the kernel but not finished: rolled forward or back
+/// by `Pool::recover`, decided by the pool's transaction id (`txid` is the id before it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Intent {
+    Create { id: u32, name: Option<String>, parent: Option<u32>, size_bytes: u64, txid: u64 },
+    Delete { id: u32, name: Option<String>, txid: u64 },
+}
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: PathBuf) -> Store {
+        Store { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Make the directory skeleton for a new pool.
+    pub fn init(&self) -> Result<()> {
+        for d in [self.dir.clone(), self.dir.join("volumes"), self.dir.join("names")] {
+            fs::create_dir_all(&d).ctx(|| format!("creating {}", d.display()))?;
+        }
+        Ok(())
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("pool.json")
+    }
+
+    pub fn config(&self) -> Result<Option<PoolConfig>> {
+        read_json(&self.config_path())
+    }
+
+    pub fn put_config(&self, c: &PoolConfig) -> Result<()> {
+        write_durable(&self.config_path(), &json(c)?)
+    }
+
+    fn volume_path(&self, id: u32) -> PathBuf {
+        self.dir.join("volumes").join(format!("{id}.json"))
+    }
+
+    pub fn volume(&self, id: u32) -> Result<Option<VolumeRecord>> {
+        read_json(&self.volume_path(id))
+    }
+
+    pub fn has_volume(&self, id: u32) -> bool {
+        self.volume_path(id).exists()
+    }
+
+    pub fn put_volume(&self, v: &VolumeRecord) -> Result<()> {
+        write_durable(&self.volume_path(v.id), &json(v)?)
+    }
+
+    pub fn remove_volume(&self, id: u32) -> Result<()> {
+        remove_durable(&self.volume_path(id))
+    }
+
+    /// All volume records, by id.
+    pub fn volumes(&self) -> Result<Vec<VolumeRecord>> {
+        let dir = self.dir.join("volumes");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).ctx(|| format!("listing {}", dir.display()))? {
+            let e = e.ctx(|| format!("listing {}", dir.display()))?;
+            let name = e.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(v) = self.volume(id)? {
+                out.push(v);
+            }
+        }
+        out.sort_by_key(|v| v.id);
+        Ok(out)
+    }
+
+    pub fn volume_count(&self) -> Result<usize> {
+        let dir = self.dir.join("volumes");
+        Ok(fs::read_dir(&dir)
+            .ctx(|| format!("listing {}", dir.display()))?
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".json")))
+            .count())
+    }
+
+    fn name_path(&self, name: &str) -> PathBuf {
+        self.dir.join("names").join(name)
+    }
+
+    pub fn lookup_name(&self, name: &str) -> Result<Option<u32>> {
+        match fs::read_to_string(self.name_path(name)) {
+            Ok(s) => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| Error::Inconsistent(format!("name file for '{name}' holds '{s}'"))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx(|| format!("reading name '{name}'")),
+        }
+    }
+
+    /// Reserve `name` for `id`; refused if the name is taken by another id.
+    pub fn claim_name(&self, name: &str, id: u32) -> Result<()> {
+        let path = self.name_path(name);
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut f) => {
+                f.write_all(id.to_string().as_bytes()).ctx(|| format!("writing {}", path.display()))?;
+                f.sync_all().ctx(|| format!("syncing {}", path.display()))?;
+                sync_dir(path.parent().unwrap_or(&self.dir))
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => match self.lookup_name(name)? {
+                Some(other) if other == id => Ok(()),
+                _ => Err(Error::Exists(format!("a volume named '{name}'"))),
+            },
+            Err(e) => Err(e).ctx(|| format!("creating {}", path.display())),
+        }
+    }
+
+    /// Drop `name` if it still refers to `id`.
+    pub fn release_name(&self, name: &str, id: u32) -> Result<()> {
+        if self.lookup_name(name)? == Some(id) {
+            remove_durable(&self.name_path(name))?;
+        }
+        Ok(())
+    }
+
+    fn intent_path(&self) -> PathBuf {
+        self.dir.join("intent.json")
+    }
+
+    pub fn intent(&self) -> Result<Option<Intent>> {
+        read_json(&self.intent_path())
+    }
+
+    pub fn put_intent(&self, i: &Intent) -> Result<()> {
+        write_durable(&self.intent_path(), &json(i)?)
+    }
+
+    pub fn clear_intent(&self) -> Result<()> {
+        remove_durable(&self.intent_path())
+    }
+
+    pub fn next_id_hint(&self) -> u32 {
+        fs::read_to_string(self.dir.join("next-id")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// Only a hint for where allocation starts looking, so no fsync.
+    pub fn set_next_id_hint(&self, id: u32) {
+        let _ = fs::write(self.dir.join("next-id"), id.to_string());
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(|e| Error::Inconsistent(format!("encoding record: {e}")))
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Inconsistent(format!("{} is corrupt: {e}", path.display()))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).ctx(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Replace `path` atomically: readers see the old or the new content, never a mix.
+fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes).ctx(|| format!("writing {}", tmp.display()))?;
+    f.sync_all().ctx(|| format!("syncing {}", tmp.display()))?;
+    fs::rename(&tmp, path).ctx(|| format!("renaming {} into place", tmp.display()))?;
+    sync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
+fn remove_durable(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("/"))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).ctx(|| format!("removing {}", path.display())),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).ctx(|| format!("syncing directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: u32) -> VolumeRecord {
+        VolumeRecord { id, name: None, parent: None, size_bytes: 1 << 30, txid: 1, autoactivate: true }
+    }
+
+    #[test]
+    fn volumes_round_trip_and_list_in_id_order() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path().join("p"));
+        s.init().unwrap();
+        for id in [5, 1, 16_777_215] {
+            s.put_volume(&rec(id)).unwrap();
+        }
+        assert_eq!(s.volume(5).unwrap(), Some(rec(5)));
+        let ids: Vec<u32> = s.volumes().unwrap().iter().map(|v| v.id).collect();
+        assert_eq!(ids, vec![1, 5, 16_777_215]);
+        s.remove_volume(5).unwrap();
+        s.remove_volume(5).unwrap(); // idempotent
+        assert_eq!(s.volume_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn names_are_unique_and_released_only_by_their_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path().join("p"));
+        s.init().unwrap();
+        s.claim_name("web", 1).unwrap();
+        s.claim_name("web", 1).unwrap(); // same owner: fine
+        assert!(matches!(s.claim_name("web", 2), Err(Error::Exists(_))));
+        s.release_name("web", 2).unwrap();
+        assert_eq!(s.lookup_name("web").unwrap(), Some(1));
+        s.release_name("web", 1).unwrap();
+        assert_eq!(s.lookup_name("web").unwrap(), None);
+    }
+
+    #[test]
+    fn intent_round_trips() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path().join("p"));
+        s.init().unwrap();
+        assert_eq!(s.intent().unwrap(), None);
+        let i = Intent::Create { id: 3, name: Some("a".into()), parent: Some(1), size_bytes: 512, txid: 9 };
+        s.put_intent(&i).unwrap();
+        assert_eq!(s.intent().unwrap(), Some(i));
+        s.clear_intent().unwrap();
+        assert_eq!(s.intent().unwrap(), None);
+    }
+}

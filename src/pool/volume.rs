@@ -1,0 +1,367 @@
+//! Thin volumes and snapshots: create, snapshot, activate, deactivate, delete, inspect.
+//! Each mutating operation records its intent before touching the kernel and commits with
+//! the pool's transaction id (see `recover`).
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::store::{Intent, VolumeRecord};
+use super::{busy_or, fault, Pool, MAX_THIN_ID};
+use crate::dm::{self, Dm, Target, ThinStatus, ThinTarget};
+use crate::error::{Errno, Error, Result};
+use crate::units::SECTOR;
+
+/// A volume as users name it: by id or by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolRef {
+    Id(u32),
+    Name(String),
+}
+
+impl std::str::FromStr for VolRef {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<VolRef> {
+        if s.chars().all(|c| c.is_ascii_digit()) && !s.is_empty() {
+            return parse_id(s).map(VolRef::Id);
+        }
+        validate_name(s)?;
+        Ok(VolRef::Name(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for VolRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VolRef::Id(i) => write!(f, "{i}"),
+            VolRef::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+pub fn parse_id(s: &str) -> Result<u32> {
+    match s.parse::<u64>() {
+        Ok(n) if n <= MAX_THIN_ID as u64 => Ok(n as u32),
+        _ => Err(Error::invalid("volume id", format!("'{s}'; ids are 0 to {MAX_THIN_ID} (24 bits)"))),
+    }
+}
+
+/// Names are what users type; all-digit names would be ambiguous with ids.
+pub fn validate_name(s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && !s.starts_with(['.', '-'])
+        && !s.chars().all(|c| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid("volume name", format!("'{s}'; use 1-64 letters, digits, '_', '.', '-', not only digits")))
+    }
+}
+
+/// A volume as reported to users: the store's record and the kernel's state.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Volume {
+    pub id: u32,
+    pub name: Option<String>,
+    pub parent: Option<u32>,
+    pub size_bytes: u64,
+    pub active: bool,
+    pub device: Option<PathBuf>,
+    /// Bytes the volume has mapped in the pool (only known while active).
+    pub mapped_bytes: Option<u64>,
+}
+
+impl Pool {
+    /// Look a volume up by id or name.
+    pub fn resolve(&self, v: &VolRef) -> Result<VolumeRecord> {
+        let missing = || Error::NoSuchVolume { vol: v.to_string(), pool: self.name.clone() };
+        let id = match v {
+            VolRef::Id(i) => *i,
+            VolRef::Name(n) => self.store.lookup_name(n)?.ok_or_else(missing)?,
+        };
+        self.store.volume(id)?.ok_or_else(missing)
+    }
+
+    /// Create an empty thin volume of `size` bytes and activate it.
+    pub fn create_thin(&self, id: Option<u32>, size: u64, name: Option<&str>) -> Result<Volume> {
+        self.create_volume(id, None, size, name)
+    }
+
+    /// Snapshot `origin` as a new volume (suspending an active origin around `create_snap`)
+    /// and activate it. `size` defaults to the origin's size.
+    pub fn snapshot(&self, id: Option<u32>, origin: &VolRef, size: Option<u64>, name: Option<&str>) -> Result<Volume> {
+        // Resolved again under the lock in create_volume; this only gets the default size.
+        let size = match size {
+            Some(s) => s,
+            None => self.resolve(origin)?.size_bytes,
+        };
+        self.create_volume(id, Some(origin), size, name)
+    }
+
+    fn create_volume(&self, id: Option<u32>, origin: Option<&VolRef>, size: u64, name: Option<&str>) -> Result<Volume> {
+        if size == 0 || size % SECTOR != 0 {
+            return Err(Error::invalid("size", format!("{size} bytes; must be a positive multiple of 512")));
+        }
+        if let Some(n) = name {
+            validate_name(n)?;
+        }
+        let dm = Dm::open()?;
+        let op = if origin.is_some() { "snap" } else { "create" };
+        let record = {
+            let _l = self.lock()?;
+            self.recover_locked(&dm)?;
+            let parent = origin.map(|o| self.resolve(o)).transpose()?;
+            let id = match id {
+                Some(i) if i > MAX_THIN_ID => return Err(parse_id(&i.to_string()).unwrap_err()),
+                Some(i) if self.store.has_volume(i) => return Err(Error::Exists(format!("volume {i}"))),
+                Some(i) => i,
+                None => self.allocate_id()?,
+            };
+            if let Some(n) = name {
+                if self.store.lookup_name(n)?.is_some() {
+                    return Err(Error::Exists(format!("a volume named '{n}'")));
+                }
+            }
+            let txid = self.writable_status(&dm)?.transaction_id;
+            let intent = Intent::Create {
+                id,
+                name: name.map(str::to_string),
+                parent: parent.as_ref().map(|p| p.id),
+                size_bytes: size,
+                txid,
+            };
+            self.store.put_intent(&intent)?;
+            let result = fault::point(&format!("{op}.intent"))
+                .and_then(|_| self.create_steps(&dm, op, &intent, parent.as_ref()));
+            match result {
+                Ok(rec) => {
+                    self.store.clear_intent()?;
+                    self.store.set_next_id_hint(id.saturating_add(1) % (MAX_THIN_ID + 1));
+                    rec
+                }
+                Err(e) => {
+                    if e.errno() == Some(Errno::EEXIST) {
+                        // The kernel already has this id although the store does not: never roll
+                        // back by deleting what we did not create.
+                        self.store.clear_intent()?;
+                        if let Some(n) = name {
+                            self.store.release_name(n, id)?;
+                        }
+                        return Err(Error::Inconsistent(format!(
+                            "thin id {id} exists in the kernel's pool metadata but not in the store; pick another id"
+                        )));
+                    }
+                    self.recover_locked(&dm)?;
+                    return Err(e);
+                }
+            }
+        };
+        // Activation is idempotent and outside the transaction: a failure leaves a committed,
+        // inactive volume that `rcx-dm activate` brings up.
+        self.activate_thin(&dm, &record)?;
+        fault::point(&format!("{op}.activated"))?;
+        self.volume_view(&dm, &record)
+    }
+
+    fn create_steps(&self, dm: &Dm, op: &str, intent: &Intent, parent: Option<&VolumeRecord>) -> Result<VolumeRecord> {
+        let Intent::Create { id, name, size_bytes, txid, .. } = intent.clone() else {
+            unreachable!("create_steps takes a Create intent")
+        };
+        if let Some(n) = &name {
+            self.store.claim_name(n, id)?;
+        }
+        let pool = self.pool_dm_name();
+        match parent {
+            None => {
+                dm.message(&pool, &format!("create_thin {id}"))?;
+                fault::point("create.created")?;
+            }
+            Some(origin) => {
+                let origin_dev = self.thin_dm_name(origin.id);
+                // The kernel requires an active origin to be suspended around create_snap so
+                // that the snapshot sees all of its writes.
+                let suspended = match dm.info(&origin_dev)? {
+                    Some(i) if !i.suspended => {
+                        dm.suspend(&origin_dev)?;
+                        true
+                    }
+                    _ => false,
+                };
+                let created = fault::point("snap.suspended")
+                    .and_then(|_| dm.message(&pool, &format!("create_snap {id} {}", origin.id)))
+                    .and_then(|_| fault::point("snap.created"));
+                let resumed = if suspended { dm.resume(&origin_dev) } else { Ok(()) };
+                created?;
+                resumed?;
+                fault::point("snap.resumed")?;
+            }
+        }
+        dm.message(&pool, &format!("set_transaction_id {txid} {}", txid + 1))?;
+        fault::point(&format!("{op}.committed"))?;
+        let rec = VolumeRecord { id, name, parent: parent.map(|p| p.id), size_bytes, txid: txid + 1, autoactivate: true };
+        self.store.put_volume(&rec)?;
+        fault::point(&format!("{op}.recorded"))?;
+        Ok(rec)
+    }
+
+    /// The lowest free id at or after the allocation hint (wrapping). O(1) in the common case.
+    fn allocate_id(&self) -> Result<u32> {
+        let start = self.store.next_id_hint().min(MAX_THIN_ID);
+        let mut id = start;
+        loop {
+            if !self.store.has_volume(id) {
+                return Ok(id);
+            }
+            id = if id == MAX_THIN_ID { 0 } else { id + 1 };
+            if id == start {
+                return Err(Error::NoSpace("volume id"));
+            }
+        }
+    }
+
+    /// Load the thin device for a committed volume if it is not live; return its path.
+    pub(crate) fn activate_thin(&self, dm: &Dm, v: &VolumeRecord) -> Result<PathBuf> {
+        let name = self.thin_dm_name(v.id);
+        let info = match dm.info(&name)? {
+            Some(i) => i,
+            None => {
+                let pool = dm.info(&self.pool_dm_name())?.ok_or_else(|| Error::PoolInactive(self.name.clone()))?;
+                let t = ThinTarget { pool: pool.dev, id: v.id };
+                dm.create(&name, Some(&format!("RCXDM-{name}")), &[t.line(0, v.size_bytes / SECTOR)], false)?
+            }
+        };
+        dm::node::ensure(&name, info.dev)
+    }
+
+    pub(crate) fn remove_thin_device(&self, dm: &Dm, id: u32) -> Result<()> {
+        let name = self.thin_dm_name(id);
+        dm.remove(&name).map_err(|e| busy_or(e, &format!("volume {id} ({})", dm::node::mapper_path(&name).display())))?;
+        dm::node::remove(&name);
+        Ok(())
+    }
+
+    /// Activate a volume; returns its device path.
+    pub fn activate_volume(&self, v: &VolRef) -> Result<PathBuf> {
+        let dm = Dm::open()?;
+        let _l = self.lock()?;
+        self.recover_locked(&dm)?;
+        let mut rec = self.resolve(v)?;
+        let path = self.activate_thin(&dm, &rec)?;
+        if !rec.autoactivate {
+            rec.autoactivate = true;
+            self.store.put_volume(&rec)?;
+        }
+        Ok(path)
+    }
+
+    /// Remove a volume's device; its data stays in the pool.
+    pub fn deactivate_volume(&self, v: &VolRef) -> Result<()> {
+        let dm = Dm::open()?;
+        let _l = self.lock()?;
+        self.recover_locked(&dm)?;
+        let mut rec = self.resolve(v)?;
+        self.remove_thin_device(&dm, rec.id)?;
+        if rec.autoactivate {
+            rec.autoactivate = false;
+            self.store.put_volume(&rec)?;
+        }
+        Ok(())
+    }
+
+    /// Delete a volume and give its blocks back to the pool. An active volume is refused
+    /// unless `force`, which deactivates it first.
+    pub fn delete(&self, v: &VolRef, force: bool) -> Result<()> {
+        let dm = Dm::open()?;
+        let _l = self.lock()?;
+        self.recover_locked(&dm)?;
+        let rec = self.resolve(v)?;
+        if dm.info(&self.thin_dm_name(rec.id))?.is_some() {
+            if !force {
+                return Err(Error::Busy(format!("{v}"), "active", "deactivate it first or pass --force"));
+            }
+            self.remove_thin_device(&dm, rec.id)?;
+        }
+        let txid = self.writable_status(&dm)?.transaction_id;
+        let intent = Intent::Delete { id: rec.id, name: rec.name.clone(), txid };
+        self.store.put_intent(&intent)?;
+        fault::point("delete.intent")?;
+        // From here the delete is decided: recovery always rolls it forward.
+        self.recover_locked(&dm)
+    }
+
+    /// One volume with the kernel's view (active, device, mapped bytes).
+    pub fn volume(&self, v: &VolRef) -> Result<Volume> {
+        let dm = Dm::open()?;
+        let rec = self.resolve(v)?;
+        self.volume_view(&dm, &rec)
+    }
+
+    /// All volumes, by id.
+    pub fn volumes(&self) -> Result<Vec<Volume>> {
+        let dm = Dm::open()?;
+        let live: std::collections::HashSet<String> = dm.list()?.into_iter().collect();
+        self.store
+            .volumes()?
+            .iter()
+            .map(|r| {
+                if live.contains(&self.thin_dm_name(r.id)) {
+                    self.volume_view(&dm, r)
+                } else {
+                    Ok(inactive_view(r))
+                }
+            })
+            .collect()
+    }
+
+    fn volume_view(&self, dm: &Dm, r: &VolumeRecord) -> Result<Volume> {
+        let name = self.thin_dm_name(r.id);
+        let Some(info) = dm.info(&name)? else { return Ok(inactive_view(r)) };
+        let lines = dm.status(&name)?;
+        let mapped = match ThinStatus::parse(dm::single_status(&lines, "thin", &name)?)? {
+            ThinStatus::Ok { mapped_sectors, .. } => Some(mapped_sectors * SECTOR),
+            ThinStatus::Fail => None,
+        };
+        Ok(Volume {
+            active: true,
+            device: Some(dm::node::ensure(&name, info.dev)?),
+            mapped_bytes: mapped,
+            ..inactive_view(r)
+        })
+    }
+}
+
+fn inactive_view(r: &VolumeRecord) -> Volume {
+    Volume {
+        id: r.id,
+        name: r.name.clone(),
+        parent: r.parent,
+        size_bytes: r.size_bytes,
+        active: false,
+        device: None,
+        mapped_bytes: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_refs() {
+        assert_eq!("0".parse::<VolRef>().unwrap(), VolRef::Id(0));
+        assert_eq!("16777215".parse::<VolRef>().unwrap(), VolRef::Id(MAX_THIN_ID));
+        assert!("16777216".parse::<VolRef>().is_err());
+        assert!("99999999999999999999999".parse::<VolRef>().is_err());
+        assert_eq!("web".parse::<VolRef>().unwrap(), VolRef::Name("web".into()));
+        assert!("a/b".parse::<VolRef>().is_err());
+        assert!("-x".parse::<VolRef>().is_err());
+    }
+
+    #[test]
+    fn names_are_never_all_digits() {
+        assert!(validate_name("123").is_err());
+        validate_name("v1").unwrap();
+    }
+}

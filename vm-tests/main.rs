@@ -1,0 +1,5 @@
+//! Tests against the real kernel: run as root inside the VM by `tools/test` (or on a host
+//! with device-mapper). They never skip: without device-mapper they fail.
+
+mod common;
+mod foundation;
