@@ -46,7 +46,8 @@ enum Cmd {
         new: String,
         /// The volume to snapshot, by id or name.
         origin: VolRef,
-        #[arg(long)]
+        /// A unique name for the volume (letters, digits, '_', '.', '-').
+        #[arg(long, value_parser = name_arg)]
         name: Option<String>,
         /// Size of the snapshot device (default: the origin's).
         #[arg(long, value_parser = size_arg)]
@@ -128,7 +129,8 @@ enum ThinCmd {
         id: Option<String>,
         #[arg(long, value_parser = size_arg)]
         size: u64,
-        #[arg(long)]
+        /// A unique name for the volume (letters, digits, '_', '.', '-').
+        #[arg(long, value_parser = name_arg)]
         name: Option<String>,
     },
 }
@@ -142,6 +144,10 @@ struct JsonFlag {
 
 fn size_arg(s: &str) -> std::result::Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
+}
+
+fn name_arg(s: &str) -> std::result::Result<String, String> {
+    pool::validate_volume_name(s).map(|_| s.to_string()).map_err(|e| e.to_string())
 }
 
 fn id_arg(s: Option<&str>) -> Result<Option<u32>> {

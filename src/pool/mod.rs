@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use volume::{parse_id as parse_thin_id, VolRef, Volume};
+pub use volume::{parse_id as parse_thin_id, validate_name as validate_volume_name, VolRef, Volume};
 
 use crate::dm::{self, Dm, PoolMode, Target, ThinPoolStatus, ThinPoolTarget};
 use crate::error::{Error, IoContext, Result};

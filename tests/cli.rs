@@ -1,0 +1,108 @@
+//! Host tests of the CLI: argument validation and clear errors, no device-mapper needed.
+//! Everything here must fail before the kernel is touched, and change nothing.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rcx-dm");
+
+fn run(root: &Path, args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("RCX_DM_ROOT", root).env_remove("RCX_DM_POOL").output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_refused(args: &[&str], needle: &str) {
+    let root = tempfile::tempdir().unwrap();
+    let o = run(root.path(), args);
+    assert!(!o.status.success(), "{args:?} succeeded");
+    let e = stderr(&o);
+    assert!(e.contains(needle), "{args:?}: expected {needle:?} in:\n{e}");
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "{args:?} wrote under the root");
+}
+
+#[test]
+fn sizes_that_do_not_parse_or_are_not_sector_multiples_are_refused() {
+    assert_refused(&["thin", "create", "0", "--size", "1000"], "multiple of 512");
+    assert_refused(&["thin", "create", "0", "--size", "1.5G"], "invalid size");
+    assert_refused(&["thin", "create", "0", "--size", "12Q"], "unknown suffix");
+    assert_refused(&["pool", "create", "--data-size", "abc"], "invalid size");
+    assert_refused(&["snap", "1", "0", "--size", "0"], "is zero");
+}
+
+#[test]
+fn ids_outside_24_bits_are_refused() {
+    assert_refused(&["thin", "create", "16777216", "--size", "1G"], "ids are 0 to 16777215");
+    assert_refused(&["snap", "16777216", "0"], "ids are 0 to 16777215");
+    assert_refused(&["snap", "1", "16777216"], "ids are 0 to 16777215");
+    assert_refused(&["delete", "99999999999"], "ids are 0 to 16777215");
+}
+
+#[test]
+fn block_sizes_the_kernel_refuses_are_refused_before_touching_it() {
+    assert_refused(&["pool", "create", "--block-size", "96K"], "multiples of 64K from 64K to 1G");
+    assert_refused(&["pool", "create", "--block-size", "2G"], "multiples of 64K from 64K to 1G");
+    assert_refused(&["pool", "create", "--block-size", "32K"], "multiples of 64K from 64K to 1G");
+}
+
+#[test]
+fn bad_names_are_refused() {
+    assert_refused(&["--pool", "a/b", "pool", "create"], "invalid pool name");
+    assert_refused(&["thin", "create", "--size", "1G", "--name", "bad name"], "invalid volume name");
+    assert_refused(&["info", "../x"], "invalid volume name");
+}
+
+#[test]
+fn a_pool_that_was_never_created_is_named_in_the_error() {
+    assert_refused(&["list"], "pool 'rcx' does not exist");
+    assert_refused(&["--pool", "other", "pool", "status"], "pool 'other' does not exist");
+}
+
+#[test]
+fn missing_device_mapper_is_reported_clearly() {
+    if Path::new("/dev/mapper/control").exists() {
+        return; // only meaningful on a host without dm (the CI host); the VM covers the rest
+    }
+    assert_refused(&["pool", "create", "--data-size", "1G"], "device-mapper is not available");
+}
+
+#[test]
+fn not_root_is_refused_with_advice() {
+    let root = tempfile::tempdir().unwrap();
+    let mut c = Command::new(BIN);
+    c.args(["pool", "list"]).env("RCX_DM_ROOT", root.path());
+    if nix::unistd::geteuid().is_root() {
+        // SAFETY: setuid in the child between fork and exec; no allocation.
+        unsafe {
+            c.pre_exec(|| nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).map_err(Into::into));
+        }
+    }
+    let o = c.output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("must run as root"), "{}", stderr(&o));
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let root = tempfile::tempdir().unwrap();
+    let o = run(root.path(), &["--help"]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    for cmd in ["pool", "thin", "snap", "activate", "deactivate", "delete", "list", "info"] {
+        assert!(out.contains(cmd), "--help lacks {cmd}:\n{out}");
+    }
+    let o = run(root.path(), &["pool", "create", "--help"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("--meta-size") && out.contains("--block-size") && out.contains("--data-dev"), "{out}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let root = tempfile::tempdir().unwrap();
+    assert_eq!(run(root.path(), &["frobnicate"]).status.code(), Some(2));
+    assert_eq!(run(root.path(), &["thin", "create", "0"]).status.code(), Some(2)); // --size missing
+    assert_eq!(run(root.path(), &["pool", "create", "--data-dev", "/dev/null"]).status.code(), Some(2));
+}
