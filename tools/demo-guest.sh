@@ -11,8 +11,8 @@ RCX_DM=${RCX_DM_BIN:-$PWD/target/debug/rcx-dm}
 # Scratch space for backing files: tools/vm provides a tmpfs in $RCX_DM_SCRATCH; on a real dm
 # host make a temporary folder instead and remove it at the end.
 if [[ -z "${RCX_DM_SCRATCH:-}" ]]; then
-  RCX_DM_SCRATCH=$(mktemp -d /tmp/rcx-dm-demo.XXXXXX)
-  trap 'rm -rf "$RCX_DM_SCRATCH"' EXIT
+  demo_tmp=$(mktemp -d /tmp/rcx-dm-demo.XXXXXX)
+  RCX_DM_SCRATCH=$demo_tmp
 fi
 export RCX_DM_SCRATCH
 
@@ -22,7 +22,11 @@ step() {
   shift
   n=$((n + 1))
   printf '\n== %d. %s\n$' "$n" "$title"
-  printf ' %q' "$@"
+  if [[ $1 == bash && ${2:-} == -c ]]; then
+    printf ' %s' "$3" # a shell snippet reads best as written
+  else
+    printf ' %q' "$@"
+  fi
   printf '\n'
   "$@"
 }
@@ -39,6 +43,30 @@ else
   step "device-mapper targets" dmsetup targets
 fi
 
-# Later: pool, volume and snapshot walkthrough steps go here.
+# The "Thin Provisioning" walkthrough of seed 002, one rcx-dm command per manual step.
+export RCX_DM_ROOT=$RCX_DM_SCRATCH/rcx-root RCX_DM_POOL=demo
+mnt=$RCX_DM_SCRATCH/mnt
+mkdir -p "$mnt"
+cleanup() { umount "$mnt" 2>/dev/null || true; "$RCX_DM" pool destroy --force 2>/dev/null || true; }
+trap 'cleanup; [[ -n "${demo_tmp:-}" ]] && rm -rf "$demo_tmp"' EXIT
+step "a thin pool: 100G sparse data, 1G metadata, loop devices, thin-pool target" \
+  "$RCX_DM" pool create --data-size 100G --meta-size 1G
+step "a 1G thin volume, id 0" "$RCX_DM" thin create 0 --size 1G
+step "an ext4 filesystem on it, and a file" bash -c \
+  "mkfs.ext4 -q /dev/mapper/demo-0 && mount /dev/mapper/demo-0 $mnt && echo 'written in 0' > $mnt/first && umount $mnt"
+step "snapshot 0 as 1 (0 is suspended around create_snap)" "$RCX_DM" snap 1 0
+step "write a second file in 1" bash -c \
+  "mount /dev/mapper/demo-1 $mnt && echo 'written in 1' > $mnt/second && umount $mnt"
+step "snapshot of the snapshot: 2 from 1" "$RCX_DM" snap 2 1 --name web
+step "2 has both files" bash -c "mount -o ro /dev/mapper/demo-2 $mnt && ls -l $mnt && cat $mnt/first $mnt/second; umount $mnt"
+step "0 is unchanged" bash -c "mount -o ro /dev/mapper/demo-0 $mnt && ls $mnt; umount $mnt"
+step "the volumes" "$RCX_DM" list
+step "the pool, as the kernel reports it" "$RCX_DM" pool status
+step "take everything down (as a reboot would)" "$RCX_DM" pool deactivate
+step "nothing left in /dev/mapper" ls /dev/mapper
+step "bring the pool and its volumes back" "$RCX_DM" pool activate
+step "the data survived" bash -c "mount -o ro /dev/mapper/demo-2 $mnt && cat $mnt/first $mnt/second; umount $mnt"
+step "delete 2 (--force deactivates it first)" "$RCX_DM" delete web --force
+step "destroy the pool" "$RCX_DM" pool destroy --force
 
 printf '\n== demo done\n'
