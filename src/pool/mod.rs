@@ -143,7 +143,7 @@ impl Pool {
 
     /// The dm name of the thin-pool device.
     pub fn pool_dm_name(&self) -> String {
-        format!("{}-pool", self.name)
+        pool_dm_name(&self.name)
     }
 
     /// The dm name of volume `id`.
@@ -160,11 +160,10 @@ impl Pool {
         if store.config()?.is_some() {
             return Err(Error::PoolExists(name.into()));
         }
-        let probe = Pool { name: name.into(), store: Store::new(root.join(name)), config: placeholder_config(name) };
-        if dm.info(&probe.pool_dm_name())?.is_some() {
+        if dm.info(&pool_dm_name(name))?.is_some() {
             return Err(Error::invalid(
                 "pool name",
-                format!("a device-mapper device '{}' already exists; pick another --pool", probe.pool_dm_name()),
+                format!("a device-mapper device '{}' already exists; pick another --pool", pool_dm_name(name)),
             ));
         }
         if store.dir().exists() {
@@ -356,6 +355,13 @@ impl Pool {
         let _l = self.lock()?;
         let name = self.pool_dm_name();
         let info = dm.info(&name)?;
+        if info.is_some() {
+            // The next command after a crash finishes the interrupted operation; status is a
+            // diagnosis tool, so a failed recovery is reported but does not hide the status.
+            if let Err(e) = self.recover_locked(&dm) {
+                tracing::warn!("could not finish an interrupted operation: {e}");
+            }
+        }
         let kernel = match info {
             Some(_) => Some(self.kernel_status(&dm)?),
             None => None,
@@ -382,18 +388,9 @@ pub(crate) fn busy_or(e: Error, what: &str) -> Error {
     }
 }
 
-fn placeholder_config(name: &str) -> PoolConfig {
-    PoolConfig {
-        name: name.into(),
-        data: Backing::File(PathBuf::new()),
-        meta: Backing::File(PathBuf::new()),
-        data_bytes: 0,
-        meta_bytes: 0,
-        block_bytes: MIN_BLOCK,
-        low_water_blocks: 0,
-        zero_new_blocks: true,
-        error_if_no_space: true,
-    }
+/// The dm name of a pool's thin-pool device; its volumes are `<pool>-<id>`.
+pub fn pool_dm_name(pool: &str) -> String {
+    format!("{pool}-pool")
 }
 
 /// Decide sizes and backing for a new pool from the options.
