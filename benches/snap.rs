@@ -19,6 +19,57 @@ use rcx_dm::{Pool, PoolOptions, VolRef};
 const BIN: &str = env!("CARGO_BIN_EXE_rcx-dm");
 const POOL: &str = "bench";
 
+/// Executables every contender runs, with their shared libraries, copied to local storage.
+/// In the VM the host's root arrives over 9p without page cache, so every exec from there
+/// re-reads the binary through the emulated transport (seconds for rcx-dm, which would hide
+/// what is being measured). On a real host this staging changes nothing.
+struct Staged {
+    rcx_dm: PathBuf,
+    busybox: PathBuf,
+    lib_dir: PathBuf,
+}
+
+fn stage(dir: &Path) -> Staged {
+    let bin = dir.join("bin");
+    let lib_dir = dir.join("lib");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&lib_dir).unwrap();
+    let dmsetup = which("dmsetup");
+    for exe in [Path::new(BIN), dmsetup.as_path()] {
+        let ldd = Command::new("ldd").arg(exe).output().expect("ldd");
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            // "libfoo.so.1 => /lib/x86_64-linux-gnu/libfoo.so.1 (0x...)"
+            if let Some(path) = line.split("=>").nth(1).and_then(|r| r.split_whitespace().next()) {
+                let p = Path::new(path);
+                if p.is_absolute() {
+                    std::fs::copy(p, lib_dir.join(p.file_name().unwrap())).unwrap();
+                }
+            }
+        }
+    }
+    let copy = |from: &Path, name: &str| {
+        let to = bin.join(name);
+        std::fs::copy(from, &to).unwrap();
+        to
+    };
+    copy(&dmsetup, "dmsetup");
+    let busybox = copy(&which("busybox"), "busybox");
+    for applet in ["sh", "awk"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    Staged { rcx_dm: copy(Path::new(BIN), "rcx-dm"), busybox, lib_dir }
+}
+
+fn which(name: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} not found");
+}
+
 fn main() {
     let reps: usize = std::env::var("RCX_DM_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     let dm = Dm::open().expect("device-mapper is required; run through tools/bench-snap");
@@ -34,9 +85,11 @@ fn main() {
     let dev = origin.device.clone().expect("origin active");
     std::fs::write(&dev, vec![0x5au8; 16 << 20]).expect("write origin");
 
+    let staged = stage(&scratch.join("bench-bin"));
     let cli = |root: &Path| {
         let t = Instant::now();
-        let out = Command::new(BIN)
+        let out = Command::new(&staged.rcx_dm)
+            .env("LD_LIBRARY_PATH", &staged.lib_dir)
             .args(["snap", "-", "0"])
             .env("RCX_DM_ROOT", root)
             .env("RCX_DM_POOL", POOL)
@@ -57,10 +110,18 @@ fn main() {
              dmsetup message {POOL}-pool 0 \"create_snap {id} 0\"\n\
              dmsetup resume {POOL}-0\n\
              dmsetup message {POOL}-pool 0 \"set_transaction_id $T $((T+1))\"\n\
-             dmsetup create {POOL}-s{id} --table \"0 2097152 thin {pool_dev} {id}\"\n"
+             dmsetup create {POOL}-s{id} --table \"0 2097152 thin {pool_dev} {id}\"\n",
         );
         let t = Instant::now();
-        let out = Command::new("sh").arg("-c").arg(&body).env("DM_DISABLE_UDEV", "1").output().expect("sh");
+        // busybox sh and awk, dmsetup from the staged copies: every exec is local.
+        let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", staged.busybox.parent().unwrap().display());
+        let out = Command::new(&staged.busybox)
+            .args(["sh", "-c", &body])
+            .env("PATH", path)
+            .env("LD_LIBRARY_PATH", &staged.lib_dir)
+            .env("DM_DISABLE_UDEV", "1")
+            .output()
+            .expect("sh");
         assert!(out.status.success(), "dmsetup script: {}", String::from_utf8_lossy(&out.stderr));
         (id, t.elapsed().as_secs_f64() * 1e3)
     };
