@@ -2,4 +2,8 @@
 //! with device-mapper). They never skip: without device-mapper they fail.
 
 mod common;
+mod concurrency;
+mod crash;
 mod foundation;
+mod thin_edges;
+mod thin_walkthrough;

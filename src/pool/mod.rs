@@ -1,8 +1,8 @@
 //! A pool as a whole: backing storage, the kernel's thin-pool device, the state store, the
 //! lock, and recovery. This is the API every front end calls.
 
-mod fault;
-mod lock;
+pub(crate) mod fault;
+pub(crate) mod lock;
 mod recover;
 pub mod store;
 mod volume;
@@ -141,6 +141,11 @@ impl Pool {
         &self.config
     }
 
+    /// `<root>/<pool>`: the pool's state directory (front ends keep their own records under it).
+    pub fn dir(&self) -> &Path {
+        self.store.dir()
+    }
+
     /// The dm name of the thin-pool device.
     pub fn pool_dm_name(&self) -> String {
         pool_dm_name(&self.name)
@@ -160,15 +165,17 @@ impl Pool {
         if store.config()?.is_some() {
             return Err(Error::PoolExists(name.into()));
         }
+        if store.dir().exists() {
+            // A `pool create` that died half-way: nothing was committed, start over, including
+            // the thin-pool device it may already have loaded.
+            remove_partial_pool(&dm, name, store.dir(), opts)?;
+            cleanup_partial(store.dir())?;
+        }
         if dm.info(&pool_dm_name(name))?.is_some() {
             return Err(Error::invalid(
                 "pool name",
                 format!("a device-mapper device '{}' already exists; pick another --pool", pool_dm_name(name)),
             ));
-        }
-        if store.dir().exists() {
-            // A `pool create` that died half-way: nothing was committed, start over.
-            cleanup_partial(store.dir())?;
         }
         let config = plan(name, store.dir(), opts)?;
         store.init()?;
@@ -433,6 +440,29 @@ fn plan(name: &str, dir: &Path, opts: &PoolOptions) -> Result<PoolConfig> {
         zero_new_blocks: opts.zero_new_blocks,
         error_if_no_space: opts.error_if_no_space,
     })
+}
+
+/// The thin-pool device of a `pool create` that died after loading it (before recording the
+/// pool), recognised as ours by its metadata device: the loop over the pool directory's
+/// meta.img, or the caller's --meta-dev. Another device of that name is left alone.
+fn remove_partial_pool(dm: &Dm, name: &str, dir: &Path, opts: &PoolOptions) -> Result<()> {
+    let dev = pool_dm_name(name);
+    if dm.info(&dev)?.is_none() {
+        return Ok(());
+    }
+    let meta = match &opts.meta_dev {
+        Some(d) => Some(d.clone()),
+        None => loopback::find(&dir.join("meta.img"))?,
+    };
+    let Some(meta) = meta else { return Ok(()) };
+    let meta = loopback::block_device(&meta)?.0.to_string();
+    let ours = dm.table(&dev)?.first().is_some_and(|t| t.target == "thin-pool" && t.params.split_whitespace().next() == Some(meta.as_str()));
+    if ours {
+        tracing::warn!(device = %dev, "removing the thin-pool device of a pool create that did not finish");
+        dm.remove(&dev)?;
+        dm::node::remove(&dev);
+    }
+    Ok(())
 }
 
 /// Undo a half-made pool directory: detach loops over its files, then remove it.

@@ -13,6 +13,31 @@ use crate::error::{Errno, Error, Result};
 impl Pool {
     /// Finish or undo an interrupted operation. Call with the pool lock held.
     pub(crate) fn recover_locked(&self, dm: &Dm) -> Result<()> {
+        self.recover_steps(dm, false)
+    }
+
+    /// A delete's forward path is its recovery: run it with the `delete.*` fault points, which
+    /// must not fire when some later command recovers (that recovery has to finish the job).
+    pub(crate) fn delete_forward_locked(&self, dm: &Dm) -> Result<()> {
+        self.recover_steps(dm, true)
+    }
+
+    /// For read commands (`list`, `info`): they are "the next command" too, so they finish an
+    /// interrupted operation before reporting. Only where there is one, and only on a live pool
+    /// (an inactive pool is recovered by `pool activate`).
+    pub(crate) fn recover_if_pending(&self, dm: &Dm) -> Result<()> {
+        if self.store.intent()?.is_none() {
+            return Ok(());
+        }
+        let _l = self.lock()?;
+        if dm.info(&self.pool_dm_name())?.is_none() {
+            return Ok(());
+        }
+        self.recover_locked(dm)
+    }
+
+    fn recover_steps(&self, dm: &Dm, faults: bool) -> Result<()> {
+        let point = |step: &str| if faults { fault::point(step) } else { Ok(()) };
         let Some(intent) = self.store.intent()? else { return Ok(()) };
         tracing::info!(?intent, "recovering interrupted operation");
         let kernel = self.kernel_status(dm)?.transaction_id;
@@ -57,16 +82,16 @@ impl Pool {
                 }
                 self.remove_thin_device(dm, *id)?;
                 ignore(dm.message(&self.pool_dm_name(), &format!("delete {id}")), Errno::ENODATA)?;
-                fault::point("delete.deleted")?;
+                point("delete.deleted")?;
                 if kernel == *txid {
                     dm.message(&self.pool_dm_name(), &format!("set_transaction_id {txid} {}", txid + 1))?;
                 }
-                fault::point("delete.committed")?;
+                point("delete.committed")?;
                 self.store.remove_volume(*id)?;
                 if let Some(n) = name {
                     self.store.release_name(n, *id)?;
                 }
-                fault::point("delete.recorded")?;
+                point("delete.recorded")?;
             }
         }
         self.store.clear_intent()

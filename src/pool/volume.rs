@@ -286,14 +286,21 @@ impl Pool {
         let txid = self.writable_status(&dm)?.transaction_id;
         let intent = Intent::Delete { id: rec.id, name: rec.name.clone(), txid };
         self.store.put_intent(&intent)?;
-        fault::point("delete.intent")?;
         // From here the delete is decided: recovery always rolls it forward.
-        self.recover_locked(&dm)
+        let done = fault::point("delete.intent").and_then(|_| self.delete_forward_locked(&dm));
+        if let Err(e) = done {
+            // Failed half-way (an error, not a crash): finish it now instead of leaving the
+            // intent for the next command.
+            self.recover_locked(&dm)?;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// One volume with the kernel's view (active, device, mapped bytes).
     pub fn volume(&self, v: &VolRef) -> Result<Volume> {
         let dm = Dm::open()?;
+        self.recover_if_pending(&dm)?;
         let rec = self.resolve(v)?;
         self.volume_view(&dm, &rec)
     }
@@ -301,6 +308,7 @@ impl Pool {
     /// All volumes, by id.
     pub fn volumes(&self) -> Result<Vec<Volume>> {
         let dm = Dm::open()?;
+        self.recover_if_pending(&dm)?;
         let live: std::collections::HashSet<String> = dm.list()?.into_iter().collect();
         self.store
             .volumes()?
