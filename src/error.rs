@@ -47,6 +47,58 @@ pub enum Error {
     #[error("injected fault at step '{0}' (RCX_DM_FAIL_AT)")]
     InjectedFault(String),
 
+    #[error("{0} must run as root (mounts, namespaces and cgroups need CAP_SYS_ADMIN); try sudo")]
+    NotRoot(&'static str),
+
+    #[error("command '{cmd}' not found in the container's root filesystem (looked in {searched}); copy it into the volume or give its full path")]
+    CommandNotFound { cmd: String, searched: String },
+
+    #[error("command '{cmd}' cannot be executed in the container: {why}")]
+    CommandNotExecutable { cmd: String, why: String },
+
+    #[error("volume {vol} is mounted read-write at {at}; unmount it first, or mark it read-only (`rcx-dm set-readonly {vol}`) so that runs get a snapshot of it")]
+    VolumeMounted { vol: String, at: PathBuf },
+
+    #[error("volume {vol} has no filesystem rcx-dm can mount ({found}); make one with mkfs.ext4 or mkfs.xfs on its device")]
+    NoFilesystem { vol: String, found: String },
+
+    #[error("cgroup v2: {0}")]
+    Cgroup(String),
+
+    #[error("setting up the container failed while {stage}: {msg}")]
+    ContainerSetup { stage: String, msg: String },
+
+    // ---- classic snapshots (snapshot-origin / snapshot / snapshot-merge) and revert ----
+    #[error("no {kind} '{name}' in pool '{pool}'; `rcx-dm origin list` and `rcx-dm cow status` show them")]
+    NoSuchClassic { kind: &'static str, name: String, pool: String },
+
+    #[error("origin '{origin}' is already merging snapshot '{snap}'; a second merge on the same origin is refused until it finishes (`rcx-dm merge {snap} --wait`)")]
+    MergeInProgress { origin: String, snap: String },
+
+    #[error("snapshot '{snap}' is being merged into origin '{origin}'; it cannot be {what} until the merge finishes (`rcx-dm merge {snap} --wait`)")]
+    SnapshotMerging { snap: String, origin: String, what: &'static str },
+
+    #[error("snapshot '{snap}' is {state}: its copy-on-write store filled up or failed, so its content is lost and it cannot be merged; delete it with `rcx-dm cow delete {snap}` (next time give the COW more --size)")]
+    SnapshotUnusable { snap: String, state: &'static str },
+
+    #[error("snapshot '{0}' is transient (--transient); the kernel merges only persistent snapshots")]
+    MergeNeedsPersistent(String),
+
+    #[error("refusing to load snapshot-merge into {0} while its snapshot-origin is live; the kernel requires the origin to be suspended first (snapshot-merge must not be loaded while a snapshot-origin for the same origin is live)")]
+    OriginLive(String),
+
+    #[error("{what} '{name}' is open ({open} opener(s): mounted or held by a process); {advice}")]
+    ClassicInUse { what: &'static str, name: String, open: i32, advice: &'static str },
+
+    #[error("origin '{origin}' still has snapshots ({snaps}); delete them first with `rcx-dm cow delete`")]
+    OriginHasSnapshots { origin: String, snaps: String },
+
+    #[error("the kernel stopped merging snapshot '{snap}' into '{origin}' after an I/O error (status \"Merge failed\"); check the devices (dmesg), then `rcx-dm pool deactivate` and `rcx-dm pool activate` restart the merge")]
+    MergeFailed { snap: String, origin: String },
+
+    #[error("classic {kind} '{name}' is not active; run `rcx-dm pool activate`")]
+    ClassicInactive { kind: &'static str, name: String },
+
     #[error("{context}: {source}")]
     Io { context: String, #[source] source: std::io::Error },
 }

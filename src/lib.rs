@@ -2,12 +2,16 @@
 //!
 //! Layers, each calling only the one below:
 //! `dm` (typed targets over dm ioctls) -> `loopback` (sparse files, loop devices) ->
-//! `pool` (store, lock, transactions, recovery: the API front ends use).
+//! `pool` (store, lock, transactions, recovery: the API front ends use) ->
+//! `classic` (snapshot-origin / snapshot / snapshot-merge stacks over loop files or pool volumes) and
+//! `runner` (a volume as a container root: mount, namespaces, pivot_root, cgroup v2, exec).
 
 pub mod dm;
 pub mod error;
 pub mod loopback;
 pub mod pool;
+pub mod classic;
+pub mod runner;
 pub mod units;
 
 pub use error::{Error, Result};

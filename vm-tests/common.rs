@@ -127,14 +127,26 @@ impl Drop for Scenario {
             if let Ok(names) = dm.list() {
                 let (pools, thins): (Vec<_>, Vec<_>) =
                     names.into_iter().filter(|n| n.starts_with(&prefix)).partition(|n| n.ends_with("-pool"));
-                for n in thins.iter().chain(pools.iter()) {
-                    let _ = dm.remove(n);
-                    rcx_dm::dm::node::remove(n);
+                // Several passes: classic stacks (snapshot -> origin -> -real/-cow -> thin) free
+                // one level per pass.
+                for _ in 0..4 {
+                    for n in thins.iter().chain(pools.iter()) {
+                        let _ = dm.remove(n);
+                        rcx_dm::dm::node::remove(n);
+                    }
                 }
             }
         }
         for f in ["data.img", "meta.img"] {
             let _ = rcx_dm::loopback::detach(&self.root.join(&self.pool).join(f));
+        }
+        // Loops over classic origin and COW files.
+        if let Ok(dir) = std::fs::read_dir(self.root.join(&self.pool).join("classic")) {
+            for e in dir.flatten() {
+                if e.path().extension().is_some_and(|x| x == "img" || x == "cow") {
+                    let _ = rcx_dm::loopback::detach(&e.path());
+                }
+            }
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }

@@ -2,8 +2,10 @@
 //! with device-mapper). They never skip: without device-mapper they fail.
 
 mod common;
+mod classic;
+mod foundation;
 mod concurrency;
 mod crash;
-mod foundation;
 mod thin_edges;
 mod thin_walkthrough;
+mod runner;

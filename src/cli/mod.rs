@@ -11,6 +11,9 @@ use rcx_dm::dm::Dm;
 use rcx_dm::pool::{self, Pool, PoolOptions, VolRef};
 use rcx_dm::units::{format_size, parse_size};
 
+mod classic;
+mod run;
+
 #[derive(Parser)]
 #[command(
     name = "rcx-dm",
@@ -74,6 +77,21 @@ enum Cmd {
     },
     /// Show the kernel's device-mapper version and loaded targets.
     DmInfo(JsonFlag),
+    /// Run a command in a container on a volume (a snapshot of a read-only one): private mount,
+    /// new mount/pid/uts/ipc/net namespaces, pivot_root, cgroup v2 limits.
+    Run(run::RunArgs),
+    /// Mark a volume read-only (a base: `run` uses snapshots of it), or writable with --off.
+    SetReadonly(run::SetReadonlyArgs),
+    /// Classic origins: NAME-real (linear) and NAME (snapshot-origin) over a file, volume or device.
+    #[command(subcommand)]
+    Origin(classic::OriginCmd),
+    /// Classic copy-on-write snapshots of an origin (persistent or transient).
+    #[command(subcommand)]
+    Cow(classic::CowCmd),
+    /// Merge a classic snapshot back into its origin (snapshot-merge), then snapshot-origin again.
+    Merge(classic::MergeArgs),
+    /// Give thin volume VOLUME the content of SNAPSHOT again; it keeps its id and name.
+    Revert(classic::RevertArgs),
 }
 
 #[derive(Subcommand)]
@@ -185,6 +203,7 @@ fn run(cli: Cli) -> Result<()> {
         bail!("rcx-dm must run as root (device-mapper and loop devices need CAP_SYS_ADMIN); try sudo");
     }
     let root = cli.root.as_path();
+    run::reap(root, &cli.pool);
     let open = || Pool::open(root, &cli.pool);
     match cli.cmd {
         Cmd::Pool(p) => pool_cmd(root, &cli.pool, p),
@@ -206,6 +225,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Deactivate { volume } => Ok(open()?.deactivate_volume(&volume)?),
         Cmd::Delete { volume, force } => Ok(open()?.delete(&volume, force)?),
+        Cmd::Run(a) => run::run(open(), a),
+        Cmd::SetReadonly(a) => run::set_readonly(&open()?, a),
+        Cmd::Origin(c) => classic::origin(&open()?, c),
+        Cmd::Cow(c) => classic::cow(&open()?, c),
+        Cmd::Merge(a) => classic::merge(&open()?, a),
+        Cmd::Revert(a) => classic::revert(&open()?, a),
         Cmd::List(o) => {
             let vols = open()?.volumes()?;
             if o.json {
@@ -292,11 +317,20 @@ fn pool_cmd(root: &std::path::Path, name: &str, cmd: PoolCmd) -> Result<()> {
             Ok(())
         }
         PoolCmd::Activate => {
-            let n = Pool::open(root, name)?.activate()?;
+            let p = Pool::open(root, name)?;
+            let n = p.activate()?;
+            let o = classic::activate(&p)?;
             println!("pool '{name}' active, {n} volume(s) activated");
+            if o > 0 {
+                println!("{o} classic origin(s) activated");
+            }
             Ok(())
         }
-        PoolCmd::Deactivate => Ok(Pool::open(root, name)?.deactivate()?),
+        PoolCmd::Deactivate => {
+            let p = Pool::open(root, name)?;
+            classic::deactivate(&p)?;
+            Ok(p.deactivate()?)
+        }
         PoolCmd::Status(o) => {
             let s = Pool::open(root, name)?.status()?;
             if o.json {
@@ -338,7 +372,11 @@ fn pool_cmd(root: &std::path::Path, name: &str, cmd: PoolCmd) -> Result<()> {
             }
             Ok(())
         }
-        PoolCmd::Destroy { force } => Ok(Pool::open(root, name)?.destroy(force)?),
+        PoolCmd::Destroy { force } => {
+            let p = Pool::open(root, name)?;
+            classic::destroy(&p, force)?;
+            Ok(p.destroy(force)?)
+        }
     }
 }
 

@@ -1,13 +1,18 @@
-//! Device-mapper: typed targets and status lines over the `devicemapper` crate's ioctls.
+//! Device-mapper: typed targets (thin-pool, thin, linear, snapshot-origin, snapshot,
+//! snapshot-merge) and status lines over the `devicemapper` crate's ioctls.
 //! No dmsetup, no libdevmapper, no udev: device nodes come from devtmpfs (`/dev/dm-N`) and
 //! the `/dev/mapper/<name>` links are made here (see `node`).
 
 mod linear;
 pub mod node;
+pub mod snapshot;
 mod thin;
 mod thin_pool;
 
 pub use linear::LinearTarget;
+pub use snapshot::{
+    Persistence, SnapshotMergeTarget, SnapshotOriginTarget, SnapshotStatus, SnapshotTarget, MAX_CHUNK_SECTORS,
+};
 pub use thin::{ThinStatus, ThinTarget};
 pub use thin_pool::{PoolMode, ThinPoolStatus, ThinPoolTarget};
 

@@ -4,6 +4,7 @@
 pub(crate) mod fault;
 pub(crate) mod lock;
 mod recover;
+mod revert;
 pub mod store;
 mod volume;
 

@@ -58,6 +58,7 @@ impl Pool {
                         size_bytes: *size_bytes,
                         txid: kernel,
                         autoactivate: true,
+                        read_only: false,
                     };
                     if let Some(n) = name {
                         self.store.claim_name(n, *id)?;
@@ -76,6 +77,7 @@ impl Pool {
                     return Err(self.mismatch(&intent, kernel));
                 }
             }
+            Intent::Revert { .. } => self.revert_steps(dm, &intent, false)?,
             Intent::Delete { id, name, txid } => {
                 if kernel != *txid && kernel != txid + 1 {
                     return Err(self.mismatch(&intent, kernel));

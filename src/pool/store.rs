@@ -57,6 +57,9 @@ pub struct VolumeRecord {
     pub txid: u64,
     /// Bring the volume back when the pool is activated (it was active when last used).
     pub autoactivate: bool,
+    /// A base (image) volume: `rcx-dm run` never writes to it, it runs a fresh snapshot of it.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// An operation that may have touched the kernel but not finished: rolled forward or back
@@ -66,6 +69,9 @@ pub struct VolumeRecord {
 pub enum Intent {
     Create { id: u32, name: Option<String>, parent: Option<u32>, size_bytes: u64, txid: u64 },
     Delete { id: u32, name: Option<String>, txid: u64 },
+    /// `revert`: volume `id` gets `snapshot`'s content, keeping its id and name. `tmp` is a
+    /// scratch thin id; the kernel's transaction id counts the steps done (see `revert.rs`).
+    Revert { id: u32, snapshot: u32, tmp: u32, txid: u64, reactivate: bool },
 }
 
 pub struct Store {
@@ -215,11 +221,11 @@ impl Store {
     }
 }
 
-fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+pub(crate) fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(v).map_err(|e| Error::Inconsistent(format!("encoding record: {e}")))
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
@@ -230,7 +236,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 }
 
 /// Replace `path` atomically: readers see the old or the new content, never a mix.
-fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
     f.write_all(bytes).ctx(|| format!("writing {}", tmp.display()))?;
@@ -239,7 +245,7 @@ fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new("/")))
 }
 
-fn remove_durable(path: &Path) -> Result<()> {
+pub(crate) fn remove_durable(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("/"))),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -247,7 +253,7 @@ fn remove_durable(path: &Path) -> Result<()> {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).ctx(|| format!("syncing directory {}", dir.display()))
 }
 
@@ -256,7 +262,7 @@ mod tests {
     use super::*;
 
     fn rec(id: u32) -> VolumeRecord {
-        VolumeRecord { id, name: None, parent: None, size_bytes: 1 << 30, txid: 1, autoactivate: true }
+        VolumeRecord { id, name: None, parent: None, size_bytes: 1 << 30, txid: 1, autoactivate: true, read_only: false }
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub struct Volume {
     pub device: Option<PathBuf>,
     /// Bytes the volume has mapped in the pool (only known while active).
     pub mapped_bytes: Option<u64>,
+    /// A read-only base: `rcx-dm run` runs snapshots of it, never the volume itself.
+    pub read_only: bool,
 }
 
 impl Pool {
@@ -200,14 +202,14 @@ impl Pool {
         }
         dm.message(&pool, &format!("set_transaction_id {txid} {}", txid + 1))?;
         fault::point(&format!("{op}.committed"))?;
-        let rec = VolumeRecord { id, name, parent: parent.map(|p| p.id), size_bytes, txid: txid + 1, autoactivate: true };
+        let rec = VolumeRecord { id, name, parent: parent.map(|p| p.id), size_bytes, txid: txid + 1, autoactivate: true, read_only: false };
         self.store.put_volume(&rec)?;
         fault::point(&format!("{op}.recorded"))?;
         Ok(rec)
     }
 
     /// The lowest free id at or after the allocation hint (wrapping). O(1) in the common case.
-    fn allocate_id(&self) -> Result<u32> {
+    pub(crate) fn allocate_id(&self) -> Result<u32> {
         let start = self.store.next_id_hint().min(MAX_THIN_ID);
         let mut id = start;
         loop {
@@ -297,6 +299,23 @@ impl Pool {
         Ok(())
     }
 
+    /// Mark a volume as a read-only base (or clear the mark). `rcx-dm run` never mounts a
+    /// read-only volume writable: it runs a fresh thin snapshot of it. Only the store changes.
+    pub fn set_read_only(&self, v: &VolRef, read_only: bool) -> Result<Volume> {
+        let dm = Dm::open()?;
+        let rec = {
+            let _l = self.lock()?;
+            self.recover_locked(&dm)?;
+            let mut rec = self.resolve(v)?;
+            if rec.read_only != read_only {
+                rec.read_only = read_only;
+                self.store.put_volume(&rec)?;
+            }
+            rec
+        };
+        self.volume_view(&dm, &rec)
+    }
+
     /// One volume with the kernel's view (active, device, mapped bytes).
     pub fn volume(&self, v: &VolRef) -> Result<Volume> {
         let dm = Dm::open()?;
@@ -349,6 +368,7 @@ fn inactive_view(r: &VolumeRecord) -> Volume {
         active: false,
         device: None,
         mapped_bytes: None,
+        read_only: r.read_only,
     }
 }
 

@@ -1,0 +1,98 @@
+//! A minimal `/dev` for the container, made just before pivot_root (paths relative to the
+//! mounted volume, the working directory then): a small tmpfs with the character
+//! devices every program expects (null, zero, full, random, urandom, tty), a private devpts
+//! instance (so the container's ptys are its own), a tmpfs on `/dev/shm`, and the usual links
+//! (`fd`, `stdin`, `stdout`, `stderr`, `ptmx`, `core`). Nothing of the host's /dev is visible.
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+
+use super::namespaces::{Fail, Step};
+use super::rootfs::ensure_dir;
+
+/// (name, major, minor): the devices docker and runc give every container too.
+pub const DEVICES: [(&str, u64, u64); 6] = [
+    ("dev/null", 1, 3),
+    ("dev/zero", 1, 5),
+    ("dev/full", 1, 7),
+    ("dev/random", 1, 8),
+    ("dev/urandom", 1, 9),
+    ("dev/tty", 5, 0),
+];
+
+pub const LINKS: [(&str, &str); 6] = [
+    ("/proc/self/fd", "dev/fd"),
+    ("/proc/self/fd/0", "dev/stdin"),
+    ("/proc/self/fd/1", "dev/stdout"),
+    ("/proc/self/fd/2", "dev/stderr"),
+    ("pts/ptmx", "dev/ptmx"),
+    ("/proc/kcore", "dev/core"),
+];
+
+/// Build /dev in `dev` under the current directory (the mounted volume, before pivot_root).
+pub(super) fn setup(read_only_root: bool) -> Step<()> {
+    ensure_dir("dev", read_only_root)?;
+    mount(Some("tmpfs"), "dev", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=64k"))
+        .map_err(|e| Fail::new("mounting a tmpfs on /dev", e))?;
+    for (path, major, minor) in DEVICES {
+        mknod(path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor))
+            .map_err(|e| Fail::new(format!("creating /{path}"), e))?;
+        // mknod applies the umask; the nodes must be usable by everyone, as on a host.
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| Fail::new(format!("setting the mode of /{path}"), e))?;
+    }
+    for (dir, mode) in [("dev/pts", 0o755), ("dev/shm", 0o1777)] {
+        nix::unistd::mkdir(dir, Mode::from_bits_truncate(mode)).map_err(|e| Fail::new(format!("creating /{dir}"), e))?;
+    }
+    mount(
+        Some("devpts"),
+        "dev/pts",
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .map_err(|e| Fail::new("mounting a private devpts on /dev/pts", e))?;
+    mount(
+        Some("shm"),
+        "dev/shm",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(|e| Fail::new("mounting a tmpfs on /dev/shm", e))?;
+    for (target, link) in LINKS {
+        std::os::unix::fs::symlink(target, link).map_err(|e| {
+            Fail::new(format!("linking /{link} to {target}"), nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+        })?;
+    }
+    console();
+    Ok(())
+}
+
+/// The terminal passed through: the container's own devpts does not hold the host's pty, so,
+/// as docker does for a terminal, it is bind-mounted on `/dev/console` (where `tty` inside
+/// finds it). The host path is still reachable here, before pivot_root. Best effort: nothing
+/// when no standard descriptor is a terminal or its node cannot be found.
+fn console() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    // SAFETY: isatty only inspects the descriptor.
+    let Some(fd) = (0..3).find(|fd| unsafe { libc::isatty(*fd) } == 1) else { return };
+    let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else { return };
+    let (Ok(node), Ok(open)) = (std::fs::metadata(&path), nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }))
+    else {
+        return;
+    };
+    if !node.file_type().is_char_device() || node.rdev() != open.st_rdev {
+        return;
+    }
+    if std::fs::File::create("dev/console").is_ok()
+        && mount(Some(&path), "dev/console", None::<&str>, MsFlags::MS_BIND, None::<&str>).is_err()
+    {
+        let _ = std::fs::remove_file("dev/console");
+    }
+}

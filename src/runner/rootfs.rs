@@ -1,0 +1,289 @@
+//! The container's root filesystem: what is on the volume (ext4 or xfs, read from the
+//! superblock), whether it is mounted elsewhere (`/proc/self/mountinfo` plus an exclusive
+//! open, which also sees mounts in other mount namespaces), and the mounts made inside the
+//! container's mount namespace: the volume itself, a fresh `/proc` and a read-only `/sys`.
+//!
+//! The volume is mounted only inside the container's own mount namespace, never in the host's:
+//! when the container's last process exits the kernel drops the namespace and unmounts it, so a
+//! killed rcx-dm can never leave the mount behind.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+
+use super::namespaces::{Fail, Step};
+use crate::error::{Error, IoContext, Result};
+
+/// Filesystems rcx-dm mounts as a container root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fs {
+    Ext4,
+    Xfs,
+}
+
+impl Fs {
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            Fs::Ext4 => "ext4",
+            Fs::Xfs => "xfs",
+        }
+    }
+
+    /// Mount data. xfs refuses a second filesystem with the same UUID, and every snapshot of a
+    /// base has the base's UUID: always `nouuid`. A read-only base is mounted without journal
+    /// replay, so not even recovery writes to it.
+    pub fn mount_data(self, read_only_base: bool) -> Option<&'static str> {
+        match (self, read_only_base) {
+            (Fs::Ext4, false) => None,
+            (Fs::Ext4, true) => Some("noload"),
+            (Fs::Xfs, false) => Some("nouuid"),
+            (Fs::Xfs, true) => Some("nouuid,norecovery"),
+        }
+    }
+}
+
+/// Recognise the filesystem from its superblock: ext2/3/4 magic 0xEF53 at byte 1080, xfs
+/// "XFSB" at byte 0.
+pub fn detect(sb: &[u8]) -> Option<Fs> {
+    if sb.len() >= 4 && &sb[..4] == b"XFSB" {
+        return Some(Fs::Xfs);
+    }
+    if sb.len() >= 1082 && sb[1080] == 0x53 && sb[1081] == 0xEF {
+        return Some(Fs::Ext4);
+    }
+    None
+}
+
+/// Read the superblock of `dev` and say what filesystem it holds. With `exclusive`, the device
+/// is opened O_EXCL, which the kernel refuses (EBUSY) while any mount namespace has it mounted.
+pub fn probe(vol: &str, dev: &Path, exclusive: bool) -> Result<Fs> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    if exclusive {
+        opts.custom_flags(libc::O_EXCL);
+    }
+    let f = match opts.open(dev) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            return Err(Error::Busy(
+                format!("{vol} ({})", dev.display()),
+                "in use (mounted in another mount namespace, e.g. another container, or held open)",
+                "stop what uses it, or mark it read-only (`rcx-dm set-readonly`) and run snapshots of it",
+            ))
+        }
+        Err(e) => return Err(e).ctx(|| format!("opening {}", dev.display())),
+    };
+    let mut sb = vec![0u8; 4096];
+    let n = read_at_most(&f, &mut sb).ctx(|| format!("reading the superblock of {}", dev.display()))?;
+    detect(&sb[..n]).ok_or_else(|| Error::NoFilesystem {
+        vol: vol.to_string(),
+        found: if sb[..n].iter().all(|b| *b == 0) { "it is empty".into() } else { "unknown superblock".into() },
+    })
+}
+
+fn read_at_most(f: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// (major, minor) of a block device node.
+pub fn dev_numbers(dev: &Path) -> Result<(u32, u32)> {
+    let m = std::fs::metadata(dev).ctx(|| format!("inspecting {}", dev.display()))?;
+    let rdev = m.rdev();
+    Ok((nix::sys::stat::major(rdev) as u32, nix::sys::stat::minor(rdev) as u32))
+}
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub dev: (u32, u32),
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    /// Writable: both the mount and the superblock are rw.
+    pub rw: bool,
+}
+
+pub fn mountinfo() -> Result<Vec<MountEntry>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo".into())?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// Parse mountinfo text (proc(5)): `id parent maj:min root mount-point mount-options
+/// [optional fields] - fstype source super-options`.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let l: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        if l.len() < 6 || r.len() < 3 {
+            continue;
+        }
+        let Some((maj, min)) = l[2].split_once(':') else { continue };
+        let (Ok(maj), Ok(min)) = (maj.parse(), min.parse()) else { continue };
+        let opt_rw = |o: &str| o.split(',').any(|x| x == "rw");
+        out.push(MountEntry {
+            dev: (maj, min),
+            mount_point: PathBuf::from(unescape(l[4])),
+            fstype: r[0].to_string(),
+            rw: opt_rw(l[5]) && opt_rw(r[2]),
+        });
+    }
+    out
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Refuse a device mounted read-write in this mount namespace (the host's, for the CLI).
+pub fn refuse_if_mounted_rw(vol: &str, dev: (u32, u32), mounts: &[MountEntry]) -> Result<()> {
+    match mounts.iter().find(|m| m.dev == dev && m.rw) {
+        Some(m) => Err(Error::VolumeMounted { vol: vol.to_string(), at: m.mount_point.clone() }),
+        None => Ok(()),
+    }
+}
+
+/// Everything the container side needs to mount its root, prepared before the clone so the
+/// child only makes system calls.
+pub struct RootPlan {
+    pub device: CString,
+    pub target: CString,
+    pub fstype: &'static str,
+    pub data: Option<&'static str>,
+    pub read_only: bool,
+}
+
+impl RootPlan {
+    pub fn new(device: &Path, target: &Path, fs: Fs, read_only: bool, read_only_base: bool) -> Result<RootPlan> {
+        Ok(RootPlan {
+            device: cpath(device)?,
+            target: cpath(target)?,
+            fstype: fs.kernel_name(),
+            data: fs.mount_data(read_only_base),
+            read_only,
+        })
+    }
+}
+
+pub fn cpath(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::invalid("path", format!("{} contains a NUL byte", p.display())))
+}
+
+/// In the container's fresh mount namespace: stop propagation both ways (so nothing mounted
+/// here reaches the host, and the host's later mounts stay out), then mount the volume.
+pub(super) fn mount_root(p: &RootPlan) -> Step<()> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| Fail::new("making the mount tree private", e))?;
+    let mut flags = MsFlags::empty();
+    if p.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(Some(p.device.as_c_str()), p.target.as_c_str(), Some(p.fstype), flags, p.data).map_err(|e| {
+        Fail::new(
+            format!("mounting {} ({}) on {}", p.device.to_string_lossy(), p.fstype, p.target.to_string_lossy()),
+            e,
+        )
+    })
+}
+
+/// A directory the container needs at the top of its root (`/proc`, `/sys`, `/dev`): made if the
+/// volume lacks it and is writable. Paths are the container's (after pivot_root) or relative to
+/// the mounted volume (before it).
+pub(super) fn ensure_dir(path: &'static str, read_only: bool) -> Step<()> {
+    let path = Path::new(path);
+    if path.is_dir() {
+        return Ok(());
+    }
+    if read_only {
+        return Err(Fail::new(
+            format!("looking for {} (the read-only root filesystem lacks it; create it in the volume)", path.display()),
+            nix::errno::Errno::ENOENT,
+        ));
+    }
+    nix::unistd::mkdir(path, nix::sys::stat::Mode::from_bits_truncate(0o755))
+        .map_err(|e| Fail::new(format!("creating {}", path.display()), e))
+}
+
+/// After pivot_root: a fresh procfs for the container's pid namespace, and sysfs read-only (for
+/// --net none it shows the container's own network namespace).
+pub(super) fn mount_proc_sys(read_only: bool) -> Step<()> {
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    ensure_dir("/proc", read_only)?;
+    mount(Some("proc"), "/proc", Some("proc"), nosuid_nodev_noexec, None::<&str>).map_err(|e| Fail::new("mounting /proc", e))?;
+    ensure_dir("/sys", read_only)?;
+    mount(Some("sysfs"), "/sys", Some("sysfs"), nosuid_nodev_noexec | MsFlags::MS_RDONLY, None::<&str>)
+        .map_err(|e| Fail::new("mounting /sys read-only", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn superblocks() {
+        let mut ext = vec![0u8; 4096];
+        ext[1080] = 0x53;
+        ext[1081] = 0xEF;
+        assert_eq!(detect(&ext), Some(Fs::Ext4));
+        let mut xfs = vec![0u8; 4096];
+        xfs[..4].copy_from_slice(b"XFSB");
+        assert_eq!(detect(&xfs), Some(Fs::Xfs));
+        assert_eq!(detect(&[0u8; 4096]), None);
+        assert_eq!(detect(&ext[..1000]), None);
+    }
+
+    #[test]
+    fn mountinfo_lines() {
+        let text = "\
+23 1 0:21 / / ro,relatime - 9p /dev/root ro,sync
+71 25 253:3 / /run/x\\040y rw,relatime shared:5 - ext4 /dev/mapper/p-3 rw
+72 25 253:4 / /mnt ro,relatime - ext4 /dev/mapper/p-4 rw
+73 25 253:5 / /mnt2 rw,relatime - xfs /dev/mapper/p-5 ro,nouuid
+garbage line
+";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[1].dev, (253, 3));
+        assert_eq!(m[1].mount_point, PathBuf::from("/run/x y"));
+        assert_eq!(m[1].fstype, "ext4");
+        assert!(m[1].rw);
+        assert!(!m[2].rw && !m[3].rw && !m[0].rw);
+        assert!(refuse_if_mounted_rw("3", (253, 3), &m).is_err());
+        assert!(refuse_if_mounted_rw("4", (253, 4), &m).is_ok());
+        assert!(refuse_if_mounted_rw("9", (253, 9), &m).is_ok());
+    }
+
+    #[test]
+    fn xfs_is_always_nouuid() {
+        assert_eq!(Fs::Xfs.mount_data(false), Some("nouuid"));
+        assert!(Fs::Xfs.mount_data(true).unwrap().contains("nouuid"));
+        assert_eq!(Fs::Ext4.mount_data(false), None);
+    }
+}

@@ -1,0 +1,233 @@
+//! Run state for crash cleanup: `<root>/<pool>/runs/<run id>/run.json`, written durably before
+//! the kernel is touched, naming everything the run will create (the container snapshot's
+//! name, the cgroup's path, the volume it activates). The live rcx-dm holds an flock on the
+//! run's directory; the kernel drops it when the process dies, however it dies. So any later
+//! rcx-dm command that can take the lock knows the run is dead, and undoes what it left:
+//! kills and removes the cgroup, deactivates (or with --rm deletes) the snapshot, deactivates a
+//! volume the run activated, and removes the record. Every step is idempotent.
+//!
+//! The mount needs no cleanup: it only ever existed in the container's own mount namespace,
+//! which the kernel tore down with the container's last process (rcx-dm's death SIGKILLs the
+//! container through PR_SET_PDEATHSIG; cleanup also kills what is left in the cgroup).
+//!
+//! `runs/vol-<id>.lock` serialises runs that mount one volume in place (exclusive for a
+//! writable mount, shared for read-only ones).
+
+use std::fs::{self, File};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use super::cgroup;
+use super::network;
+use super::rootfs;
+use crate::error::{Error, IoContext, Result};
+use crate::pool::store::{read_json, sync_dir, write_durable};
+use crate::pool::{Pool, VolRef};
+
+pub const RUNS_DIR: &str = "runs";
+const RECORD: &str = "run.json";
+
+/// What a run will create, recorded before it creates anything.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunRecord {
+    pub id: String,
+    /// rcx-dm's pid (for people reading the file; liveness is the flock).
+    pub pid: u32,
+    /// The volume the user named.
+    pub volume: u32,
+    /// The container snapshot this run creates (by name: known before it exists).
+    pub snapshot: Option<String>,
+    /// Delete the snapshot afterwards (--rm); otherwise it is kept, deactivated.
+    pub rm: bool,
+    /// A volume this run activates and must deactivate again (it was inactive before).
+    pub deactivate: Option<u32>,
+    pub cgroup: Option<PathBuf>,
+    /// `--net bridge`: the address claimed under /run/rcx-dm/ips.
+    #[serde(default)]
+    pub ip: Option<String>,
+}
+
+/// A live run's directory, locked by this process.
+pub struct RunState {
+    pub dir: PathBuf,
+    pub record: RunRecord,
+    _lock: Flock<File>,
+}
+
+pub fn runs_dir(pool: &Pool) -> PathBuf {
+    pool.dir().join(RUNS_DIR)
+}
+
+impl RunState {
+    /// Create, lock and record a run. The directory is made under a dot-name and renamed into
+    /// place once locked and recorded, so a concurrent cleanup never sees it unlocked.
+    pub fn create(pool: &Pool, record: RunRecord) -> Result<RunState> {
+        let runs = runs_dir(pool);
+        fs::create_dir_all(&runs).ctx(|| format!("creating {}", runs.display()))?;
+        let tmp = runs.join(format!(".new-{}", record.id));
+        fs::create_dir(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+        let lock = lock_dir(&tmp)?.ok_or_else(|| Error::Inconsistent(format!("{} is locked by another process", tmp.display())))?;
+        write_durable(&tmp.join(RECORD), &crate::pool::store::json(&record)?)?;
+        fs::create_dir(tmp.join("rootfs")).ctx(|| format!("creating {}/rootfs", tmp.display()))?;
+        let dir = runs.join(&record.id);
+        fs::rename(&tmp, &dir).ctx(|| format!("renaming {} into place", tmp.display()))?;
+        sync_dir(&runs)?;
+        Ok(RunState { dir, record, _lock: lock })
+    }
+
+    /// Where the container's mount namespace mounts the volume (empty in the host's).
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// Everything is undone: forget the run.
+    pub fn finish(self) -> Result<()> {
+        remove_run_dir(&self.dir)
+    }
+}
+
+fn remove_run_dir(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => sync_dir(dir.parent().unwrap_or(Path::new("/"))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).ctx(|| format!("removing {}", dir.display())),
+    }
+}
+
+/// Try to lock a directory without waiting: None if a live process holds it.
+fn lock_dir(dir: &Path) -> Result<Option<Flock<File>>> {
+    let f = File::open(dir).ctx(|| format!("opening {}", dir.display()))?;
+    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(std::io::Error::from(e)).ctx(|| format!("locking {}", dir.display())),
+    }
+}
+
+/// Held while a volume is mounted in place by a run.
+pub struct VolumeLock {
+    _lock: Flock<File>,
+}
+
+pub fn lock_volume(pool: &Pool, id: u32, exclusive: bool) -> Result<VolumeLock> {
+    let runs = runs_dir(pool);
+    fs::create_dir_all(&runs).ctx(|| format!("creating {}", runs.display()))?;
+    let path = runs.join(format!("vol-{id}.lock"));
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx(|| format!("opening {}", path.display()))?;
+    let arg = if exclusive { FlockArg::LockExclusiveNonblock } else { FlockArg::LockSharedNonblock };
+    match Flock::lock(f, arg) {
+        Ok(l) => Ok(VolumeLock { _lock: l }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::Busy(
+            id.to_string(),
+            "in use by another rcx-dm run",
+            "wait for that container to stop, or mark the volume read-only (`rcx-dm set-readonly`) to run snapshots of it",
+        )),
+        Err((_, e)) => Err(std::io::Error::from(e)).ctx(|| format!("locking {}", path.display())),
+    }
+}
+
+/// Undo what a run created, in reverse order. Idempotent; used after every run and for runs
+/// whose rcx-dm died.
+pub fn cleanup(pool: &Pool, rec: &RunRecord, dir: &Path) -> Result<()> {
+    if let Some(cg) = &rec.cgroup {
+        cgroup::remove(cg)?;
+    }
+    // The volume is mounted only in the container's namespace, gone with it. Should a mount of
+    // the run's root be visible here anyway, detach it.
+    let root = dir.join("rootfs");
+    if rootfs::mountinfo()?.iter().any(|m| m.mount_point == root) {
+        let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
+    }
+    // Only a snapshot of the run's volume is the run's (a name alone could be someone else's).
+    let ours = |name: &str| pool.resolve(&VolRef::Name(name.to_string())).is_ok_and(|v| v.parent == Some(rec.volume));
+    if let Some(name) = rec.snapshot.as_deref().filter(|n| ours(n)) {
+        let v = VolRef::Name(name.to_string());
+        if rec.rm {
+            retry_busy(|| ignore_missing(pool.delete(&v, true)))?;
+        } else if pool.volume(&v).is_ok_and(|x| x.active) {
+            retry_busy(|| ignore_missing(pool.deactivate_volume(&v)))?;
+        }
+    }
+    if let Some(id) = rec.deactivate {
+        retry_busy(|| ignore_missing(pool.deactivate_volume(&VolRef::Id(id))))?;
+    }
+    if let Some(ip) = &rec.ip {
+        network::release_address(ip, dir);
+    }
+    Ok(())
+}
+
+fn ignore_missing(r: Result<()>) -> Result<()> {
+    match r {
+        Err(Error::NoSuchVolume { .. }) => Ok(()),
+        r => r,
+    }
+}
+
+/// The kernel finishes unmounting a dying namespace's filesystems as its last task exits, a
+/// moment after rcx-dm has reaped PID 1: give a busy device a little while.
+fn retry_busy(mut f: impl FnMut() -> Result<()>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match f() {
+            Err(Error::Busy(..)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            r => return r,
+        }
+    }
+}
+
+/// Clean up after runs whose rcx-dm died (killed, crashed, power cut). Returns how many were
+/// cleaned. Runs in progress are left alone (their lock is held). Cheap when there are none:
+/// one directory read.
+pub fn reap_dead_runs(pool: &Pool) -> Result<usize> {
+    let runs = runs_dir(pool);
+    let Ok(entries) = fs::read_dir(&runs) else { return Ok(0) };
+    let mut cleaned = 0;
+    let mut first_err = None;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let dir = e.path();
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let lock = match lock_dir(&dir) {
+            Ok(Some(l)) => l,
+            Ok(None) => continue, // alive
+            Err(_) => continue,   // vanished meanwhile: another command cleaned it
+        };
+        if name.starts_with('.') {
+            // Died before its record was complete: nothing was touched yet.
+            remove_run_dir(&dir)?;
+            continue;
+        }
+        let done = read_json::<RunRecord>(&dir.join(RECORD)).and_then(|rec| {
+            if let Some(rec) = &rec {
+                tracing::warn!(run = %rec.id, pid = rec.pid, "cleaning up after a run whose rcx-dm died");
+                cleanup(pool, rec, &dir)?;
+            }
+            remove_run_dir(&dir)
+        });
+        drop(lock);
+        match done {
+            Ok(()) => cleaned += 1,
+            // Kept for the next command (e.g. the pool is inactive until `pool activate`).
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(cleaned),
+    }
+}

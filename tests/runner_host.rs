@@ -1,0 +1,264 @@
+//! Host test of the runner's core (`rcx_dm::runner::run_container`) on a loop device: the
+//! namespaces, pivot_root, /proc, /dev, /sys, hostname, exec and exit-status paths need no
+//! device-mapper, so they are checked here on every `cargo test`. (Snapshots, activation,
+//! cgroup limits and crash cleanup need dm and cgroup v2 controllers: vm-tests/runner.rs.)
+//!
+//! harness = false: the runner clones the calling process, which must be single-threaded, so
+//! this is a plain main() running the cases one after another. It needs root, loop devices,
+//! mkfs.ext4 and a static /bin/busybox (tools/setup installs them); without them it says so
+//! and passes.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rcx_dm::runner::{self, Fs, Net, RunOutcome, RunSpec, Target};
+
+struct Env {
+    dev: PathBuf,
+    image: PathBuf,
+    mnt: PathBuf,
+}
+
+fn main() {
+    let missing: Vec<&str> = [
+        (!nix::unistd::geteuid().is_root(), "root"),
+        (!Path::new("/dev/loop-control").exists(), "/dev/loop-control"),
+        (Command::new("mkfs.ext4").arg("-V").output().is_err(), "mkfs.ext4"),
+        (!Path::new("/bin/busybox").exists(), "/bin/busybox"),
+    ]
+    .into_iter()
+    .filter_map(|(m, what)| m.then_some(what))
+    .collect();
+    if !missing.is_empty() {
+        println!("runner_host: skipped, this host lacks {}", missing.join(", "));
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("root.img");
+    rcx_dm::loopback::create_sparse(&image, 64 << 20).unwrap();
+    let out = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image).output().unwrap();
+    assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+    let dev = rcx_dm::loopback::attach(&image).unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let env = Env { dev, image, mnt };
+    populate(&env);
+
+    type Case = (&'static str, fn(&Env));
+    let cases: &[Case] = &[
+        ("command_is_pid_1_and_ps_sees_only_the_container", pid_1),
+        ("hostname_mounts_and_root_listing_are_the_containers", hostname_mounts_ls),
+        ("dev_has_the_usual_nodes_and_links", dev_nodes),
+        ("net_none_has_only_lo_and_it_is_up", net_none),
+        ("exit_statuses_and_missing_commands", exit_statuses),
+        ("env_workdir_and_read_only_root", env_workdir_ro),
+        ("init_is_pid_1_reaps_and_passes_the_signal_status", init_mode),
+    ];
+    let mut failed = 0;
+    for (name, f) in cases {
+        let r = std::panic::catch_unwind(|| f(&env));
+        println!("test runner_host::{name} ... {}", if r.is_ok() { "ok" } else { "FAILED" });
+        failed += r.is_err() as usize;
+    }
+    // Nothing left behind: no mount of the device anywhere here, and the loop detaches.
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let (maj, min) = devnum(&env.dev);
+    assert!(!mi.contains(&format!(" {maj}:{min} ")), "the volume is still mounted:\n{mi}");
+    rcx_dm::loopback::detach(&env.image).unwrap();
+    assert_eq!(failed, 0, "{failed} runner_host case(s) failed");
+    println!("runner_host: {} passed", cases.len());
+}
+
+fn devnum(dev: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let r = std::fs::metadata(dev).unwrap().rdev();
+    (nix::sys::stat::major(r), nix::sys::stat::minor(r))
+}
+
+const APPLETS: &[&str] = &[
+    "sh", "ps", "hostname", "cat", "ls", "mkdir", "echo", "sleep", "true", "false", "env", "pwd", "touch", "kill", "wc",
+    "id", "grep", "dd", "seq", "readlink", "stat",
+];
+
+/// A busybox root: /bin/busybox and applet links, the usual top directories, a marker file.
+fn populate(env: &Env) {
+    mount(env, false);
+    let r = &env.mnt;
+    for d in ["bin", "dev", "proc", "sys", "etc", "root", "tmp"] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(r.join("etc/marker"), "rootfs\n").unwrap();
+    umount(env);
+}
+
+fn mount(env: &Env, ro: bool) {
+    let flags = if ro { nix::mount::MsFlags::MS_RDONLY } else { nix::mount::MsFlags::empty() };
+    nix::mount::mount(Some(&env.dev), &env.mnt, Some("ext4"), flags, None::<&str>).unwrap();
+}
+
+fn umount(env: &Env) {
+    nix::mount::umount(&env.mnt).unwrap();
+}
+
+/// Run argv in the container with stdout and stderr captured; returns (outcome, stdout, stderr).
+fn run_spec(env: &Env, spec: RunSpec) -> (rcx_dm::Result<RunOutcome>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mount_dir = dir.path().join("rootfs");
+    std::fs::create_dir(&mount_dir).unwrap();
+    let (o, e) = (dir.path().join("out"), dir.path().join("err"));
+    let (of, ef) = (std::fs::File::create(&o).unwrap(), std::fs::File::create(&e).unwrap());
+    std::io::stdout().flush().unwrap();
+    let saved = (nix::unistd::dup(std::io::stdout()).unwrap(), nix::unistd::dup(std::io::stderr()).unwrap());
+    // SAFETY: swapping fds 1 and 2 of this single-threaded test process and back.
+    unsafe {
+        libc::dup2(of.as_raw_fd(), 1);
+        libc::dup2(ef.as_raw_fd(), 2);
+    }
+    let t = Target { device: &env.dev, fs: Fs::Ext4, mount_dir: &mount_dir, cgroup: None, read_only_base: false, bridge: None };
+    let mut timings = Vec::new();
+    let hostname = spec.hostname.clone().unwrap_or_else(|| "host-test".into());
+    let r = runner::run_container(&t, &spec, &hostname, &mut timings);
+    // SAFETY: as above.
+    unsafe {
+        libc::dup2(saved.0.as_raw_fd(), 1);
+        libc::dup2(saved.1.as_raw_fd(), 2);
+    }
+    (r, std::fs::read_to_string(o).unwrap(), std::fs::read_to_string(e).unwrap())
+}
+
+fn spec(argv: &[&str]) -> RunSpec {
+    RunSpec {
+        volume: Some(rcx_dm::VolRef::Id(0)),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Run and require exit status 0; returns stdout.
+fn ok(env: &Env, s: RunSpec) -> String {
+    let argv = s.argv.clone();
+    let (r, out, err) = run_spec(env, s);
+    let r = r.unwrap_or_else(|e| panic!("{argv:?}: {e}\nstderr: {err}"));
+    assert_eq!(r.code, 0, "{argv:?} exited {}:\n{out}{err}", r.code);
+    out
+}
+
+fn pid_1(env: &Env) {
+    let out = ok(env, spec(&["ps"]));
+    let procs: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(procs.len(), 1, "ps sees more than itself:\n{out}");
+    let f: Vec<&str> = procs[0].split_whitespace().collect();
+    assert_eq!((f[0], f.last().copied()), ("1", Some("ps")), "{out}");
+
+    let out = ok(env, spec(&["sh", "-c", "sleep 5 & ps; kill $!"]));
+    let pids: Vec<(u32, String)> = out
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].parse().unwrap(), f[2..].join(" "))
+        })
+        .collect();
+    assert_eq!(pids.len(), 3, "{out}");
+    assert_eq!(pids[0], (1, "sh -c sleep 5 & ps; kill $!".to_string()), "{out}");
+    assert!(pids.iter().all(|(p, _)| *p < 10), "{out}");
+}
+
+fn hostname_mounts_ls(env: &Env) {
+    assert_eq!(ok(env, RunSpec { hostname: Some("box1".into()), ..spec(&["hostname"]) }), "box1\n");
+    assert_eq!(ok(env, spec(&["hostname"])), "host-test\n");
+    let mounts = ok(env, spec(&["cat", "/proc/mounts"]));
+    // (/dev/console appears too when this test runs on a terminal: the terminal passed through.)
+    let mut points: Vec<&str> = mounts.lines().map(|l| l.split(' ').nth(1).unwrap()).filter(|p| *p != "/dev/console").collect();
+    points.sort_unstable();
+    assert_eq!(points, vec!["/", "/dev", "/dev/pts", "/dev/shm", "/proc", "/sys"], "{mounts}");
+    let dev = env.dev.display().to_string();
+    assert!(mounts.lines().next().unwrap().starts_with(&format!("{dev} / ext4 rw")), "{mounts}");
+    assert!(mounts.contains("sysfs /sys sysfs ro,"), "{mounts}");
+    let ls = ok(env, spec(&["ls", "/"]));
+    let mut got: Vec<&str> = ls.split_whitespace().collect();
+    got.sort_unstable();
+    assert_eq!(got, vec!["bin", "dev", "etc", "lost+found", "proc", "root", "sys", "tmp"], "{ls}");
+    assert_eq!(ok(env, spec(&["cat", "/etc/marker"])), "rootfs\n");
+}
+
+fn dev_nodes(env: &Env) {
+    let out = ok(env, spec(&["sh", "-c", "ls /dev; stat -c '%n %t:%T %a' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty; readlink /dev/fd; readlink /dev/ptmx; echo x > /dev/null; dd if=/dev/zero bs=4 count=1 2>/dev/null | wc -c"]));
+    for want in ["core", "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"] {
+        assert!(out.split_whitespace().any(|w| w == want), "/dev lacks {want}:\n{out}");
+    }
+    for want in ["/dev/null 1:3 666", "/dev/zero 1:5 666", "/dev/full 1:7 666", "/dev/urandom 1:9 666", "/dev/tty 5:0 666"] {
+        assert!(out.contains(want), "missing {want}:\n{out}");
+    }
+    assert!(out.contains("/proc/self/fd\npts/ptmx\n"), "{out}");
+    assert!(out.trim_end().ends_with('4'), "{out}");
+}
+
+fn net_none(env: &Env) {
+    let out = ok(env, spec(&["sh", "-c", "ls /sys/class/net; cat /sys/class/net/lo/flags"]));
+    assert_eq!(out, "lo\n0x9\n", "expected only lo, up (IFF_UP|IFF_LOOPBACK)");
+    let host = ok(env, RunSpec { net: Net::Host, ..spec(&["ls", "/sys/class/net"]) });
+    let host_ifs = std::fs::read_dir("/sys/class/net").unwrap().count();
+    assert_eq!(host.split_whitespace().count(), host_ifs, "--net host shows the host's interfaces: {host}");
+}
+
+fn exit_statuses(env: &Env) {
+    for (argv, code) in [(vec!["true"], 0), (vec!["false"], 1), (vec!["sh", "-c", "exit 3"], 3)] {
+        let (r, _, err) = run_spec(env, spec(&argv));
+        assert_eq!(r.unwrap_or_else(|e| panic!("{argv:?}: {e} {err}")).code, code, "{argv:?}");
+    }
+    let (r, _, _) = run_spec(env, spec(&["no-such-command", "x"]));
+    match r {
+        Err(rcx_dm::Error::CommandNotFound { cmd, searched }) => {
+            assert_eq!(cmd, "no-such-command");
+            assert!(searched.starts_with("PATH=/usr/local/sbin"), "{searched}");
+        }
+        other => panic!("expected CommandNotFound, got {other:?}"),
+    }
+    let (r, _, _) = run_spec(env, spec(&["/bin/nope"]));
+    assert!(matches!(r, Err(rcx_dm::Error::CommandNotFound { ref searched, .. }) if searched == "/bin/nope"), "{r:?}");
+    let (r, _, _) = run_spec(env, spec(&["/etc/marker"]));
+    let e = r.expect_err("a data file is not executable");
+    assert!(matches!(e, rcx_dm::Error::CommandNotExecutable { .. }), "{e}");
+    assert!(e.to_string().contains("Permission denied"), "{e}");
+}
+
+fn env_workdir_ro(env: &Env) {
+    let s = RunSpec {
+        env: vec![("GREETING".into(), "hello world".into())],
+        workdir: Some("/work/dir".into()),
+        ..spec(&["sh", "-c", "pwd; echo \"$GREETING\"; echo $HOME $HOSTNAME; env | wc -l"])
+    };
+    let out = ok(env, s);
+    let l: Vec<&str> = out.lines().collect();
+    assert_eq!(&l[..3], &["/work/dir", "hello world", "/root host-test"], "{out}");
+    let (r, _, err) = run_spec(env, RunSpec { read_only: true, ..spec(&["touch", "/etc/new"]) });
+    assert_ne!(r.unwrap().code, 0, "wrote to a read-only root");
+    assert!(err.contains("Read-only file system"), "{err}");
+    // /dev is still writable under --read-only.
+    ok(env, RunSpec { read_only: true, ..spec(&["sh", "-c", "echo x > /dev/shm/f && cat /dev/shm/f"]) });
+    mount(env, true);
+    assert!(env.mnt.join("work/dir").is_dir(), "--workdir is created in a writable root");
+    assert!(!env.mnt.join("etc/new").exists());
+    umount(env);
+}
+
+fn init_mode(env: &Env) {
+    let out = ok(env, RunSpec { init: true, ..spec(&["ps"]) });
+    let procs: Vec<Vec<&str>> = out.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(procs.len(), 2, "{out}");
+    assert_eq!(procs[0][0], "1", "{out}");
+    assert_eq!((procs[1][0], *procs[1].last().unwrap()), ("2", "ps"), "{out}");
+    // The command killed by a signal: the init reports 128+n.
+    let (r, _, _) = run_spec(env, RunSpec { init: true, ..spec(&["sh", "-c", "kill -9 $$"]) });
+    assert_eq!(r.unwrap().code, 137);
+    // Orphans are reaped: a grandchild left behind does not stay a zombie.
+    let out = ok(env, RunSpec { init: true, ..spec(&["sh", "-c", "(sleep 0 &); sleep 1; ps -o stat,comm | grep -c Z || true"]) });
+    assert_eq!(out.trim(), "0", "zombies left: {out}");
+}
