@@ -4,11 +4,11 @@ use crate::error::{Error, Result};
 
 pub const SECTOR: u64 = 512;
 
-/// Parse a size with an optional K/M/G/T suffix (powers of 1024; "KiB", "k" also accepted).
-/// The result must be a positive multiple of 512 bytes.
-pub fn parse_size(text: &str) -> Result<u64> {
+/// Parse bytes with an optional K/M/G/T suffix (powers of 1024; "KiB", "k", "B" also
+/// accepted). `what` and `example` go into the error message ("size", "64K, 1G").
+pub fn parse_bytes(text: &str, what: &'static str, example: &str) -> Result<u64> {
     let t = text.trim();
-    let bad = |why: &str| Error::invalid("size", format!("'{text}' {why}; use e.g. 512, 64K, 1G"));
+    let bad = |why: &str| Error::invalid(what, format!("'{text}' {why}; use e.g. {example}"));
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     if digits_end == 0 {
         return Err(bad("does not start with a number"));
@@ -22,7 +22,13 @@ pub fn parse_size(text: &str) -> Result<u64> {
         "T" | "TB" | "TIB" => 40,
         _ => return Err(bad("has an unknown suffix (K, M, G or T)")),
     };
-    let bytes = number.checked_mul(1u64 << shift).ok_or_else(|| bad("is too large"))?;
+    number.checked_mul(1u64 << shift).ok_or_else(|| bad("is too large"))
+}
+
+/// A size for the kernel: `parse_bytes`, and a positive multiple of 512 bytes.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let bytes = parse_bytes(text, "size", "512, 64K, 1G")?;
+    let bad = |why: &str| Error::invalid("size", format!("'{text}' {why}; use e.g. 512, 64K, 1G"));
     if bytes == 0 {
         return Err(bad("is zero"));
     }

@@ -41,24 +41,9 @@ impl Limits {
 
 /// `--memory`: bytes with an optional b/k/m/g/t suffix (powers of 1024), at least 4M.
 pub fn parse_memory(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let bad = |why: &str| Error::invalid("memory limit", format!("'{text}' {why}; use e.g. 32M, 512M, 2G"));
-    let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    if end == 0 {
-        return Err(bad("does not start with a number"));
-    }
-    let n: u64 = t[..end].parse().map_err(|_| bad("is too large"))?;
-    let shift = match t[end..].to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => return Err(bad("has an unknown suffix (k, m, g or t)")),
-    };
-    let bytes = n.checked_mul(1 << shift).ok_or_else(|| bad("is too large"))?;
+    let bytes = crate::units::parse_bytes(text, "memory limit", "32M, 512M, 2G")?;
     if bytes < 4 << 20 {
-        return Err(bad("is below 4M, too little to start a program"));
+        return Err(Error::invalid("memory limit", format!("'{text}' is below 4M, too little to start a program")));
     }
     Ok(bytes)
 }
