@@ -17,6 +17,9 @@ use std::time::Instant;
 use rcx_dm::classic::{Classic, CowOptions, OriginSource};
 use rcx_dm::{Pool, PoolOptions, VolRef};
 
+mod common;
+use common::{median, range};
+
 const POOL: &str = "cbench";
 const MIB: usize = 1 << 20;
 /// Bytes written per measurement: 1 MiB writes / 4 KiB writes.
@@ -44,27 +47,12 @@ fn write_mb_s(dev: &Path, total: usize, bs: usize, fill: u8) -> f64 {
     total as f64 / 1e6 / t.elapsed().as_secs_f64()
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
 struct Row {
     what: String,
     snaps: usize,
     big: f64,
     big_range: (f64, f64),
     small: f64,
-}
-
-fn range(v: &[f64]) -> (f64, f64) {
-    (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max))
 }
 
 fn classic_case(c: &Classic, chunk: u64, snaps: usize, bs: usize, total: usize) -> f64 {

@@ -18,6 +18,9 @@ use std::time::Instant;
 
 use rcx_dm::{Pool, PoolOptions, VolRef};
 
+mod common;
+use common::{fmt_range, median, which, Stage};
+
 const BIN: &str = env!("CARGO_BIN_EXE_rcx-dm");
 const POOL: &str = "benchrun";
 const APPLETS: &[&str] = &["sh", "true", "ls", "cat", "ps"];
@@ -30,37 +33,13 @@ struct Staged {
     lib_dir: PathBuf,
 }
 
-fn which(prog: &str) -> PathBuf {
-    let out = Command::new("sh").args(["-c", &format!("command -v {prog}")]).output().expect("sh");
-    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!p.is_empty(), "{prog} not found");
-    PathBuf::from(p)
-}
-
 fn stage(dir: &Path) -> Staged {
-    let _ = std::fs::remove_dir_all(dir);
-    let lib_dir = dir.join("lib");
-    std::fs::create_dir_all(&lib_dir).unwrap();
-    let copy = |src: &Path, name: &str| {
-        let dst = dir.join(name);
-        std::fs::copy(src, &dst).unwrap_or_else(|e| panic!("staging {}: {e}", src.display()));
-        let ldd = Command::new("ldd").arg(src).output().expect("ldd");
-        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-            // "libfoo.so.1 => /lib/x86_64-linux-gnu/libfoo.so.1 (0x...)"
-            if let Some(path) = line.split("=>").nth(1).and_then(|r| r.split_whitespace().next()) {
-                let p = Path::new(path);
-                if p.is_absolute() {
-                    let _ = std::fs::copy(p, lib_dir.join(p.file_name().unwrap()));
-                }
-            }
-        }
-        dst
-    };
+    let s = Stage::new(dir);
     Staged {
-        rcx_dm: copy(Path::new(BIN), "rcx-dm"),
-        unshare: copy(&which("unshare"), "unshare"),
-        chroot: copy(&which("chroot"), "chroot"),
-        lib_dir,
+        rcx_dm: s.copy(Path::new(BIN), "rcx-dm"),
+        unshare: s.copy(&which("unshare"), "unshare"),
+        chroot: s.copy(&which("chroot"), "chroot"),
+        lib_dir: s.lib_dir,
     }
 }
 
@@ -78,23 +57,6 @@ fn populate(root: &Path) {
 fn sh(cmd: &str) {
     let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
     assert!(out.status.success(), "`{cmd}`: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
-fn range(v: &[f64]) -> String {
-    let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
-    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    format!("{min:.1}-{max:.1}")
 }
 
 /// "rcx-dm: timings: snapshot=1.2ms ..." -> stage -> ms
@@ -204,7 +166,7 @@ fn main() {
         ("`rcx-dm run --read-only base -- /bin/true` (no snapshot: the base mounted read-only)", &e2e_ro),
         ("`unshare --fork --pid --mount --uts --ipc chroot DIR /bin/true`", &uns),
     ] {
-        r += &format!("| {what} | {:.1} | {} | {:.2}x |\n", median(v), range(v), median(v) / base_ms);
+        r += &format!("| {what} | {:.1} | {} | {:.2}x |\n", median(v), fmt_range(v), median(v) / base_ms);
     }
     r += "\nWhere the time of `rcx-dm run --rm base -- /bin/true` goes (its `--timings`, medians):\n\n";
     r += "| stage | median ms | min-max ms | what it is |\n|---|---|---|---|\n";
@@ -220,7 +182,7 @@ fn main() {
         ("process", "the rest of the end-to-end time: rcx-dm exec and start, pool open, dead-run check"),
     ] {
         if let Some(v) = stages.get(k) {
-            r += &format!("| {k} | {:.1} | {} | {what} |\n", median(v), range(v));
+            r += &format!("| {k} | {:.1} | {} | {what} |\n", median(v), fmt_range(v));
         }
     }
     println!("BEGIN-REPORT\n{r}END-REPORT");

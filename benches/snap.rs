@@ -16,59 +16,11 @@ use std::time::Instant;
 use rcx_dm::dm::{Dm, ThinPoolStatus};
 use rcx_dm::{Pool, PoolOptions, VolRef};
 
+mod common;
+use common::{fmt_range, median, which, Stage};
+
 const BIN: &str = env!("CARGO_BIN_EXE_rcx-dm");
 const POOL: &str = "bench";
-
-/// Executables every contender runs, with their shared libraries, copied to local storage.
-/// In the VM the host's root arrives over 9p without page cache, so every exec from there
-/// re-reads the binary through the emulated transport (seconds for rcx-dm, which would hide
-/// what is being measured). On a real host this staging changes nothing.
-struct Staged {
-    rcx_dm: PathBuf,
-    busybox: PathBuf,
-    lib_dir: PathBuf,
-}
-
-fn stage(dir: &Path) -> Staged {
-    let bin = dir.join("bin");
-    let lib_dir = dir.join("lib");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::create_dir_all(&lib_dir).unwrap();
-    let dmsetup = which("dmsetup");
-    for exe in [Path::new(BIN), dmsetup.as_path()] {
-        let ldd = Command::new("ldd").arg(exe).output().expect("ldd");
-        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-            // "libfoo.so.1 => /lib/x86_64-linux-gnu/libfoo.so.1 (0x...)"
-            if let Some(path) = line.split("=>").nth(1).and_then(|r| r.split_whitespace().next()) {
-                let p = Path::new(path);
-                if p.is_absolute() {
-                    std::fs::copy(p, lib_dir.join(p.file_name().unwrap())).unwrap();
-                }
-            }
-        }
-    }
-    let copy = |from: &Path, name: &str| {
-        let to = bin.join(name);
-        std::fs::copy(from, &to).unwrap();
-        to
-    };
-    copy(&dmsetup, "dmsetup");
-    let busybox = copy(&which("busybox"), "busybox");
-    for applet in ["sh", "awk"] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-    }
-    Staged { rcx_dm: copy(Path::new(BIN), "rcx-dm"), busybox, lib_dir }
-}
-
-fn which(name: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} not found");
-}
 
 fn main() {
     let reps: usize = std::env::var("RCX_DM_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
@@ -85,11 +37,17 @@ fn main() {
     let dev = origin.device.clone().expect("origin active");
     std::fs::write(&dev, vec![0x5au8; 16 << 20]).expect("write origin");
 
-    let staged = stage(&scratch.join("bench-bin"));
+    let stage = Stage::new(&scratch.join("bench-bin"));
+    let rcx_dm = stage.copy(Path::new(BIN), "rcx-dm");
+    stage.copy(&which("dmsetup"), "dmsetup");
+    let busybox = stage.copy(&which("busybox"), "busybox");
+    for applet in ["sh", "awk"] {
+        std::os::unix::fs::symlink("busybox", stage.bin_dir.join(applet)).unwrap();
+    }
     let cli = |root: &Path| {
         let t = Instant::now();
-        let out = Command::new(&staged.rcx_dm)
-            .env("LD_LIBRARY_PATH", &staged.lib_dir)
+        let out = Command::new(&rcx_dm)
+            .env("LD_LIBRARY_PATH", &stage.lib_dir)
             .args(["snap", "-", "0"])
             .env("RCX_DM_ROOT", root)
             .env("RCX_DM_POOL", POOL)
@@ -114,11 +72,11 @@ fn main() {
         );
         let t = Instant::now();
         // busybox sh and awk, dmsetup from the staged copies: every exec is local.
-        let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", staged.busybox.parent().unwrap().display());
-        let out = Command::new(&staged.busybox)
+        let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", stage.bin_dir.display());
+        let out = Command::new(&busybox)
             .args(["sh", "-c", &body])
             .env("PATH", path)
-            .env("LD_LIBRARY_PATH", &staged.lib_dir)
+            .env("LD_LIBRARY_PATH", &stage.lib_dir)
             .env("DM_DISABLE_UDEV", "1")
             .output()
             .expect("sh");
@@ -160,7 +118,7 @@ fn main() {
     report += "| snapshot of an active origin + activation | median ms | min-max ms | vs CLI |\n|---|---|---|---|\n";
     let cm = median(&c);
     for (name, v) in [("rcx-dm CLI (one process per op)", &c), ("rcx-dm library, in-process", &l), ("dmsetup script (same kernel steps)", &s)] {
-        report += &format!("| {name} | {:.1} | {:.1}-{:.1} | {:.2}x |\n", median(v), min(v), max(v), median(v) / cm);
+        report += &format!("| {name} | {:.1} | {} | {:.2}x |\n", median(v), fmt_range(v), median(v) / cm);
     }
 
     report += "\n| volumes in the pool | CLI median ms | min-max ms | vs 10 |\n|---|---|---|---|\n";
@@ -187,7 +145,7 @@ fn main() {
         }
         let m = median(&t);
         let b = *base.get_or_insert(m);
-        report += &format!("| {target} | {m:.1} | {:.1}-{:.1} | {:.2}x |\n", min(&t), max(&t), m / b);
+        report += &format!("| {target} | {m:.1} | {} | {:.2}x |\n", fmt_range(&t), m / b);
     }
     println!("BEGIN-REPORT\n{report}END-REPORT");
     drop(pool);
@@ -197,21 +155,4 @@ fn main() {
 fn status(dm: &Dm) -> ThinPoolStatus {
     let lines = dm.status(&format!("{POOL}-pool")).unwrap();
     ThinPoolStatus::parse(&lines[0].params).unwrap()
-}
-
-fn sorted(v: &[f64]) -> Vec<f64> {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s
-}
-fn median(v: &[f64]) -> f64 {
-    let s = sorted(v);
-    let n = s.len();
-    if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
-}
-fn min(v: &[f64]) -> f64 {
-    sorted(v)[0]
-}
-fn max(v: &[f64]) -> f64 {
-    *sorted(v).last().unwrap()
 }
