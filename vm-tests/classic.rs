@@ -183,7 +183,7 @@ fn classic_seed_walkthrough_origin_snapshot_edit_merge_and_the_backing_file() {
     sh(&format!("mount -o loop,ro '{}' '{}'", backing.display(), dir.display()));
     let foo = std::fs::read_to_string(dir.join("rootfs/vigith_test/foo"));
     let tree_ok = files.iter().all(|(p, c)| std::fs::read(dir.join(p)).is_ok_and(|g| same(&g, c)));
-    sh(&format!("umount -d '{}'", dir.display()));
+    umount(&dir).unwrap(); // the loop `mount -o loop` made has autoclear: it goes with the mount
     assert_eq!(foo.unwrap(), "bar\n", "the backing file lacks the merged edit");
     assert!(tree_ok, "the backing file's tree differs");
 

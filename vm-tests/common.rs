@@ -411,9 +411,24 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if let Err(e) = nix::mount::umount(&self.dir) {
+        if let Err(e) = umount(&self.dir) {
             eprintln!("umount {}: {e}", self.dir.display());
         }
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Unmount, retrying EBUSY for up to 10 s: when another test thread forks a child while a file
+/// in this mount is open, the child holds a copy of that descriptor until it execs (O_CLOEXEC
+/// closes it only then), and the mount is briefly busy.
+pub fn umount(dir: &Path) -> nix::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match nix::mount::umount(dir) {
+            Err(nix::errno::Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            r => return r,
+        }
     }
 }

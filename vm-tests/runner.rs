@@ -46,7 +46,7 @@ fn with_read_only_mount(dev: &Path, tag: &str, f: impl FnOnce(&Path)) {
     std::fs::create_dir_all(&dir).unwrap();
     nix::mount::mount(Some(dev), &dir, Some("ext4"), nix::mount::MsFlags::MS_RDONLY, Some("noload")).unwrap();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&dir)));
-    nix::mount::umount(&dir).unwrap();
+    umount(&dir).unwrap();
     let _ = std::fs::remove_dir(&dir);
     if let Err(p) = r {
         std::panic::resume_unwind(p);
