@@ -67,6 +67,15 @@ step "nothing left in /dev/mapper" ls /dev/mapper
 step "bring the pool and its volumes back" "$RCX_DM" pool activate
 step "the data survived" bash -c "mount -o ro /dev/mapper/demo-2 $mnt && cat $mnt/first $mnt/second; umount $mnt"
 step "delete 2 (--force deactivates it first)" "$RCX_DM" delete web --force
+step "a base volume with a busybox-static root filesystem" bash -c \
+  "dev=\$($RCX_DM thin create --size 256M --name base | tail -n1) && mkfs.ext4 -q \$dev && mount \$dev $mnt \
+   && mkdir -p $mnt/bin $mnt/proc $mnt/sys $mnt/dev $mnt/tmp && cp /bin/busybox $mnt/bin/ \
+   && for a in sh ps hostname cat ls echo; do ln -s busybox $mnt/bin/\$a; done && umount $mnt && $RCX_DM deactivate base"
+step "mark it read-only: runs get their own snapshot of it" "$RCX_DM" set-readonly base
+step "run a container: new namespaces, pivot_root, PID 1, its own hostname" \
+  "$RCX_DM" run --rm --hostname demo-box --memory 64M base -- /bin/sh -c 'echo "hostname: $(hostname)"; ps; ls /'
+step "exit status comes back" bash -c "$RCX_DM run --rm base -- /bin/sh -c 'exit 3'; echo \"exit status: \$?\""
+step "nothing left behind but the base" "$RCX_DM" list
 step "destroy the pool" "$RCX_DM" pool destroy --force
 
 printf '\n== demo done\n'
