@@ -212,3 +212,38 @@ fn concurrency_snapshots_and_deletes_at_once() {
     let sample = [31, 40, new[0], *snap_of_snap.last().unwrap()];
     check_pool(&s, &expect, 1 + 40 + 30 + 45, &data0, &sample);
 }
+
+/// Reads take no lock: a listing that races a deactivation (the device vanishing between its
+/// info and status ioctls) reports the volume inactive instead of failing. One thread toggles a
+/// volume's device 300 times while another lists and inspects it; every read succeeds.
+#[test]
+fn concurrency_reads_race_devices_coming_and_going() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s = Scenario::new("crace");
+    pool_with_origin(&s);
+    s.ok(&["snap", "1", "0"]);
+    let pool = lib_pool(&s);
+    let one = rcx_dm::VolRef::Id(1);
+    let done = AtomicBool::new(false);
+    let (mut reads, mut seen_active, mut seen_inactive) = (0u32, 0u32, 0u32);
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            for i in 0..300 {
+                pool.deactivate_volume(&one).unwrap_or_else(|e| panic!("deactivate #{i}: {e}"));
+                pool.activate_volume(&one).unwrap_or_else(|e| panic!("activate #{i}: {e}"));
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+        while !done.load(Ordering::SeqCst) {
+            let all = pool.volumes().unwrap_or_else(|e| panic!("volumes() while devices come and go: {e}"));
+            let v = pool.volume(&one).unwrap_or_else(|e| panic!("volume(1) while its device comes and goes: {e}"));
+            assert_eq!(all.len(), 2);
+            assert_eq!(v.active, v.device.is_some());
+            if v.active { seen_active += 1 } else { seen_inactive += 1 }
+            reads += 1;
+        }
+    });
+    println!("{reads} reads raced 300 deactivate/activate cycles ({seen_active} saw it active, {seen_inactive} inactive)");
+    assert!(reads >= 20, "the reader hardly ran ({reads} reads): the race was not exercised");
+    assert!(seen_active > 0 && seen_inactive > 0, "the reads never saw both states");
+}

@@ -283,7 +283,7 @@ impl<'p> Classic<'p> {
     fn origin_view(&self, dm: &Dm, o: &OriginRecord) -> Result<OriginView> {
         let dev = self.dev_name(&o.name);
         let (device, target) = match dm.info(&dev)? {
-            Some(i) => (Some(dm::node::ensure(&dev, i.dev)?), live_target(dm, &dev)?),
+            Some(i) => (Some(dm::node::existing(&dev, i.dev)), live_target(dm, &dev)?),
             None => (None, None),
         };
         Ok(OriginView {
@@ -445,7 +445,7 @@ impl<'p> Classic<'p> {
             None => {
                 let sdev = self.dev_name(&c.name);
                 let Some(i) = dm.info(&sdev)? else { return Ok(v) };
-                v.device = Some(dm::node::ensure(&sdev, i.dev)?);
+                v.device = Some(dm::node::existing(&sdev, i.dev));
                 let s = dm::snapshot::snapshot_status(dm, &sdev, "snapshot")?;
                 v.state = CowState::Valid;
                 s

@@ -201,6 +201,15 @@ impl Dm {
         self.table_query(name, "status", DmOptions::default())
     }
 
+    /// Like `status`, but None when the device is gone (removed since it was listed).
+    pub fn status_if_present(&self, name: &str) -> Result<Option<Vec<TargetLine>>> {
+        match self.dm.table_status(&DevId::Name(dm_name(name)?), DmOptions::default()) {
+            Ok((_, lines)) => Ok(Some(target_lines(lines))),
+            Err(e) if errno_of(&e) == Some(Errno::ENXIO) => Ok(None),
+            Err(e) => Err(dm_err("status", name, e)),
+        }
+    }
+
     /// The live table itself.
     pub fn table(&self, name: &str) -> Result<Vec<TargetLine>> {
         self.table_query(name, "table", DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE))
@@ -208,10 +217,7 @@ impl Dm {
 
     fn table_query(&self, name: &str, op: &'static str, opts: DmOptions) -> Result<Vec<TargetLine>> {
         let (_, lines) = self.dm.table_status(&DevId::Name(dm_name(name)?), opts).map_err(|e| dm_err(op, name, e))?;
-        Ok(lines
-            .into_iter()
-            .map(|(start, length, target, params)| TargetLine { start, length, target, params })
-            .collect())
+        Ok(target_lines(lines))
     }
 
     /// Send a target message (sector 0), e.g. `create_thin 1`.
@@ -229,4 +235,8 @@ pub fn single_status<'a>(lines: &'a [TargetLine], target: &str, dev: &str) -> Re
         [l] if l.target == target => Ok(&l.params),
         _ => Err(Error::Inconsistent(format!("{dev} is not a single {target} target: {lines:?}"))),
     }
+}
+
+fn target_lines(lines: Vec<(u64, u64, String, String)>) -> Vec<TargetLine> {
+    lines.into_iter().map(|(start, length, target, params)| TargetLine { start, length, target, params }).collect()
 }

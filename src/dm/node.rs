@@ -14,6 +14,18 @@ pub fn mapper_path(name: &str) -> PathBuf {
     Path::new(MAPPER_DIR).join(name)
 }
 
+/// Where the device can be opened, without touching /dev: the mapper link if it already
+/// reaches `dev`, else devtmpfs's `/dev/dm-<minor>`. For read-only views, which must not
+/// create links for a device a concurrent command may be removing.
+pub fn existing(name: &str, dev: DevNum) -> PathBuf {
+    let link = mapper_path(name);
+    if refers_to(&link, dev) {
+        link
+    } else {
+        PathBuf::from(format!("/dev/dm-{}", dev.minor))
+    }
+}
+
 /// Make sure `/dev/mapper/<name>` reaches the device `dev`; return that path.
 pub fn ensure(name: &str, dev: DevNum) -> Result<PathBuf> {
     let link = mapper_path(name);

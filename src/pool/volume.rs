@@ -342,17 +342,24 @@ impl Pool {
             .collect()
     }
 
+    /// The kernel's view of a volume. Reads take no lock, so a concurrent delete may remove the
+    /// device between any two queries, or catch it created but not yet loaded: a device that
+    /// vanishes or has no live table is reported inactive, and no /dev link is made here
+    /// (activation makes it).
     fn volume_view(&self, dm: &Dm, r: &VolumeRecord) -> Result<Volume> {
         let name = self.thin_dm_name(r.id);
         let Some(info) = dm.info(&name)? else { return Ok(inactive_view(r)) };
-        let lines = dm.status(&name)?;
+        let lines = match dm.status_if_present(&name)? {
+            Some(l) if info.live_table && !l.is_empty() => l,
+            _ => return Ok(inactive_view(r)),
+        };
         let mapped = match ThinStatus::parse(dm::single_status(&lines, "thin", &name)?)? {
             ThinStatus::Ok { mapped_sectors, .. } => Some(mapped_sectors * SECTOR),
             ThinStatus::Fail => None,
         };
         Ok(Volume {
             active: true,
-            device: Some(dm::node::ensure(&name, info.dev)?),
+            device: Some(dm::node::existing(&name, info.dev)),
             mapped_bytes: mapped,
             ..inactive_view(r)
         })
