@@ -62,6 +62,9 @@ pub enum Error {
     #[error("volume {vol} has no filesystem rcx-dm can mount ({found}); make one with mkfs.ext4 or mkfs.xfs on its device")]
     NoFilesystem { vol: String, found: String },
 
+    #[error("making {fs} on volume {vol} failed: {msg}")]
+    Format { vol: String, fs: crate::rootfs::fs::Fs, msg: String },
+
     #[error("cgroup v2: {0}")]
     Cgroup(String),
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod loopback;
 pub mod pool;
 pub mod classic;
+pub mod rootfs;
 pub mod runner;
 pub mod units;
 

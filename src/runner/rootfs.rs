@@ -8,10 +8,8 @@
 //! killed rcx-dm can never leave the mount behind.
 
 use std::ffi::CString;
-use std::fs::File;
-use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
@@ -19,85 +17,7 @@ use nix::mount::{mount, MsFlags};
 use super::namespaces::{Fail, Step};
 use crate::error::{Error, IoContext, Result};
 
-/// Filesystems rcx-dm mounts as a container root.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fs {
-    Ext4,
-    Xfs,
-}
-
-impl Fs {
-    pub fn kernel_name(self) -> &'static str {
-        match self {
-            Fs::Ext4 => "ext4",
-            Fs::Xfs => "xfs",
-        }
-    }
-
-    /// Mount data. xfs refuses a second filesystem with the same UUID, and every snapshot of a
-    /// base has the base's UUID: always `nouuid`. A read-only base is mounted without journal
-    /// replay, so not even recovery writes to it.
-    pub fn mount_data(self, read_only_base: bool) -> Option<&'static str> {
-        match (self, read_only_base) {
-            (Fs::Ext4, false) => None,
-            (Fs::Ext4, true) => Some("noload"),
-            (Fs::Xfs, false) => Some("nouuid"),
-            (Fs::Xfs, true) => Some("nouuid,norecovery"),
-        }
-    }
-}
-
-/// Recognise the filesystem from its superblock: ext2/3/4 magic 0xEF53 at byte 1080, xfs
-/// "XFSB" at byte 0.
-pub fn detect(sb: &[u8]) -> Option<Fs> {
-    if sb.len() >= 4 && &sb[..4] == b"XFSB" {
-        return Some(Fs::Xfs);
-    }
-    if sb.len() >= 1082 && sb[1080] == 0x53 && sb[1081] == 0xEF {
-        return Some(Fs::Ext4);
-    }
-    None
-}
-
-/// Read the superblock of `dev` and say what filesystem it holds. With `exclusive`, the device
-/// is opened O_EXCL, which the kernel refuses (EBUSY) while any mount namespace has it mounted.
-pub fn probe(vol: &str, dev: &Path, exclusive: bool) -> Result<Fs> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true);
-    if exclusive {
-        opts.custom_flags(libc::O_EXCL);
-    }
-    let f = match opts.open(dev) {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-            return Err(Error::Busy(
-                format!("{vol} ({})", dev.display()),
-                "in use (mounted in another mount namespace, e.g. another container, or held open)",
-                "stop what uses it, or mark it read-only (`rcx-dm set-readonly`) and run snapshots of it",
-            ))
-        }
-        Err(e) => return Err(e).ctx(|| format!("opening {}", dev.display())),
-    };
-    let mut sb = vec![0u8; 4096];
-    let n = read_at_most(&f, &mut sb).ctx(|| format!("reading the superblock of {}", dev.display()))?;
-    detect(&sb[..n]).ok_or_else(|| Error::NoFilesystem {
-        vol: vol.to_string(),
-        found: if sb[..n].iter().all(|b| *b == 0) { "it is empty".into() } else { "unknown superblock".into() },
-    })
-}
-
-fn read_at_most(f: &File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read_at(&mut buf[n..], n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
+pub use crate::rootfs::fs::{detect, probe, Fs};
 
 /// (major, minor) of a block device node.
 pub fn dev_numbers(dev: &Path) -> Result<(u32, u32)> {
@@ -247,19 +167,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn superblocks() {
-        let mut ext = vec![0u8; 4096];
-        ext[1080] = 0x53;
-        ext[1081] = 0xEF;
-        assert_eq!(detect(&ext), Some(Fs::Ext4));
-        let mut xfs = vec![0u8; 4096];
-        xfs[..4].copy_from_slice(b"XFSB");
-        assert_eq!(detect(&xfs), Some(Fs::Xfs));
-        assert_eq!(detect(&[0u8; 4096]), None);
-        assert_eq!(detect(&ext[..1000]), None);
-    }
-
-    #[test]
     fn mountinfo_lines() {
         let text = "\
 23 1 0:21 / / ro,relatime - 9p /dev/root ro,sync
@@ -280,10 +187,4 @@ garbage line
         assert!(refuse_if_mounted_rw("9", (253, 9), &m).is_ok());
     }
 
-    #[test]
-    fn xfs_is_always_nouuid() {
-        assert_eq!(Fs::Xfs.mount_data(false), Some("nouuid"));
-        assert!(Fs::Xfs.mount_data(true).unwrap().contains("nouuid"));
-        assert_eq!(Fs::Ext4.mount_data(false), None);
-    }
 }
