@@ -14,7 +14,11 @@ pub struct PoolLock {
 
 impl PoolLock {
     pub fn acquire(dir: &Path) -> Result<PoolLock> {
-        let path = dir.join("lock");
+        Self::acquire_file(&dir.join("lock"))
+    }
+
+    /// An exclusive flock on any file (created if missing); released on drop or process death.
+    pub fn acquire_file(path: &Path) -> Result<PoolLock> {
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)

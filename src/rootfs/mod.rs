@@ -15,8 +15,10 @@
 //! - `image`: images imported into the pool, layers shared by chain id; commit.
 
 pub mod archive;
+pub mod base;
 pub mod copy;
 pub mod fs;
 pub mod layer;
+pub mod mount;
 pub mod oci;
 pub mod tree;

@@ -1,0 +1,49 @@
+//! A volume mounted privately: in a mount namespace of one short-lived thread, never in the
+//! host's. Other processes never see the mount, and if rcx-dm dies the kernel drops the
+//! namespace and the mount with it: nothing to clean up after a crash.
+
+use std::path::Path;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+use super::fs::Fs;
+use crate::error::{IoContext, Result};
+
+/// Mount `dev` (holding `fs`) on `mountpoint` in a new mount namespace private to a worker
+/// thread, run `work` there with the mount's path, then sync and unmount. `mountpoint` is an
+/// existing directory; several threads may use the same one at once (each namespace has its
+/// own mount on it).
+pub fn with_mounted<T: Send>(
+    dev: &Path,
+    fs: Fs,
+    mountpoint: &Path,
+    work: impl FnOnce(&Path) -> Result<T> + Send,
+) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // CLONE_NEWNS implies CLONE_FS: this thread alone gets the new namespace.
+            unshare(CloneFlags::CLONE_NEWNS)
+                .map_err(std::io::Error::from)
+                .ctx(|| "creating a private mount namespace (needs root)".to_string())?;
+            // Without this, a mount under a shared mount would propagate back to the host.
+            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+                .map_err(std::io::Error::from)
+                .ctx(|| "making the private mount namespace private".to_string())?;
+            mount(Some(dev), mountpoint, Some(fs.kernel_name()), MsFlags::MS_NOATIME, fs.mount_data(false))
+                .map_err(std::io::Error::from)
+                .ctx(|| format!("mounting {} ({fs}) on {}", dev.display(), mountpoint.display()))?;
+            let result = work(mountpoint);
+            // umount writes everything back (and the journal commit flushes), so the data is on
+            // the thin device before any metadata commit that publishes it.
+            let unmounted = umount2(mountpoint, MntFlags::empty())
+                .map_err(std::io::Error::from)
+                .ctx(|| format!("unmounting {} from {}", dev.display(), mountpoint.display()));
+            let value = result?;
+            unmounted?;
+            Ok(value)
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
