@@ -59,7 +59,7 @@ pub enum Error {
     #[error("volume {vol} is mounted read-write at {at}; unmount it first, or mark it read-only (`rcx-dm set-readonly {vol}`) so that runs get a snapshot of it")]
     VolumeMounted { vol: String, at: PathBuf },
 
-    #[error("volume {vol} has no filesystem rcx-dm can mount ({found}); make one with mkfs.ext4 or mkfs.xfs on its device")]
+    #[error("volume {vol} has no filesystem rcx-dm can mount ({found}); make one with `rcx-dm format {vol}`")]
     NoFilesystem { vol: String, found: String },
 
     #[error("making {fs} on volume {vol} failed: {msg}")]

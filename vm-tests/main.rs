@@ -9,3 +9,5 @@ mod crash;
 mod thin_edges;
 mod thin_walkthrough;
 mod runner;
+mod oci_build;
+mod rootfs;

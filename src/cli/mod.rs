@@ -12,6 +12,7 @@ use rcx_dm::pool::{self, Pool, PoolOptions, VolRef};
 use rcx_dm::units::{format_size, parse_size};
 
 mod classic;
+mod rootfs;
 mod run;
 
 #[derive(Parser)]
@@ -92,6 +93,15 @@ enum Cmd {
     Merge(classic::MergeArgs),
     /// Give thin volume VOLUME the content of SNAPSHOT again; it keeps its id and name.
     Revert(classic::RevertArgs),
+    /// Make a filesystem (ext4 or xfs) on a volume, with options right for thin volumes.
+    Format(rootfs::FormatArgs),
+    /// Make a volume's content equal to a tar, a directory or an OCI image layout.
+    Populate(rootfs::PopulateArgs),
+    /// OCI images: import (one read-only volume per layer, shared by chain id), list, rm.
+    #[command(subcommand)]
+    Image(rootfs::ImageCmd),
+    /// Make a stopped container's volume a new read-only image (like `docker commit`).
+    Commit(rootfs::CommitArgs),
 }
 
 #[derive(Subcommand)]
@@ -150,17 +160,21 @@ enum ThinCmd {
         /// A unique name for the volume (letters, digits, '_', '.', '-').
         #[arg(long, value_parser = name_arg)]
         name: Option<String>,
+        /// Give it an empty filesystem: a snapshot of a kept formatted base of this size and
+        /// filesystem (made by mkfs the first time only).
+        #[arg(long)]
+        fs: Option<rcx_dm::rootfs::fs::Fs>,
     },
 }
 
 #[derive(Args)]
-struct JsonFlag {
+pub(crate) struct JsonFlag {
     /// Print JSON for scripts.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
-fn size_arg(s: &str) -> std::result::Result<u64, String> {
+pub(crate) fn size_arg(s: &str) -> std::result::Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 
@@ -207,15 +221,21 @@ fn run(cli: Cli) -> Result<()> {
     let open = || Pool::open(root, &cli.pool);
     match cli.cmd {
         Cmd::Pool(p) => pool_cmd(root, &cli.pool, p),
-        Cmd::Thin(ThinCmd::Create { id, size, name }) => {
+        Cmd::Thin(ThinCmd::Create { id, size, name, fs }) => {
             let id = id_arg(id.as_deref())?;
-            let v = open()?.create_thin(id, size, name.as_deref())?;
-            println!("created thin volume {} ({})", v.id, format_size(v.size_bytes));
+            let v = match fs {
+                Some(fs) => rcx_dm::rootfs::base::empty_volume(&open()?, fs, size, id, name.as_deref())?,
+                None => open()?.create_thin(id, size, name.as_deref())?,
+            };
+            let with_fs = fs.map_or(String::new(), |f| format!(", empty {f}"));
+            println!("created thin volume {} ({}{with_fs})", v.id, format_size(v.size_bytes));
             print_device(&v)
         }
         Cmd::Snap { new, origin, name, size } => {
             let id = id_arg(Some(&new))?;
-            let v = open()?.snapshot(id, &origin, size, name.as_deref())?;
+            let p = open()?;
+            let origin = rootfs::volume_or_image(&p, origin);
+            let v = p.snapshot(id, &origin, size, name.as_deref())?;
             println!("created snapshot {} of {origin}", v.id);
             print_device(&v)
         }
@@ -225,7 +245,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Deactivate { volume } => Ok(open()?.deactivate_volume(&volume)?),
         Cmd::Delete { volume, force } => Ok(open()?.delete(&volume, force)?),
-        Cmd::Run(a) => run::run(open(), a),
+        Cmd::Run(mut a) => {
+            let p = open();
+            if let Ok(p) = &p {
+                a.volume = rootfs::volume_or_image(p, a.volume);
+            }
+            run::run(p, a)
+        }
+        Cmd::Format(a) => rootfs::format(&open()?, a),
+        Cmd::Populate(a) => rootfs::populate(&open()?, a),
+        Cmd::Image(c) => rootfs::image_cmd(&open()?, c),
+        Cmd::Commit(a) => rootfs::commit(&open()?, a),
         Cmd::SetReadonly(a) => run::set_readonly(&open()?, a),
         Cmd::Origin(c) => classic::origin(&open()?, c),
         Cmd::Cow(c) => classic::cow(&open()?, c),
@@ -388,7 +418,7 @@ fn print_device(v: &rcx_dm::Volume) -> Result<()> {
     Ok(())
 }
 
-fn print_json<T: Serialize>(v: &T) -> Result<()> {
+pub(crate) fn print_json<T: Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

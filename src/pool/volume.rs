@@ -299,6 +299,20 @@ impl Pool {
         Ok(())
     }
 
+    /// Record a volume's lineage (e.g. after its content was replaced from another volume
+    /// that is then deleted). Only the store changes.
+    pub fn set_parent(&self, v: &VolRef, parent: Option<u32>) -> Result<()> {
+        let dm = Dm::open()?;
+        let _l = self.lock()?;
+        self.recover_locked(&dm)?;
+        let mut rec = self.resolve(v)?;
+        if rec.parent != parent {
+            rec.parent = parent;
+            self.store.put_volume(&rec)?;
+        }
+        Ok(())
+    }
+
     /// Mark a volume as a read-only base (or clear the mark). `rcx-dm run` never mounts a
     /// read-only volume writable: it runs a fresh thin snapshot of it. Only the store changes.
     pub fn set_read_only(&self, v: &VolRef, read_only: bool) -> Result<Volume> {

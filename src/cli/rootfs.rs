@@ -1,0 +1,216 @@
+//! `format`, `populate`, `image import|list|rm`, `commit`: argument parsing and reporting for
+//! `rcx_dm::rootfs`. Progress bars only when stderr is a terminal.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use rcx_dm::pool::{Pool, VolRef};
+use rcx_dm::rootfs::fs::Fs;
+use rcx_dm::rootfs::image::{self, ImportOptions};
+use rcx_dm::rootfs::populate::{self, Progress, Source};
+use rcx_dm::units::format_size;
+
+use super::{print_json, size_arg, JsonFlag};
+
+/// Default size of image filesystems (like Docker's devicemapper `dm.basesize`).
+pub const DEFAULT_IMAGE_SIZE: &str = "10G";
+
+#[derive(Args)]
+pub struct FormatArgs {
+    /// The volume, by id or name (not mounted, not read-only).
+    pub volume: VolRef,
+    /// Filesystem to make.
+    #[arg(long, default_value = "ext4")]
+    pub fs: Fs,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+#[derive(Args)]
+#[command(after_help = "\
+The volume's content becomes exactly the source's: a tar (plain, gzip or zstd), a directory \
+(like `rsync -aHAX --delete`: modes, owners, times, symlinks, hard links, xattrs, device nodes) \
+or an OCI image layout (its layers applied in order, whiteouts honoured). The source is written \
+into a scratch snapshot and swapped in only when complete, so a corrupt archive or an \
+interruption leaves the volume as it was. The volume must hold a filesystem (`rcx-dm format`).")]
+pub struct PopulateArgs {
+    /// The volume, by id or name (not mounted, not read-only).
+    pub volume: VolRef,
+    /// A tar file, a directory, or an OCI image layout directory.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// For an OCI layout with several images: which one (its ref name annotation).
+    #[arg(long)]
+    pub reference: Option<String>,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Import an OCI image layout: one read-only volume per layer, shared by chain id.
+    Import {
+        /// The OCI image layout directory (oci-layout, index.json, blobs/).
+        path: PathBuf,
+        /// Name for the image (`rcx-dm run NAME` runs a snapshot of it).
+        #[arg(long, value_parser = image_name_arg)]
+        name: String,
+        /// Which image of the layout (its org.opencontainers.image.ref.name).
+        #[arg(long)]
+        reference: Option<String>,
+        /// Filesystem of the layer volumes.
+        #[arg(long, default_value = "ext4")]
+        fs: Fs,
+        /// Size of the image's filesystem (and of containers made from it).
+        #[arg(long, default_value = DEFAULT_IMAGE_SIZE, value_parser = size_arg)]
+        size: u64,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// The pool's images.
+    List(JsonFlag),
+    /// Remove an image; its layer volumes go unless another image or a volume uses them.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Args)]
+pub struct CommitArgs {
+    /// The (stopped) container volume, by id or name.
+    pub volume: VolRef,
+    /// Name of the new image.
+    #[arg(long, value_parser = image_name_arg)]
+    pub name: String,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+fn image_name_arg(s: &str) -> std::result::Result<String, String> {
+    image::validate_image_name(s).map(|_| s.to_string()).map_err(|e| e.to_string())
+}
+
+/// A bar on a terminal counting source bytes; nothing otherwise.
+fn progress_bar(total: Option<u64>, what: &str) -> (Progress, Option<ProgressBar>) {
+    if !std::io::stderr().is_terminal() {
+        return (populate::no_progress(), None);
+    }
+    let bar = match total {
+        Some(t) => ProgressBar::new(t).with_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.set_message(what.to_string());
+    let b = bar.clone();
+    (Arc::new(move |n| b.inc(n)), Some(bar))
+}
+
+pub fn format(pool: &Pool, a: FormatArgs) -> Result<()> {
+    let v = populate::format_volume(pool, &a.volume, a.fs)?;
+    if a.out.json {
+        return print_json(&v);
+    }
+    println!("made {} on volume {}", a.fs, v.id);
+    Ok(())
+}
+
+pub fn populate(pool: &Pool, a: PopulateArgs) -> Result<()> {
+    let mut source = Source::detect(&a.from)?;
+    if let Source::Oci { reference, .. } = &mut source {
+        *reference = a.reference.clone();
+    }
+    let (progress, bar) = progress_bar(source.size_hint(), "populating");
+    let r = populate::populate(pool, &a.volume, &source, progress);
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let r = r.with_context(|| format!("populating {} from {}", a.volume, a.from.display()))?;
+    if a.out.json {
+        return print_json(&r);
+    }
+    println!("volume {} ({}) now holds {}: {} entries, {} of file data", r.volume, r.fs, a.from.display(), r.entries, format_size(r.bytes));
+    Ok(())
+}
+
+pub fn image_cmd(pool: &Pool, c: ImageCmd) -> Result<()> {
+    match c {
+        ImageCmd::Import { path, name, reference, fs, size, out } => {
+            let total = rcx_dm::rootfs::oci::open(&path, reference.as_deref())
+                .map(|i| i.layers.iter().map(|l| l.size).sum())
+                .ok();
+            let (progress, bar) = progress_bar(total, "importing");
+            let r = image::import(pool, &path, &name, &ImportOptions { fs, size_bytes: size, reference }, progress);
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            let r = r.with_context(|| format!("importing {}", path.display()))?;
+            if out.json {
+                return print_json(&r);
+            }
+            let shared = r.layers.iter().filter(|l| !l.created).count();
+            println!("imported image '{}': {} layer(s) ({shared} shared with other images), top volume {}", r.name, r.layers.len(), r.top);
+            Ok(())
+        }
+        ImageCmd::List(o) => {
+            let imgs = image::images(pool)?;
+            if o.json {
+                return print_json(&imgs);
+            }
+            println!("{:<24} {:>6} {:>6} {:>5} {:>8}  SOURCE", "NAME", "TOP", "LAYERS", "FS", "SIZE");
+            for i in imgs {
+                let src = match (&i.manifest, i.committed_from) {
+                    (Some(m), _) => m.clone(),
+                    (None, Some(v)) => format!("commit of volume {v}"),
+                    (None, None) => "-".into(),
+                };
+                println!("{:<24} {:>6} {:>6} {:>5} {:>8}  {src}", i.name, i.top, i.layers.len(), i.fs, format_size(i.size_bytes));
+            }
+            Ok(())
+        }
+        ImageCmd::Rm { name, out } => {
+            let r = image::remove(pool, &name)?;
+            if out.json {
+                return print_json(&r);
+            }
+            println!(
+                "removed image '{}': deleted {} layer volume(s), kept {} still in use",
+                r.image,
+                r.deleted_volumes.len(),
+                r.kept_volumes.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+pub fn commit(pool: &Pool, a: CommitArgs) -> Result<()> {
+    let r = image::commit(pool, &a.volume, &a.name)?;
+    if a.out.json {
+        return print_json(&r);
+    }
+    println!("committed volume {} as image '{}' (read-only volume {})", a.volume, r.name, r.top);
+    Ok(())
+}
+
+/// A volume argument that names no volume but an image means the image's top volume.
+pub fn volume_or_image(pool: &Pool, v: VolRef) -> VolRef {
+    if let VolRef::Name(n) = &v {
+        if pool.resolve(&v).is_err() {
+            if let Ok(Some(top)) = image::top_volume(pool, n) {
+                return VolRef::Id(top);
+            }
+        }
+    }
+    v
+}

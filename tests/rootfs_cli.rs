@@ -1,0 +1,53 @@
+//! Host tests of the root filesystem commands' arguments: refused before the kernel or the
+//! pool is touched, with errors that say what is wrong.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rcx-dm");
+
+fn run(root: &Path, args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("RCX_DM_ROOT", root).env_remove("RCX_DM_POOL").output().unwrap()
+}
+
+fn refused(args: &[&str], needle: &str) {
+    let root = tempfile::tempdir().unwrap();
+    let o = run(root.path(), args);
+    assert!(!o.status.success(), "{args:?} succeeded");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains(needle), "{args:?}: expected {needle:?} in:\n{e}");
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "{args:?} wrote under the root");
+}
+
+#[test]
+fn unknown_filesystems_are_refused() {
+    refused(&["format", "0", "--fs", "btrfs"], "use ext4 or xfs");
+    refused(&["thin", "create", "--size", "1G", "--fs", "zfs"], "use ext4 or xfs");
+    refused(&["image", "import", "/x", "--name", "a", "--fs", "vfat"], "use ext4 or xfs");
+}
+
+#[test]
+fn image_names_are_checked_first() {
+    refused(&["image", "import", "/x", "--name", "../evil"], "invalid volume name");
+    refused(&["image", "import", "/x", "--name", &"a".repeat(49)], "longer than 48");
+    refused(&["commit", "0", "--name", "a/b"], "invalid volume name");
+    refused(&["image", "import", "/x"], "--name");
+    refused(&["populate", "0"], "--from");
+}
+
+#[test]
+fn a_missing_pool_is_named() {
+    refused(&["populate", "0", "--from", "/"], "does not exist");
+    refused(&["image", "list"], "does not exist");
+}
+
+#[test]
+fn help_covers_the_rootfs_commands() {
+    let root = tempfile::tempdir().unwrap();
+    let out = String::from_utf8_lossy(&run(root.path(), &["--help"]).stdout).into_owned();
+    for c in ["format", "populate", "image", "commit"] {
+        assert!(out.contains(c), "--help lacks {c}");
+    }
+    let out = String::from_utf8_lossy(&run(root.path(), &["populate", "--help"]).stdout).into_owned();
+    assert!(out.contains("rsync") && out.contains("OCI"), "{out}");
+}
