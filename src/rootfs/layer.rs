@@ -336,4 +336,332 @@ fn copy(r: &mut impl Read, w: &mut impl Write, buf: &mut [u8]) -> std::io::Resul
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::ffi::CString;
+    use std::fs;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use tar::Header;
+
+    /// A tar made entry by entry with raw names, so tests can write what `tar::Builder`'s
+    /// checked setters refuse (`..`, absolute paths).
+    pub(crate) struct Tar(tar::Builder<Vec<u8>>);
+
+    impl Tar {
+        pub(crate) fn new() -> Tar {
+            Tar(tar::Builder::new(Vec::new()))
+        }
+
+        fn raw(&mut self, path: &str, ty: EntryType, mode: u32, link: Option<&str>, data: &[u8], f: impl FnOnce(&mut Header)) {
+            let mut h = Header::new_gnu();
+            let name = &mut h.as_old_mut().name;
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_entry_type(ty);
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_600_000_000);
+            h.set_size(data.len() as u64);
+            if let Some(l) = link {
+                h.set_link_name_literal(l).unwrap();
+            }
+            f(&mut h);
+            h.set_cksum();
+            self.0.append(&h, data).unwrap();
+        }
+
+        pub(crate) fn file(&mut self, path: &str, data: &[u8]) -> &mut Self {
+            self.raw(path, EntryType::Regular, 0o644, None, data, |_| {});
+            self
+        }
+        pub(crate) fn file_with(&mut self, path: &str, data: &[u8], mode: u32, uid: u64, gid: u64, mtime: u64) -> &mut Self {
+            self.raw(path, EntryType::Regular, mode, None, data, |h| {
+                h.set_uid(uid);
+                h.set_gid(gid);
+                h.set_mtime(mtime);
+            });
+            self
+        }
+        pub(crate) fn dir(&mut self, path: &str) -> &mut Self {
+            self.raw(path, EntryType::Directory, 0o755, None, b"", |_| {});
+            self
+        }
+        pub(crate) fn dir_with(&mut self, path: &str, mode: u32, mtime: u64) -> &mut Self {
+            self.raw(path, EntryType::Directory, mode, None, b"", |h| h.set_mtime(mtime));
+            self
+        }
+        pub(crate) fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
+            self.raw(path, EntryType::Symlink, 0o777, Some(target), b"", |_| {});
+            self
+        }
+        pub(crate) fn link(&mut self, path: &str, target: &str) -> &mut Self {
+            self.raw(path, EntryType::Link, 0o644, Some(target), b"", |_| {});
+            self
+        }
+        pub(crate) fn node(&mut self, path: &str, ty: EntryType, major: u32, minor: u32) -> &mut Self {
+            self.raw(path, ty, 0o620, None, b"", |h| {
+                h.set_device_major(major).unwrap();
+                h.set_device_minor(minor).unwrap();
+            });
+            self
+        }
+        pub(crate) fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+            self.0.append_pax_extensions(records.iter().map(|(k, v)| (*k, *v))).unwrap();
+            self
+        }
+        pub(crate) fn bytes(&mut self) -> Vec<u8> {
+            std::mem::replace(&mut self.0, tar::Builder::new(Vec::new())).into_inner().unwrap()
+        }
+    }
+
+    /// A tempdir on a disk filesystem (xattrs work there, not always on tmpfs) with the tree
+    /// at `<tmp>/root`, so writes outside the tree show up as siblings.
+    pub(crate) fn scratch() -> (tempfile::TempDir, PathBuf, Tree) {
+        let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let tree = Tree::open(&root).unwrap();
+        (tmp, root, tree)
+    }
+
+    fn apply_bytes(tree: &Tree, t: Vec<u8>) -> Result<LayerStats> {
+        apply(tree, &t[..])
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    fn all_paths(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            out.push(e.path());
+            if e.file_type().unwrap().is_dir() {
+                all_paths(&e.path(), out);
+            }
+        }
+    }
+
+    fn no_markers(root: &Path) {
+        let mut all = Vec::new();
+        all_paths(root, &mut all);
+        for p in all {
+            assert!(!p.file_name().unwrap().to_string_lossy().starts_with(".wh."), "marker written: {}", p.display());
+        }
+    }
+
+    #[test]
+    fn entries_as_the_tar_says() {
+        let (_tmp, root, tree) = scratch();
+        let mut t = Tar::new();
+        t.dir_with("usr/", 0o755, 1_000_000)
+            .dir_with("usr/bin/", 0o750, 2_000_000)
+            .file_with("usr/bin/su", b"#!/bin/true\n", 0o4755, 0, 0, 1_500_000_000)
+            .file_with("usr/bin/tool", &vec![7u8; 700_000], 0o2711, 1000, 1001, 1_400_000_000)
+            .symlink("usr/bin/link", "/usr/bin/tool")
+            .link("usr/bin/hard", "usr/bin/tool")
+            .node("dev/null", EntryType::Char, 1, 3)
+            .node("dev/loop9", EntryType::Block, 7, 9)
+            .node("run/fifo", EntryType::Fifo, 0, 0)
+            .pax(&[("mtime", b"1234567890.123456789"), ("SCHILY.xattr.user.rcx", b"yes")])
+            .file("etc/conf", b"c")
+            .dir("tmp/")
+            .dir_with("tmp/", 0o1777, 3_000_000);
+        let stats = apply_bytes(&tree, t.bytes()).unwrap();
+        assert_eq!(stats.bytes, 12 + 700_000 + 1);
+        assert_eq!(stats.whiteouts, 0);
+
+        let su = fs::symlink_metadata(root.join("usr/bin/su")).unwrap();
+        assert_eq!(su.mode() & 0o7777, 0o4755, "setuid kept (mode set after chown)");
+        assert_eq!((su.uid(), su.gid(), su.mtime()), (0, 0, 1_500_000_000));
+        let tool = fs::symlink_metadata(root.join("usr/bin/tool")).unwrap();
+        assert_eq!((tool.mode() & 0o7777, tool.uid(), tool.gid(), tool.len()), (0o2711, 1000, 1001, 700_000));
+        assert_eq!(tool.nlink(), 2);
+        assert_eq!(fs::symlink_metadata(root.join("usr/bin/hard")).unwrap().ino(), tool.ino());
+        assert_eq!(fs::read_link(root.join("usr/bin/link")).unwrap(), Path::new("/usr/bin/tool"));
+        let null = fs::symlink_metadata(root.join("dev/null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!((libc::major(null.rdev()), libc::minor(null.rdev()), null.mode() & 0o7777), (1, 3, 0o620));
+        assert!(fs::symlink_metadata(root.join("dev/loop9")).unwrap().file_type().is_block_device());
+        assert!(fs::symlink_metadata(root.join("run/fifo")).unwrap().file_type().is_fifo());
+        let conf = fs::symlink_metadata(root.join("etc/conf")).unwrap();
+        assert_eq!((conf.mtime(), conf.mtime_nsec()), (1_234_567_890, 123_456_789));
+        let path = CString::new(root.join("etc/conf").into_os_string().into_encoded_bytes()).unwrap();
+        match tree::xattr::get_path(&path, OsStr::new("user.rcx")) {
+            Ok(v) => assert_eq!(v, b"yes"),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => eprintln!("skipping the xattr check: {e} on this filesystem"),
+            Err(e) => panic!("xattr: {e}"),
+        }
+        // Directory times survive the children written after them; a repeated entry updates.
+        let usr = fs::symlink_metadata(root.join("usr")).unwrap();
+        assert_eq!(usr.mtime(), 1_000_000);
+        let bin = fs::symlink_metadata(root.join("usr/bin")).unwrap();
+        assert_eq!((bin.mtime(), bin.mode() & 0o7777), (2_000_000, 0o750));
+        let tmp = fs::symlink_metadata(root.join("tmp")).unwrap();
+        assert_eq!((tmp.mtime(), tmp.mode() & 0o7777), (3_000_000, 0o1777));
+        // Parents the tar did not list: made 0755, root-owned.
+        let run = fs::symlink_metadata(root.join("run")).unwrap();
+        assert_eq!((run.mode() & 0o7777, run.uid()), (0o755, 0));
+    }
+
+    fn lower(tree: &Tree) {
+        let mut t = Tar::new();
+        t.dir("a/").file("a/x", b"x").file("a/y", b"y");
+        t.dir("b/").file("b/z", b"z").dir("b/deep/").file("b/deep/q", b"q");
+        t.file("c", b"c");
+        t.dir("d/").file("d/old", b"old");
+        t.dir("e/").file("e/old", b"old");
+        t.dir("f/").dir("f/sub/").file("f/sub/l", b"l").file("f/keep", b"k");
+        apply_bytes(tree, t.bytes()).unwrap();
+    }
+
+    /// The upper layer's entries, as (marker?, adder) pairs so tests can order them.
+    fn upper(markers_first: bool) -> Vec<u8> {
+        let mut t = Tar::new();
+        let markers = |t: &mut Tar| {
+            t.file("a/.wh.x", b"").file("b/.wh..wh..opq", b"").file(".wh.c", b"").file(".wh.d", b"").file(".wh.e", b"");
+            t.file("f/.wh..wh..opq", b"");
+        };
+        if markers_first {
+            markers(&mut t);
+        }
+        t.file("b/new", b"n").dir("c/").file("c/inside", b"i").dir("e/").file("e/n", b"n").file("f/sub/new", b"n");
+        if !markers_first {
+            markers(&mut t);
+        }
+        t.bytes()
+    }
+
+    fn check_upper(root: &Path, stats: LayerStats) {
+        assert_eq!(stats.whiteouts, 6);
+        assert_eq!(names(&root.join("a")), ["y"]);
+        assert_eq!(names(&root.join("b")), ["new"], "opaque b hides lower z and deep/");
+        assert_eq!(names(&root.join("c")), ["inside"], "file c whited out and replaced by a dir");
+        assert!(!root.join("d").exists(), "whiteout of a directory");
+        assert_eq!(names(&root.join("e")), ["n"], "dir whited out and made again: lower content gone");
+        assert_eq!(names(&root.join("f")), ["sub"]);
+        assert_eq!(names(&root.join("f/sub")), ["new"]);
+        no_markers(root);
+    }
+
+    #[test]
+    fn whiteouts_before_entries() {
+        let (_tmp, root, tree) = scratch();
+        lower(&tree);
+        check_upper(&root, apply_bytes(&tree, upper(true)).unwrap());
+    }
+
+    #[test]
+    fn whiteouts_after_entries() {
+        let (_tmp, root, tree) = scratch();
+        lower(&tree);
+        check_upper(&root, apply_bytes(&tree, upper(false)).unwrap());
+    }
+
+    #[test]
+    fn whiteout_of_missing_entry_is_harmless() {
+        let (_tmp, root, tree) = scratch();
+        let mut t = Tar::new();
+        t.file("nothing/.wh.here", b"").file(".wh.gone", b"").file("x/.wh..wh..opq", b"").file("x/y", b"y");
+        assert_eq!(apply_bytes(&tree, t.bytes()).unwrap().whiteouts, 3);
+        assert_eq!(names(&root), ["x"]);
+        assert_eq!(names(&root.join("x")), ["y"]);
+    }
+
+    fn refused(t: Vec<u8>, needle: &str) {
+        let (tmp, _root, tree) = scratch();
+        let e = apply_bytes(&tree, t).unwrap_err().to_string();
+        assert!(e.contains(needle), "error '{e}' should name '{needle}'");
+        assert_eq!(names(tmp.path()), ["root"], "nothing written beside the tree");
+    }
+
+    #[test]
+    fn parent_components_refused() {
+        refused(Tar::new().file("../x", b"bad").bytes(), "../x");
+        refused(Tar::new().dir("a/").file("a/../../x", b"bad").bytes(), "a/../../x");
+        refused(Tar::new().file("f", b"f").link("l", "../../etc/passwd").bytes(), "../../etc/passwd");
+        refused(Tar::new().symlink("s", "x").link("../l", "s").bytes(), "../l");
+    }
+
+    fn unique(tag: &str) -> String {
+        format!("rcx-dm-layer-test-{tag}-{}", std::process::id())
+    }
+
+    #[test]
+    fn absolute_names_are_root_relative() {
+        let (tmp, root, tree) = scratch();
+        let name = unique("abs");
+        apply_bytes(&tree, Tar::new().file(&format!("/etc/{name}"), b"in").bytes()).unwrap();
+        assert!(!Path::new("/etc").join(&name).exists());
+        assert_eq!(fs::read(root.join("etc").join(&name)).unwrap(), b"in");
+        assert_eq!(names(tmp.path()), ["root"]);
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_tree() {
+        let (tmp, root, tree) = scratch();
+        let (n1, n2, n3) = (unique("evil"), unique("up"), unique("chain"));
+        let mut t = Tar::new();
+        t.symlink("evil", "/").file(&format!("evil/{n1}"), b"1");
+        t.symlink("up", "../../..").file(&format!("up/{n2}"), b"2");
+        t.symlink("a", "b").symlink("b", "/tmp").file(&format!("a/{n3}"), b"3");
+        t.symlink("h", "/etc/passwd").link("hl", "h");
+        apply_bytes(&tree, t.bytes()).unwrap();
+        for n in [&n1, &n2] {
+            assert!(!Path::new("/").join(n).exists(), "{n} written on the host");
+            assert!(root.join(n).exists(), "{n} not in the tree");
+        }
+        assert!(!Path::new("/tmp").join(&n3).exists());
+        assert!(root.join("a").join(&n3).exists() || root.join("tmp").join(&n3).exists());
+        // A hard link to a symlink links the symlink, never its host target.
+        assert_eq!(fs::read_link(root.join("hl")).unwrap(), Path::new("/etc/passwd"));
+        assert_eq!(names(tmp.path()), ["root"]);
+    }
+
+    #[test]
+    fn symlink_parent_followed_within_root() {
+        // merged-usr: lib -> usr/lib; a later lib/x lands in usr/lib/x.
+        let (_tmp, root, tree) = scratch();
+        apply_bytes(&tree, Tar::new().dir("usr/lib/").symlink("lib", "usr/lib").bytes()).unwrap();
+        apply_bytes(&tree, Tar::new().file("lib/x", b"x").bytes()).unwrap();
+        assert_eq!(fs::read(root.join("usr/lib/x")).unwrap(), b"x");
+        assert!(fs::symlink_metadata(root.join("lib")).unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn replacing_entries() {
+        let (_tmp, root, tree) = scratch();
+        apply_bytes(&tree, Tar::new().dir("d/").file("d/f", b"f").file("f", b"f").symlink("s", "d").bytes()).unwrap();
+        // a file over a dir, a dir over a file, a file over a symlink (not through it)
+        apply_bytes(&tree, Tar::new().file("d", b"now a file").dir("f/").file("s", b"plain").bytes()).unwrap();
+        assert_eq!(fs::read(root.join("d")).unwrap(), b"now a file");
+        assert!(root.join("f").is_dir());
+        assert_eq!(fs::read(root.join("s")).unwrap(), b"plain");
+    }
+
+    #[test]
+    fn truncated_archive_is_an_error() {
+        let (_tmp, _root, tree) = scratch();
+        let full = Tar::new().file("big", &vec![1u8; 100_000]).bytes();
+        let cut = full[..512 + 50_000].to_vec();
+        assert!(apply_bytes(&tree, cut).is_err());
+    }
+
+    #[test]
+    fn unsupported_type_is_an_error() {
+        let (_tmp, _root, tree) = scratch();
+        let mut t = Tar::new();
+        t.raw("vol", EntryType::new(b'V'), 0o644, None, b"", |_| {});
+        let e = apply_bytes(&tree, t.bytes()).unwrap_err().to_string();
+        assert!(e.contains("not supported") && e.contains("vol"), "{e}");
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(pax_time(b"12.5").unwrap(), TimeSpec::new(12, 500_000_000));
+        assert_eq!(pax_time(b"7").unwrap(), TimeSpec::new(7, 0));
+        assert_eq!(pax_time(b"-1.25").unwrap(), TimeSpec::new(-2, 750_000_000));
+        assert!(pax_time(b"1e9").is_err());
+    }
 }
