@@ -59,9 +59,7 @@ const BUF: usize = 256 * 1024;
 
 /// Fills the reader's buffer until it holds `n` bytes or the stream ends, without consuming.
 fn peek<R: Read>(r: &mut BufReader<R>, n: usize) -> io::Result<Vec<u8>> {
-    // BufReader only refills when empty; short reads (pipes) could show fewer bytes than there
-    // are. The magic is at most 4 bytes, so a first fill_buf nearly always suffices; when not,
-    // fall back to reading those bytes and chaining them in front (see `decompressed`).
+    // One fill may hold fewer than `n` bytes (a pipe's short read); `detect` handles that.
     let buf = r.fill_buf()?;
     Ok(buf[..buf.len().min(n)].to_vec())
 }

@@ -157,8 +157,7 @@ impl Sync<'_> {
             Kind::File => self.file(rel, &sp, &md),
             Kind::Symlink => {
                 let target = fs::read_link(&sp).ctx(|| format!("reading symlink {}", sp.display()))?;
-                let same = self.tree.kind(rel)? == Some(Kind::Symlink)
-                    && fs::read_link(self.tree.path().join(rel)).ok().as_deref() == Some(target.as_path());
+                let same = self.tree.kind(rel)? == Some(Kind::Symlink) && self.tree.read_link(rel)? == target;
                 if !same {
                     self.tree.symlink(rel, &target)?;
                 }

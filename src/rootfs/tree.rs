@@ -447,6 +447,18 @@ impl Tree {
         Ok(self.stat(path)?.and_then(|st| Kind::from_mode(st.st_mode)))
     }
 
+    /// The target of symlink `path`, read without following anything outside the tree.
+    pub fn read_link(&self, path: &Path) -> Result<PathBuf> {
+        let rel = relative(path)?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let name = rel.file_name().unwrap_or(OsStr::new("."));
+        let pfd = self.open_dir(parent).map_err(io).ctx(|| format!("opening directory {}", self.show(parent)))?;
+        retry(|| nix::fcntl::readlinkat(pfd.as_fd(), name))
+            .map(PathBuf::from)
+            .map_err(io)
+            .ctx(|| format!("reading symlink {}", self.show(&rel)))
+    }
+
     /// The names in directory `path` (followed inside the root), without `.` and `..`.
     pub fn list(&self, path: &Path) -> Result<Vec<OsString>> {
         let rel = relative(path)?;
@@ -628,5 +640,53 @@ pub mod xattr {
         let name = cname(name)?;
         // SAFETY: valid fd and C string.
         check(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) } as libc::ssize_t).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io::Write;
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(relative(Path::new("/a/./b/")).unwrap(), Path::new("a/b"));
+        assert_eq!(relative(Path::new("./")).unwrap(), Path::new(""));
+        let e = relative(Path::new("a/../../etc")).unwrap_err().to_string();
+        assert!(e.contains("a/../../etc") && e.contains(".."), "{e}");
+    }
+
+    #[test]
+    fn removal_forgets_the_cached_parent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = Tree::open(tmp.path()).unwrap();
+        tree.create_file(Path::new("a/b/f1")).unwrap().write_all(b"1").unwrap();
+        assert!(tree.remove(Path::new("a")).unwrap());
+        assert!(!tree.remove(Path::new("a")).unwrap(), "nothing there any more");
+        tree.create_file(Path::new("a/b/f2")).unwrap().write_all(b"2").unwrap();
+        assert_eq!(fs::read(tmp.path().join("a/b/f2")).unwrap(), b"2");
+        assert_eq!(tree.list(Path::new("a/b")).unwrap(), [OsString::from("f2")]);
+    }
+
+    #[test]
+    fn entries_and_kinds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = Tree::open(tmp.path()).unwrap();
+        assert!(!tree.mkdir(Path::new("d")).unwrap());
+        assert!(tree.mkdir(Path::new("/d/")).unwrap(), "an existing directory is kept");
+        tree.symlink(Path::new("d/s"), Path::new("/nowhere")).unwrap();
+        assert_eq!(tree.kind(Path::new("d/s")).unwrap(), Some(Kind::Symlink));
+        assert_eq!(tree.read_link(Path::new("d/s")).unwrap(), Path::new("/nowhere"));
+        tree.mknod(Path::new("d/p"), Kind::Fifo, 0).unwrap();
+        tree.set_meta(Path::new("d/p"), Kind::Fifo, &Meta { mode: 0o640, uid: 5, gid: 6, ..Meta::default() }).unwrap();
+        let st = tree.stat(Path::new("d/p")).unwrap().unwrap();
+        assert_eq!((st.st_mode & 0o7777, st.st_uid, st.st_gid), (0o640, 5, 6));
+        assert_eq!(tree.kind(Path::new("d/missing/x")).unwrap(), None);
+        assert!(tree.mkdir(Path::new("")).is_err(), "the root is not an entry");
+        // A file in the way of a parent becomes a directory.
+        tree.create_file(Path::new("f")).unwrap();
+        tree.create_file(Path::new("f/g")).unwrap();
+        assert_eq!(tree.kind(Path::new("f")).unwrap(), Some(Kind::Dir));
     }
 }
