@@ -3,8 +3,9 @@
 //! Layers, each calling only the one below:
 //! `dm` (typed targets over dm ioctls) -> `loopback` (sparse files, loop devices) ->
 //! `pool` (store, lock, transactions, recovery: the API front ends use) ->
-//! `classic` (snapshot-origin / snapshot / snapshot-merge stacks over loop files or pool volumes) and
-//! `runner` (a volume as a container root: mount, namespaces, pivot_root, cgroup v2, exec).
+//! `classic` (snapshot-origin / snapshot / snapshot-merge stacks over loop files or pool volumes),
+//! `rootfs` (formatted bases, populate from tar/directory/OCI image, images by chain id, commit)
+//! and `runner` (a volume as a container root: mount, namespaces, pivot_root, cgroup v2, exec).
 
 pub mod dm;
 pub mod error;

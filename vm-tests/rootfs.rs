@@ -493,6 +493,10 @@ fn rootfs_commit_makes_an_image_new_containers_see() {
     // bb's layer stays while bb2 and c1 use it.
     let r = s.json(&["image", "rm", "bb", "--json"]);
     assert_eq!(r["deleted_volumes"], serde_json::json!([]), "{r}");
+    // The same layout flattened into a writable volume by populate.
+    s.ok(&["thin", "create", "--fs", "ext4", "--size", "64M", "--name", "flat"]);
+    s.ok(&["populate", "flat", "--from", path_str(&dir)]);
+    assert_eq!(s.ok(&["run", "flat", "--", "/bin/sh", "-c", "echo flat; test -e /hello || echo clean"]), "flat\nclean\n");
     let err = s.fails(&["commit", "c1", "--name", "bb2"]);
     assert!(err.contains("exists"), "{err}");
     let err = s.fails(&["commit", "c1", "--name", "../x"]);

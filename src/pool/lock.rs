@@ -23,7 +23,7 @@ impl PoolLock {
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)
+            .open(path)
             .ctx(|| format!("opening {}", path.display()))?;
         let lock = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, e)| std::io::Error::from(e))
