@@ -127,9 +127,12 @@ pub fn mountpoint(pool: &Pool) -> Result<PathBuf> {
 /// `rcx-dm populate`: make the volume's content equal to `source`, all or nothing (see the
 /// module comment). The volume must hold a filesystem and not be in use.
 pub fn populate(pool: &Pool, v: &VolRef, source: &Source, progress: Progress) -> Result<PopulateReport> {
+    let t = std::time::Instant::now();
+    let phase = |what: &str| tracing::info!(phase = what, ms = t.elapsed().as_millis() as u64, "populate");
     let rec = pool.resolve(v)?;
     writable(&rec, v)?;
     let fs = volume_fs(pool, &rec)?;
+    phase("probed");
     let scratch_name = format!("populate-{}", rec.id);
     match pool.delete(&VolRef::Name(scratch_name.clone()), true) {
         Ok(()) => tracing::info!(scratch = %scratch_name, "removed a scratch volume left by an interrupted populate"),
@@ -139,6 +142,7 @@ pub fn populate(pool: &Pool, v: &VolRef, source: &Source, progress: Progress) ->
     let base = base::ensure_base(pool, fs, rec.size_bytes)?;
     let scratch = pool.snapshot(None, &VolRef::Id(base.id), None, Some(&scratch_name))?;
     let sref = VolRef::Id(scratch.id);
+    phase("scratch made");
     let filled = scratch
         .device
         .clone()
@@ -155,6 +159,7 @@ pub fn populate(pool: &Pool, v: &VolRef, source: &Source, progress: Progress) ->
             return Err(e);
         }
     };
+    phase("filled and unmounted");
     // From here the content exists in full; revert is crash-safe on its own.
     if let Err(e) = pool.revert(&VolRef::Id(rec.id), &sref) {
         let _ = pool.delete(&sref, true);
@@ -162,6 +167,7 @@ pub fn populate(pool: &Pool, v: &VolRef, source: &Source, progress: Progress) ->
     }
     pool.set_parent(&VolRef::Id(rec.id), Some(base.id))?;
     pool.delete(&sref, true)?;
+    phase("swapped");
     Ok(PopulateReport { volume: rec.id, fs, entries: stats.0, bytes: stats.1 })
 }
 
