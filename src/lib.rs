@@ -4,7 +4,8 @@
 //! `dm` (typed targets over dm ioctls) -> `loopback` (sparse files, loop devices) ->
 //! `pool` (store, lock, transactions, recovery: the API front ends use) ->
 //! `classic` (snapshot-origin / snapshot / snapshot-merge stacks over loop files or pool volumes) and
-//! `runner` (a volume as a container root: mount, namespaces, pivot_root, cgroup v2, exec).
+//! `runner` (a volume as a container root: mount, namespaces, pivot_root, cgroup v2, exec) and
+//! `serve` (a containerd snapshotter over gRPC: snapshots as pool volumes).
 
 pub mod dm;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod pool;
 pub mod classic;
 pub mod rootfs;
 pub mod runner;
+pub mod serve;
 pub mod units;
 
 pub use error::{Error, Result};

@@ -13,6 +13,7 @@ use rcx_dm::units::{format_size, parse_size};
 
 mod classic;
 mod run;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -92,6 +93,8 @@ enum Cmd {
     Merge(classic::MergeArgs),
     /// Give thin volume VOLUME the content of SNAPSHOT again; it keeps its id and name.
     Revert(classic::RevertArgs),
+    /// Serve containerd's snapshots API (a proxy snapshotter plugin) on a unix socket.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -231,6 +234,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Cow(c) => classic::cow(&open()?, c),
         Cmd::Merge(a) => classic::merge(&open()?, a),
         Cmd::Revert(a) => classic::revert(&open()?, a),
+        Cmd::Serve(a) => serve::serve(open()?, a),
         Cmd::List(o) => {
             let vols = open()?.volumes()?;
             if o.json {
