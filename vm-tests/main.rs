@@ -9,3 +9,4 @@ mod crash;
 mod thin_edges;
 mod thin_walkthrough;
 mod runner;
+mod containerd;
