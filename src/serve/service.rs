@@ -160,6 +160,13 @@ impl Service {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(key, error = %e, "prepare failed");
+                // The volume may exist (e.g. made but not activated): delete it before the
+                // record; if that fails too the record stays `preparing` and the next start
+                // rolls it back.
+                if let Err(d) = self.delete_volume(&rec.volume) {
+                    tracing::warn!(key, error = %d, "could not delete the volume of a failed prepare");
+                    return Err(status(e));
+                }
                 let _g = self.lock();
                 if let Err(e) = self.store.remove(key) {
                     tracing::warn!(key, error = %e, "could not drop the record of a failed prepare; the next start does");
