@@ -179,6 +179,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         self.ok(&a)
     }
 
+    /// Make KEY a garbage-collection root in containerd: `ctr snapshot` makes snapshots without
+    /// a lease, which containerd's collector (run after every deletion here) would remove.
+    pub fn keep(&self, key: &str) {
+        self.snap(&["label", key, "containerd.io/gc.root=1"]);
+    }
+
     pub fn snap_fails(&self, args: &[&str]) -> String {
         let mut a = vec!["snapshot", "--snapshotter", SNAPSHOTTER];
         a.extend_from_slice(args);
@@ -290,9 +296,10 @@ fn dm_name(dev: &Path) -> String {
 
 #[test]
 fn containerd_snapshots_through_ctr() {
-    let c = Ctrd::new("ctrsnap", false);
+    let c = Ctrd::new("ctrsnap", true);
     let dm = dm();
     c.snap(&["prepare", "a"]);
+    c.keep("a");
     let (ty, dev, opts) = c.mount_of("a");
     assert_eq!(ty, "ext4");
     assert!(opts.contains(&"noinit_itable".to_string()) && !opts.contains(&"ro".to_string()), "{opts:?}");
@@ -319,6 +326,7 @@ fn containerd_snapshots_through_ctr() {
 
     // Commit: the same volume, read-only and inactive.
     c.snap(&["commit", "c1", "a"]);
+    c.keep("c1");
     let rows = c.ls();
     assert!(rows.iter().any(|r| r.0 == "c1" && r.2 == "Committed"), "{rows:?}");
     assert!(!rows.iter().any(|r| r.0 == "a"), "{rows:?}");
@@ -330,6 +338,7 @@ fn containerd_snapshots_through_ctr() {
 
     // A child of the committed layer sees its file; writes stay in the child.
     c.snap(&["prepare", "b", "c1"]);
+    c.keep("b");
     let (ty_b, dev_b, opts_b) = c.mount_of("b");
     assert_ne!(dev_b, dev);
     let mnt_b = c.dir.join("mnt-b");
@@ -341,6 +350,7 @@ fn containerd_snapshots_through_ctr() {
 
     // A view: mounted ro, without journal replay.
     c.snap(&["view", "v", "c1"]);
+    c.keep("v");
     let (ty_v, dev_v, opts_v) = c.mount_of("v");
     assert!(opts_v.contains(&"ro".to_string()) && opts_v.contains(&"noload".to_string()), "{opts_v:?}");
     let mnt_v = c.dir.join("mnt-v");
