@@ -551,3 +551,88 @@ fn containerd_serve_killed_during_prepares_then_restarted() {
     // The pool's own transaction left nothing half-done.
     assert!(!c.s.pool_dir().join("intent.json").exists());
 }
+
+/// The snapshotter in-process (no containerd): every crash state a record can be left in is
+/// reconciled with the pool, and prepares from 8 threads at once all land.
+#[test]
+fn serve_reconciles_every_interrupted_state_and_prepares_in_parallel() {
+    use rcx_dm::serve::store::{Kind, State};
+    use rcx_dm::serve::{Options, Service};
+    use std::collections::BTreeMap;
+
+    let s = Scenario::new("srvrec");
+    s.ok(&["pool", "create", "--data-size", "4G", "--meta-size", "32M"]);
+    let opts = Options { size_bytes: 64 << 20, ..Options::default() };
+    let svc = Service::new(lib_pool(&s), opts.clone()).unwrap();
+    svc.create(Kind::Active, "a", "", BTreeMap::new()).unwrap();
+    svc.commit("L", "a", BTreeMap::from([("l".to_string(), "1".to_string())])).unwrap();
+    assert_eq!(svc.stat("L").unwrap().labels["l"], "1");
+    assert_eq!(svc.stat("a").unwrap_err().code(), containerd_snapshots::tonic::Code::NotFound);
+
+    // Eight threads, 24 prepares from L.
+    std::thread::scope(|sc| {
+        for t in 0..8 {
+            let svc = &svc;
+            sc.spawn(move || {
+                for i in 0..3 {
+                    let m = svc.create(Kind::Active, &format!("p{t}-{i}"), "L", BTreeMap::new()).unwrap();
+                    assert_eq!(m.len(), 1);
+                    assert!(Path::new(&m[0].source).exists());
+                }
+            });
+        }
+    });
+    let listed = svc.list().unwrap();
+    assert_eq!(listed.len(), 25);
+    let vols: BTreeSet<String> = listed.iter().map(|r| r.volume.clone()).collect();
+    assert_eq!(vols.len(), 25, "every snapshot has its own volume");
+    assert_eq!(svc.remove("L").unwrap_err().code(), containerd_snapshots::tonic::Code::FailedPrecondition);
+    assert_eq!(svc.create(Kind::Active, "p0-0", "L", BTreeMap::new()).unwrap_err().code(), containerd_snapshots::tonic::Code::AlreadyExists);
+
+    // Forge the states a SIGKILL can leave.
+    let pool = lib_pool(&s);
+    let store = svc.store();
+    let mut r = store.get("p0-0").unwrap().unwrap();
+    // A prepare killed after its volume was made: rolled back.
+    r.state = State::Preparing;
+    store.put(&r).unwrap();
+    let preparing_vol = r.volume.clone();
+    // A remove killed before the delete: rolled forward.
+    let mut r = store.get("p0-1").unwrap().unwrap();
+    r.state = State::Removing;
+    store.put(&r).unwrap();
+    // A commit killed after its record: rolled forward (p1-0's volume becomes C, p1-0 goes).
+    let mut c = store.get("p1-0").unwrap().unwrap();
+    c.key = "C".into();
+    c.kind = Kind::Committed;
+    c.state = State::Committing { from: "p1-0".into() };
+    store.put(&c).unwrap();
+    // A record whose volume vanished: dropped.
+    let gone = store.get("p2-0").unwrap().unwrap();
+    pool.delete(&rcx_dm::VolRef::Name(gone.volume.clone()), true).unwrap();
+    // A volume no record names (killed between the pool's commit and... nothing): deleted.
+    let orphan = pool.snapshot(None, &rcx_dm::VolRef::Name(store.get("L").unwrap().unwrap().volume), None, Some("ctrd-orphan")).unwrap();
+    drop(svc);
+
+    let svc = Service::new(lib_pool(&s), opts).unwrap();
+    svc.reconcile().unwrap();
+    let store = svc.store();
+    assert!(store.get("p0-0").unwrap().is_none());
+    assert!(store.get("p0-1").unwrap().is_none());
+    assert!(store.get("p2-0").unwrap().is_none());
+    assert!(store.get("p1-0").unwrap().is_none());
+    let c = svc.stat("C").unwrap();
+    assert_eq!(c.kind, Kind::Committed);
+    let cv = lib_pool(&s).volume(&rcx_dm::VolRef::Name(c.volume.clone())).unwrap();
+    assert!(cv.read_only && !cv.active, "{cv:?}");
+    let names: BTreeSet<String> = lib_pool(&s).volumes().unwrap().into_iter().filter_map(|v| v.name).collect();
+    assert!(!names.contains(&preparing_vol) && !names.contains("ctrd-orphan"), "{names:?}");
+    assert!(lib_pool(&s).volume(&rcx_dm::VolRef::Id(orphan.id)).is_err());
+    let recs: BTreeSet<String> = svc.list().unwrap().into_iter().map(|r| r.volume).collect();
+    let ours: BTreeSet<String> = names.into_iter().filter(|n| n.starts_with("ctrd-")).collect();
+    assert_eq!(recs, ours);
+    assert!(store.all().unwrap().iter().all(|r| r.state == State::Ready));
+    // A child of the rolled-forward commit works.
+    svc.create(Kind::View, "v", "C", BTreeMap::new()).unwrap();
+    assert_eq!(svc.mounts("v").unwrap()[0].options[0], "ro");
+}
