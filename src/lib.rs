@@ -4,8 +4,9 @@
 //! `dm` (typed targets over dm ioctls) -> `loopback` (sparse files, loop devices) ->
 //! `pool` (store, lock, transactions, recovery: the API front ends use) ->
 //! `classic` (snapshot-origin / snapshot / snapshot-merge stacks over loop files or pool volumes),
-//! `rootfs` (formatted bases, populate from tar/directory/OCI image, images by chain id, commit)
-//! and `runner` (a volume as a container root: mount, namespaces, pivot_root, cgroup v2, exec).
+//! `rootfs` (formatted bases, populate from tar/directory/OCI image, images by chain id, commit),
+//! `runner` (a volume as a container root: mount, namespaces, pivot_root, cgroup v2, exec) and
+//! `serve` (a containerd snapshotter over gRPC: snapshots as pool volumes).
 
 pub mod dm;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod pool;
 pub mod classic;
 pub mod rootfs;
 pub mod runner;
+pub mod serve;
 pub mod units;
 
 pub use error::{Error, Result};

@@ -11,3 +11,4 @@ mod thin_walkthrough;
 mod runner;
 mod oci_build;
 mod rootfs;
+mod containerd;

@@ -14,6 +14,7 @@ use rcx_dm::units::{format_size, parse_size};
 mod classic;
 mod rootfs;
 mod run;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -102,6 +103,8 @@ enum Cmd {
     Image(rootfs::ImageCmd),
     /// Make a stopped container's volume a new read-only image (like `docker commit`).
     Commit(rootfs::CommitArgs),
+    /// Serve containerd's snapshots API (a proxy snapshotter plugin) on a unix socket.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -261,6 +264,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Cow(c) => classic::cow(&open()?, c),
         Cmd::Merge(a) => classic::merge(&open()?, a),
         Cmd::Revert(a) => classic::revert(&open()?, a),
+        Cmd::Serve(a) => serve::serve(open()?, a),
         Cmd::List(o) => {
             let vols = open()?.volumes()?;
             if o.json {

@@ -30,4 +30,19 @@ impl PoolLock {
             .ctx(|| format!("locking {}", path.display()))?;
         Ok(PoolLock { _lock: lock })
     }
+
+    /// Like `acquire_file`, but None at once when another holder has it (LOCK_NB).
+    pub fn try_acquire_file(path: &Path) -> Result<Option<PoolLock>> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .ctx(|| format!("opening {}", path.display()))?;
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(PoolLock { _lock: lock })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(std::io::Error::from(e)).ctx(|| format!("locking {}", path.display())),
+        }
+    }
 }

@@ -1,0 +1,278 @@
+//! The snapshotter's own records: one small JSON file per containerd key under
+//! `<root>/<pool>/serve/snapshots/`, written durably (temp file, fsync, rename) like the pool's
+//! store. A record is written *before* the pool is touched (state `preparing`, `committing` or
+//! `removing`), so a serve killed at any instant finds on restart what it was doing and rolls it
+//! forward or back (`Service::reconcile`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::pool::store::{read_json, remove_durable, write_durable};
+use crate::rootfs::fs::Fs;
+
+/// Pool volume names made by serve start with this; a volume with it and no record is an orphan.
+pub const VOLUME_PREFIX: &str = "ctrd-";
+
+/// containerd's snapshot kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A writable snapshot (Prepare): a thin snapshot of its parent's volume, active.
+    Active,
+    /// A read-only snapshot (View): a thin snapshot of its parent's volume, mounted `ro`.
+    View,
+    /// A committed layer (Commit): the former active snapshot's volume, read-only, inactive.
+    Committed,
+}
+
+/// Where a record is in its life; anything but `Ready` is an operation in flight (or one a
+/// crash interrupted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum State {
+    /// The key is reserved and the volume may or may not exist yet: rolled back on restart.
+    Preparing,
+    Ready,
+    /// This committed record takes over the volume of active snapshot `from`: rolled forward.
+    Committing { from: String },
+    /// The volume is being deleted: rolled forward.
+    Removing,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    /// containerd's key (for committed snapshots, the name given to Commit).
+    pub key: String,
+    pub kind: Kind,
+    /// The parent's key; empty for a snapshot of the empty base.
+    pub parent: String,
+    /// The pool volume's name (`ctrd-...`).
+    pub volume: String,
+    /// The pool volume's id, once it exists.
+    #[serde(default)]
+    pub volume_id: Option<u32>,
+    pub fs: Fs,
+    #[serde(flatten)]
+    pub state: State,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub created: SystemTime,
+    pub updated: SystemTime,
+    /// Committed snapshots: usage measured at commit, while the volume was still active.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+/// A key as a file name: bytes outside `[A-Za-z0-9._-]` percent-encoded (containerd keys hold
+/// `/`, `:` and spaces), so names map one to one and never escape the directory.
+pub fn encode_key(key: &str) -> Result<String> {
+    if key.is_empty() {
+        return Err(Error::invalid("snapshot key", String::from("empty")));
+    }
+    let mut out = String::with_capacity(key.len() + 8);
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && !out.is_empty()) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.len() > 240 {
+        return Err(Error::invalid("snapshot key", format!("'{key}' is too long (at most ~200 bytes)")));
+    }
+    Ok(out)
+}
+
+pub struct SnapStore {
+    dir: PathBuf,
+}
+
+impl SnapStore {
+    /// The store under a pool's directory (`<pool dir>/serve`).
+    pub fn open(pool_dir: &Path) -> Result<SnapStore> {
+        let dir = pool_dir.join("serve");
+        let snaps = dir.join("snapshots");
+        std::fs::create_dir_all(&snaps).ctx(|| format!("creating {}", snaps.display()))?;
+        Ok(SnapStore { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        Ok(self.dir.join("snapshots").join(format!("{}.json", encode_key(key)?)))
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Record>> {
+        read_json(&self.path(key)?)
+    }
+
+    pub fn put(&self, r: &Record) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(r).map_err(|e| Error::Inconsistent(format!("encoding record: {e}")))?;
+        write_durable(&self.path(&r.key)?, &bytes)
+    }
+
+    pub fn remove(&self, key: &str) -> Result<()> {
+        remove_durable(&self.path(key)?)
+    }
+
+    /// Every record (reads the whole directory: List, Remove's child check, reconcile).
+    pub fn all(&self) -> Result<Vec<Record>> {
+        let dir = self.dir.join("snapshots");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).ctx(|| format!("reading {}", dir.display()))? {
+            let e = e.ctx(|| format!("reading {}", dir.display()))?;
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "json") {
+                // Temp files of a write a crash interrupted.
+                if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".tmp.")) {
+                    let _ = std::fs::remove_file(&p);
+                }
+                continue;
+            }
+            if let Some(r) = read_json::<Record>(&p)? {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+}
+
+/// containerd's Update rules: only labels change. With no field paths all labels are replaced;
+/// `labels` replaces all, `labels.K` sets (or, when absent from `new`, removes) one label.
+pub fn update_labels(
+    cur: &mut BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+    paths: Option<&[String]>,
+) -> std::result::Result<(), String> {
+    match paths {
+        None | Some([]) => *cur = new.clone(),
+        Some(paths) => {
+            for p in paths {
+                if let Some(k) = p.strip_prefix("labels.") {
+                    match new.get(k) {
+                        Some(v) => {
+                            cur.insert(k.to_string(), v.clone());
+                        }
+                        None => {
+                            cur.remove(k);
+                        }
+                    }
+                } else if p == "labels" {
+                    *cur = new.clone();
+                } else {
+                    return Err(format!("cannot update field '{p}': only labels are mutable"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inodes in use from a filesystem's superblock (first 4 KiB of the device): ext4
+/// `s_inodes_count - s_free_inodes_count`, xfs `sb_icount - sb_ifree`. The counters are those
+/// last written to the superblock (exact for an unmounted filesystem).
+pub fn inodes_in_use(sb: &[u8], fs: Fs) -> Option<u64> {
+    match fs {
+        Fs::Ext4 => {
+            let u = |o: usize| sb.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as u64);
+            Some(u(1024)?.saturating_sub(u(1040)?))
+        }
+        Fs::Xfs => {
+            let u = |o: usize| sb.get(o..o + 8).map(|b| u64::from_be_bytes(b.try_into().unwrap()));
+            Some(u(128)?.saturating_sub(u(136)?))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(key: &str, parent: &str) -> Record {
+        Record {
+            key: key.into(),
+            kind: Kind::Active,
+            parent: parent.into(),
+            volume: "ctrd-1".into(),
+            volume_id: Some(3),
+            fs: Fs::Ext4,
+            state: State::Ready,
+            labels: BTreeMap::from([("containerd.io/snapshot/x".into(), "1".into())]),
+            created: SystemTime::UNIX_EPOCH,
+            updated: SystemTime::now(),
+            usage: None,
+        }
+    }
+
+    #[test]
+    fn keys_encode_one_to_one_and_stay_in_the_directory() {
+        assert_eq!(encode_key("default/3/sha256:ab").unwrap(), "default%2F3%2Fsha256%3Aab");
+        assert_eq!(encode_key("..").unwrap(), "%2E.");
+        assert_eq!(encode_key("a b%").unwrap(), "a%20b%25");
+        assert_ne!(encode_key("a/b").unwrap(), encode_key("a%2Fb").unwrap());
+        assert!(encode_key("").is_err());
+        assert!(encode_key(&"x".repeat(300)).is_err());
+    }
+
+    #[test]
+    fn records_round_trip_with_their_state() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SnapStore::open(d.path()).unwrap();
+        let mut r = rec("default/1/a", "");
+        s.put(&r).unwrap();
+        assert_eq!(s.get("default/1/a").unwrap(), Some(r.clone()));
+        r.state = State::Committing { from: "default/2/b".into() };
+        s.put(&r).unwrap();
+        let back = s.get("default/1/a").unwrap().unwrap();
+        assert_eq!(back.state, State::Committing { from: "default/2/b".into() });
+        s.put(&rec("k2", "default/1/a")).unwrap();
+        std::fs::write(s.dir().join("snapshots").join("junk.tmp.77"), b"x").unwrap();
+        let all = s.all().unwrap();
+        assert_eq!(all.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["default/1/a", "k2"]);
+        assert!(!s.dir().join("snapshots").join("junk.tmp.77").exists());
+        s.remove("k2").unwrap();
+        s.remove("k2").unwrap();
+        assert_eq!(s.get("k2").unwrap(), None);
+    }
+
+    #[test]
+    fn update_follows_containerd() {
+        let mut cur = BTreeMap::from([("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())]);
+        let new = BTreeMap::from([("a".to_string(), "9".to_string()), ("c".to_string(), "3".to_string())]);
+        let mut x = cur.clone();
+        update_labels(&mut x, &new, Some(&["labels.a".into(), "labels.b".into()])).unwrap();
+        assert_eq!(x, BTreeMap::from([("a".to_string(), "9".to_string())]));
+        let mut y = cur.clone();
+        update_labels(&mut y, &new, Some(&["labels".into()])).unwrap();
+        assert_eq!(y, new);
+        assert!(update_labels(&mut cur, &new, Some(&["parent".into()])).is_err());
+        update_labels(&mut cur, &new, None).unwrap();
+        assert_eq!(cur, new);
+    }
+
+    #[test]
+    fn inodes_from_superblocks() {
+        let mut ext = vec![0u8; 4096];
+        ext[1024..1028].copy_from_slice(&1000u32.to_le_bytes());
+        ext[1040..1044].copy_from_slice(&989u32.to_le_bytes());
+        assert_eq!(inodes_in_use(&ext, Fs::Ext4), Some(11));
+        let mut xfs = vec![0u8; 4096];
+        xfs[128..136].copy_from_slice(&64u64.to_be_bytes());
+        xfs[136..144].copy_from_slice(&61u64.to_be_bytes());
+        assert_eq!(inodes_in_use(&xfs, Fs::Xfs), Some(3));
+        assert_eq!(inodes_in_use(&[0u8; 100], Fs::Ext4), None);
+    }
+}
