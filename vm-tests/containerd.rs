@@ -555,7 +555,7 @@ fn containerd_serve_killed_during_prepares_then_restarted() {
 /// The snapshotter in-process (no containerd): every crash state a record can be left in is
 /// reconciled with the pool, and prepares from 8 threads at once all land.
 #[test]
-fn serve_reconciles_every_interrupted_state_and_prepares_in_parallel() {
+fn containerd_serve_reconciles_every_interrupted_state_and_prepares_in_parallel() {
     use rcx_dm::serve::store::{Kind, State};
     use rcx_dm::serve::{Options, Service};
     use std::collections::BTreeMap;
