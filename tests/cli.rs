@@ -106,3 +106,18 @@ fn usage_errors_exit_2() {
     assert_eq!(run(root.path(), &["thin", "create", "0"]).status.code(), Some(2)); // --size missing
     assert_eq!(run(root.path(), &["pool", "create", "--data-dev", "/dev/null"]).status.code(), Some(2));
 }
+
+#[test]
+fn serve_refuses_a_missing_pool_and_bad_options_before_binding() {
+    let root = tempfile::tempdir().unwrap();
+    let sock = root.path().join("run/snap.sock");
+    let o = run(root.path(), &["--pool", "nopool", "serve", "--socket", sock.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("does not exist") || e.contains("must run as root"), "{e}");
+    assert!(!sock.exists() && !root.path().join("run").exists(), "nothing bound or created");
+    assert_refused(&["serve", "--fs", "btrfs"], "use ext4 or xfs");
+    assert_refused(&["serve", "--size", "1000"], "multiple of 512");
+    let help = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("proxy_plugins.rcx-dm"));
+}

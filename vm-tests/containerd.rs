@@ -298,6 +298,14 @@ fn dm_name(dev: &Path) -> String {
 fn containerd_snapshots_through_ctr() {
     let c = Ctrd::new("ctrsnap", true);
     let dm = dm();
+    // A second serve on the live socket, or on the same pool, is refused; the first keeps it.
+    let other = c.dir.join("other.sock");
+    for sock in [&c.serve_sock, &other] {
+        let e = c.s.cli(&["serve", "--socket", path_str(sock)]);
+        assert!(!e.status.success(), "a second serve started on {}", sock.display());
+        assert!(text(&e.stderr).contains("already serving"), "{}", text(&e.stderr));
+    }
+    assert!(std::os::unix::net::UnixStream::connect(&c.serve_sock).is_ok());
     c.snap(&["prepare", "a"]);
     c.keep("a");
     let (ty, dev, opts) = c.mount_of("a");
@@ -555,7 +563,7 @@ fn containerd_serve_killed_during_prepares_then_restarted() {
 /// The snapshotter in-process (no containerd): every crash state a record can be left in is
 /// reconciled with the pool, and prepares from 8 threads at once all land.
 #[test]
-fn serve_reconciles_every_interrupted_state_and_prepares_in_parallel() {
+fn containerd_serve_reconciles_every_interrupted_state_and_prepares_in_parallel() {
     use rcx_dm::serve::store::{Kind, State};
     use rcx_dm::serve::{Options, Service};
     use std::collections::BTreeMap;
