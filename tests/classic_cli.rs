@@ -1,23 +1,8 @@
 //! Host tests of the classic snapshot and revert commands: what the kernel would refuse is
 //! refused before anything is touched (no device-mapper needed), with a clear message.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_rcx-dm");
-
-fn run(root: &Path, args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("RCX_DM_ROOT", root).env_remove("RCX_DM_POOL").output().unwrap()
-}
-
-fn assert_refused(args: &[&str], needle: &str) {
-    let root = tempfile::tempdir().unwrap();
-    let o = run(root.path(), args);
-    assert!(!o.status.success(), "{args:?} succeeded");
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains(needle), "{args:?}: expected {needle:?} in:\n{e}");
-    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "{args:?} wrote under the root");
-}
+mod common;
+use common::{assert_refused, run};
 
 #[test]
 fn chunk_sizes_must_be_a_power_of_two_of_at_most_2_pow_21_sectors() {

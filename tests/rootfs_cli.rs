@@ -1,23 +1,8 @@
 //! Host tests of the root filesystem commands' arguments: refused before the kernel or the
 //! pool is touched, with errors that say what is wrong.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_rcx-dm");
-
-fn run(root: &Path, args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("RCX_DM_ROOT", root).env_remove("RCX_DM_POOL").output().unwrap()
-}
-
-fn refused(args: &[&str], needle: &str) {
-    let root = tempfile::tempdir().unwrap();
-    let o = run(root.path(), args);
-    assert!(!o.status.success(), "{args:?} succeeded");
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains(needle), "{args:?}: expected {needle:?} in:\n{e}");
-    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "{args:?} wrote under the root");
-}
+mod common;
+use common::{assert_refused as refused, run};
 
 #[test]
 fn unknown_filesystems_are_refused() {

@@ -19,13 +19,7 @@ impl PoolLock {
 
     /// An exclusive flock on any file (created if missing); released on drop or process death.
     pub fn acquire_file(path: &Path) -> Result<PoolLock> {
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .ctx(|| format!("opening {}", path.display()))?;
-        let lock = Flock::lock(f, FlockArg::LockExclusive)
+        let lock = Flock::lock(open_lock_file(path)?, FlockArg::LockExclusive)
             .map_err(|(_, e)| std::io::Error::from(e))
             .ctx(|| format!("locking {}", path.display()))?;
         Ok(PoolLock { _lock: lock })
@@ -33,16 +27,19 @@ impl PoolLock {
 
     /// Like `acquire_file`, but None at once when another holder has it (LOCK_NB).
     pub fn try_acquire_file(path: &Path) -> Result<Option<PoolLock>> {
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .ctx(|| format!("opening {}", path.display()))?;
-        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        match Flock::lock(open_lock_file(path)?, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(Some(PoolLock { _lock: lock })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, e)) => Err(std::io::Error::from(e)).ctx(|| format!("locking {}", path.display())),
         }
     }
+}
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ctx(|| format!("opening {}", path.display()))
 }
