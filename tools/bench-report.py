@@ -122,7 +122,7 @@ if pops:
       "library for rcx-dm (its three front ends share one pool), thin messages sent in-process for the dmsetup pool, "
       "`lvcreate -s` (activation skipped) for LVM, `ctr snapshot prepare` four at a time for containerd. "
       f"A system that could not reach a population within {meta.get('budget_s', '?')} s of growing is cut off there.\n")
-    p("| system | " + " | ".join(f"{n} volumes: median ms (min-max)" for n in pops) + " | largest / smallest |")
+    p("| system | " + " | ".join(f"{n} volumes: median ms (min-max)" for n in pops) + " | last level / first |")
     p("|---|" + "---|" * (len(pops) + 1))
     for s in systems:
         cells, meds = [], []
@@ -154,21 +154,21 @@ if pops:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(8, 5))
+        fig, ax = plt.subplots(figsize=(10, 5))
         for s in systems:
             xs = [n for n in pops if get("population", s, str(n))]
             if xs:
                 ax.errorbar(xs, [med(get("population", s, str(n))) for n in xs],
                             yerr=[[med(get("population", s, str(n))) - min(get("population", s, str(n))) for n in xs],
                                   [max(get("population", s, str(n))) - med(get("population", s, str(n))) for n in xs]],
-                            marker="o", capsize=3, label=labels[s])
+                            marker="o", capsize=3, label=labels[s].replace("`", ""))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("volumes in the pool")
         ax.set_ylabel("snapshot + activate, ms (median, min-max)")
         ax.set_title(f"Snapshot latency against pool population ({a.mode})")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         fig.savefig(f"{a.out}/population.png", dpi=110)
         p("![latency against pool population](population.png)\n")
@@ -239,8 +239,8 @@ if sp:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        names = [labels[b[0]] for b in bars]
+        fig, ax = plt.subplots(figsize=(10, 4.5))
+        names = [labels[b[0]].replace("`", "") for b in bars]
         bottom = [0.0] * len(bars)
         for idx, (what, col) in enumerate([("image", "#4c72b0"), ("containers", "#dd8452"), ("writes", "#55a868")]):
             vals = [b[idx + 1] / mib for b in bars]
@@ -249,7 +249,7 @@ if sp:
         ax.axvline(img / mib + n, color="k", linestyle="--", label="image + writes")
         ax.set_xlabel("pool data used, MiB")
         ax.set_title(f"{n} containers from one {img / mib:.0f} MiB image")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         fig.savefig(f"{a.out}/space.png", dpi=110)
         p("![pool space](space.png)\n")
