@@ -53,11 +53,11 @@ def get(w, s, x="0"):
 
 out = []
 p = out.append
-p("# rcx-dm against its peers: one VM run\n")
+p("# rcx-dm against its peers\n")
 p(f"Measured {a.date} on {a.mode} with `tools/bench` ({a.minutes} min). Kernel {meta.get('kernel', '?')}, "
   f"{meta.get('cpus', '?')} vCPUs. Host load average (1/5/15 min) {a.load}.")
 if a.note:
-    p(a.note + "\n")
+    p("\n" + a.note + "\n")
 p("Under software emulation absolute times are many times those of real hardware and every process start is "
   "expensive; compare the ratios, which are measured in the same run, in interleaved rounds where the workload allows.\n")
 p("Every system has its own fresh pool of the same geometry: sparse files on the guest's tmpfs behind loop devices, "
