@@ -5,7 +5,6 @@ Run by tools/bench; rerun by hand to re-render: tools/bench-report.py bench/repo
 import argparse
 import collections
 import statistics
-import sys
 
 ap = argparse.ArgumentParser()
 ap.add_argument("csv")

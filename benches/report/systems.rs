@@ -293,7 +293,12 @@ impl System for Dmsetup {
         let pool = format!("{}-pool", self.name);
         while self.population() < n && Instant::now() < deadline {
             let id = self.next_id(None);
-            self.dm.message(&pool, &format!("create_snap {id} 0")).unwrap();
+            // The origin is active: suspended around create_snap, as the kernel requires.
+            let origin = format!("{}-0", self.name);
+            self.dm.suspend(&origin).unwrap();
+            let made = self.dm.message(&pool, &format!("create_snap {id} 0"));
+            self.dm.resume(&origin).unwrap();
+            made.unwrap();
             self.bump_tid();
             *self.count.lock().unwrap() += 1;
         }
