@@ -12,3 +12,6 @@ mod runner;
 mod oci_build;
 mod rootfs;
 mod containerd;
+mod extend;
+mod space;
+mod health;

@@ -3,15 +3,16 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use rcx_dm::dm::Dm;
-use rcx_dm::pool::{self, Pool, PoolOptions, VolRef};
+use rcx_dm::pool::{self, Pool, VolRef};
 use rcx_dm::units::{format_size, parse_size};
 
 mod classic;
+mod pool_cmd;
 mod rootfs;
 mod run;
 mod serve;
@@ -41,7 +42,7 @@ struct Cli {
 enum Cmd {
     /// Create, activate, inspect and destroy pools.
     #[command(subcommand)]
-    Pool(PoolCmd),
+    Pool(pool_cmd::PoolCmd),
     /// Thin volumes.
     #[command(subcommand)]
     Thin(ThinCmd),
@@ -103,53 +104,20 @@ enum Cmd {
     Image(rootfs::ImageCmd),
     /// Make a stopped container's volume a new read-only image (like `docker commit`).
     Commit(rootfs::CommitArgs),
+    /// Give the blocks of files deleted inside a volume's filesystem back to the pool and the
+    /// host (fstrim through a private mount).
+    Trim {
+        /// The volume, by id or name.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        volume: Option<VolRef>,
+        /// Every writable volume that holds a filesystem.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// Serve containerd's snapshots API (a proxy snapshotter plugin) on a unix socket.
     Serve(serve::ServeArgs),
-}
-
-#[derive(Subcommand)]
-enum PoolCmd {
-    /// Create a pool: backing storage, zeroed metadata, the thin-pool device.
-    Create {
-        /// Data size (default 100G for a sparse file, the whole device with --data-dev).
-        #[arg(long, value_parser = size_arg)]
-        data_size: Option<u64>,
-        /// Metadata size, or "auto" to size it from data and block size.
-        #[arg(long, default_value = "auto")]
-        meta_size: String,
-        /// Data block size: a multiple of 64K from 64K to 1G.
-        #[arg(long, default_value = "64K", value_parser = size_arg)]
-        block_size: u64,
-        /// Free blocks below which the kernel raises an event (default 1% of the pool).
-        #[arg(long)]
-        low_water: Option<u64>,
-        /// Use this block device for data instead of a sparse file.
-        #[arg(long, requires = "meta_dev")]
-        data_dev: Option<PathBuf>,
-        /// Use this block device for metadata instead of a sparse file (its start is zeroed).
-        #[arg(long, requires = "data_dev")]
-        meta_dev: Option<PathBuf>,
-        /// Do not zero newly provisioned blocks (faster first writes; old data may show).
-        #[arg(long)]
-        no_zero: bool,
-        /// Queue writes for up to 60 s when the pool is full instead of failing them at once.
-        #[arg(long)]
-        queue_if_no_space: bool,
-    },
-    /// Attach loops, load the pool and re-activate its volumes (e.g. after a reboot).
-    Activate,
-    /// Take down the pool's volumes, the pool and its loops; nothing is lost.
-    Deactivate,
-    /// Transaction id, space used, mode and volume count.
-    Status(JsonFlag),
-    /// Pools under --root.
-    List(JsonFlag),
-    /// Remove the pool and its backing files.
-    Destroy {
-        /// Deactivate active volumes instead of refusing.
-        #[arg(long)]
-        force: bool,
-    },
 }
 
 #[derive(Subcommand)]
@@ -167,6 +135,16 @@ enum ThinCmd {
         /// filesystem (made by mkfs the first time only).
         #[arg(long)]
         fs: Option<rcx_dm::rootfs::fs::Fs>,
+    },
+    /// Grow a volume and the ext4 or xfs filesystem on it (online when mounted). Shrinking,
+    /// and read-only volumes (bases, image layers), are refused.
+    Resize {
+        volume: VolRef,
+        /// The new size (at least the current one).
+        #[arg(long, value_parser = size_arg)]
+        size: u64,
+        #[command(flatten)]
+        out: JsonFlag,
     },
 }
 
@@ -223,7 +201,7 @@ fn run(cli: Cli) -> Result<()> {
     run::reap(root, &cli.pool);
     let open = || Pool::open(root, &cli.pool);
     match cli.cmd {
-        Cmd::Pool(p) => pool_cmd(root, &cli.pool, p),
+        Cmd::Pool(p) => pool_cmd::run(root, &cli.pool, p),
         Cmd::Thin(ThinCmd::Create { id, size, name, fs }) => {
             let id = id_arg(id.as_deref())?;
             let v = match fs {
@@ -233,6 +211,36 @@ fn run(cli: Cli) -> Result<()> {
             let with_fs = fs.map_or(String::new(), |f| format!(", empty {f}"));
             println!("created thin volume {} ({}{with_fs})", v.id, format_size(v.size_bytes));
             print_device(&v)
+        }
+        Cmd::Thin(ThinCmd::Resize { volume, size, out }) => {
+            let p = open()?;
+            let v = p.resize_volume(&volume, size)?;
+            let fs_bytes = rcx_dm::rootfs::grow::grow_fs(&p, &volume)?;
+            if out.json {
+                #[derive(Serialize)]
+                struct Out {
+                    #[serde(flatten)]
+                    volume: rcx_dm::Volume,
+                    fs_bytes: u64,
+                }
+                return print_json(&Out { volume: v, fs_bytes });
+            }
+            println!("volume {} is now {}, its filesystem {}", v.id, format_size(v.size_bytes), human(fs_bytes));
+            Ok(())
+        }
+        Cmd::Trim { volume, all, out } => {
+            let p = open()?;
+            let reports = match volume {
+                Some(v) if !all => vec![rcx_dm::rootfs::trim::trim(&p, &v)?],
+                _ => rcx_dm::rootfs::trim::trim_all(&p)?,
+            };
+            if out.json {
+                return print_json(&reports);
+            }
+            for r in reports {
+                println!("volume {}: trimmed {}", r.id, human(r.trimmed_bytes));
+            }
+            Ok(())
         }
         Cmd::Snap { new, origin, name, size } => {
             let id = id_arg(Some(&new))?;
@@ -316,100 +324,6 @@ fn run(cli: Cli) -> Result<()> {
                 println!("  {:<18} v{x}.{y}.{z}", t.name);
             }
             Ok(())
-        }
-    }
-}
-
-fn pool_cmd(root: &std::path::Path, name: &str, cmd: PoolCmd) -> Result<()> {
-    match cmd {
-        PoolCmd::Create { data_size, meta_size, block_size, low_water, data_dev, meta_dev, no_zero, queue_if_no_space } => {
-            let meta_size = match meta_size.as_str() {
-                "auto" => None,
-                s => Some(parse_size(s).context("--meta-size")?),
-            };
-            let opts = PoolOptions {
-                data_size,
-                meta_size,
-                block_size,
-                low_water_blocks: low_water,
-                data_dev,
-                meta_dev,
-                zero_new_blocks: !no_zero,
-                error_if_no_space: !queue_if_no_space,
-            };
-            let p = Pool::create(root, name, &opts)?;
-            let c = p.config();
-            println!(
-                "created pool '{name}': data {} ({}), metadata {} ({}), block {}",
-                format_size(c.data_bytes),
-                c.data.path().display(),
-                format_size(c.meta_bytes),
-                c.meta.path().display(),
-                format_size(c.block_bytes)
-            );
-            println!("{}", rcx_dm::dm::node::mapper_path(&p.pool_dm_name()).display());
-            Ok(())
-        }
-        PoolCmd::Activate => {
-            let p = Pool::open(root, name)?;
-            let n = p.activate()?;
-            let o = classic::activate(&p)?;
-            println!("pool '{name}' active, {n} volume(s) activated");
-            if o > 0 {
-                println!("{o} classic origin(s) activated");
-            }
-            Ok(())
-        }
-        PoolCmd::Deactivate => {
-            let p = Pool::open(root, name)?;
-            classic::deactivate(&p)?;
-            Ok(p.deactivate()?)
-        }
-        PoolCmd::Status(o) => {
-            let s = Pool::open(root, name)?.status()?;
-            if o.json {
-                return print_json(&s);
-            }
-            println!("pool:        {}", s.name);
-            println!("active:      {}", s.active);
-            println!("volumes:     {}", s.volumes);
-            println!("block size:  {}", format_size(s.block_bytes));
-            if let Some(k) = &s.kernel {
-                let pct = |u: u64, t: u64| if t == 0 { 0.0 } else { 100.0 * u as f64 / t as f64 };
-                println!("transaction: {}", k.transaction_id);
-                println!("mode:        {}", k.mode);
-                println!(
-                    "data:        {}/{} blocks ({:.1}%) of {}",
-                    k.data_used_blocks,
-                    k.data_total_blocks,
-                    pct(k.data_used_blocks, k.data_total_blocks),
-                    format_size(s.data_bytes)
-                );
-                println!(
-                    "metadata:    {}/{} blocks ({:.1}%) of {}",
-                    k.meta_used_blocks,
-                    k.meta_total_blocks,
-                    pct(k.meta_used_blocks, k.meta_total_blocks),
-                    format_size(s.meta_bytes)
-                );
-                println!("needs_check: {}", k.needs_check);
-            }
-            Ok(())
-        }
-        PoolCmd::List(o) => {
-            let pools = Pool::list(root)?;
-            if o.json {
-                return print_json(&pools);
-            }
-            for p in pools {
-                println!("{p}");
-            }
-            Ok(())
-        }
-        PoolCmd::Destroy { force } => {
-            let p = Pool::open(root, name)?;
-            classic::destroy(&p, force)?;
-            Ok(p.destroy(force)?)
         }
     }
 }

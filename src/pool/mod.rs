@@ -1,17 +1,27 @@
 //! A pool as a whole: backing storage, the kernel's thin-pool device, the state store, the
 //! lock, and recovery. This is the API every front end calls.
 
+pub mod autoextend;
+mod extend;
 pub(crate) mod fault;
+mod health;
 pub(crate) mod lock;
+pub mod monitor;
 mod recover;
+mod resize;
 mod revert;
 pub mod store;
 mod volume;
 
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use serde::Serialize;
 
+pub use autoextend::{Autoextend, Step};
+pub use extend::{ExtendOutcome, ExtendRequest, SizeChange};
+pub use health::{CheckReport, RepairReport};
+pub use monitor::{MonitorOptions, MonitorStop};
 pub use volume::{parse_id as parse_thin_id, validate_name as validate_volume_name, VolRef, Volume};
 
 use crate::dm::{self, Dm, PoolMode, Target, ThinPoolStatus, ThinPoolTarget};
@@ -43,6 +53,7 @@ pub struct PoolOptions {
     pub meta_dev: Option<PathBuf>,
     pub zero_new_blocks: bool,
     pub error_if_no_space: bool,
+    pub autoextend: Autoextend,
 }
 
 impl Default for PoolOptions {
@@ -56,6 +67,7 @@ impl Default for PoolOptions {
             meta_dev: None,
             zero_new_blocks: true,
             error_if_no_space: true,
+            autoextend: Autoextend::default(),
         }
     }
 }
@@ -100,6 +112,12 @@ pub struct PoolStatus {
     pub meta_bytes: u64,
     pub block_bytes: u64,
     pub volumes: usize,
+    /// Free data space in percent of the pool's data size (kernel figures; None when inactive).
+    pub data_free_percent: Option<f64>,
+    /// Free metadata space in percent (kernel figures; None when inactive).
+    pub meta_free_percent: Option<f64>,
+    pub autoextend: Autoextend,
+    pub discard_on_delete: bool,
     #[serde(flatten)]
     pub kernel: Option<ThinPoolStatus>,
 }
@@ -107,7 +125,9 @@ pub struct PoolStatus {
 pub struct Pool {
     name: String,
     store: Store,
-    config: PoolConfig,
+    /// The store's pool.json as last read. Sizes change under a live `Pool` (another process's
+    /// `pool extend`, the monitor), so whatever builds a table reads it again: `fresh_config`.
+    config: RwLock<PoolConfig>,
 }
 
 impl Pool {
@@ -116,7 +136,7 @@ impl Pool {
         validate_pool_name(name)?;
         let store = Store::new(root.join(name));
         let config = store.config()?.ok_or_else(|| Error::NoSuchPool { pool: name.into(), root: root.into() })?;
-        Ok(Pool { name: name.to_string(), store, config })
+        Ok(Pool { name: name.to_string(), store, config: RwLock::new(config) })
     }
 
     /// Pools under `root`.
@@ -138,8 +158,23 @@ impl Pool {
         &self.name
     }
 
-    pub fn config(&self) -> &PoolConfig {
-        &self.config
+    /// The pool's configuration as last read from the store.
+    pub fn config(&self) -> PoolConfig {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The pool's configuration read again from the store (sizes may have grown since open).
+    pub(crate) fn fresh_config(&self) -> Result<PoolConfig> {
+        let c = self.store.config()?.ok_or_else(|| Error::Inconsistent(format!("{} vanished", self.store.config_path().display())))?;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = c.clone();
+        Ok(c)
+    }
+
+    /// Store a new configuration durably and cache it.
+    pub(crate) fn put_config(&self, c: &PoolConfig) -> Result<()> {
+        self.store.put_config(c)?;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = c.clone();
+        Ok(())
     }
 
     /// `<root>/<pool>`: the pool's state directory (front ends keep their own records under it).
@@ -180,7 +215,7 @@ impl Pool {
         }
         let config = plan(name, store.dir(), opts)?;
         store.init()?;
-        let pool = Pool { name: name.into(), store, config };
+        let pool = Pool { name: name.into(), store, config: RwLock::new(config) };
         match pool.build(&dm, opts) {
             Ok(()) => Ok(pool),
             Err(e) => {
@@ -192,9 +227,10 @@ impl Pool {
     }
 
     fn build(&self, dm: &Dm, opts: &PoolOptions) -> Result<()> {
+        let config = self.config();
         for (b, bytes, given) in [
-            (&self.config.data, self.config.data_bytes, &opts.data_dev),
-            (&self.config.meta, self.config.meta_bytes, &opts.meta_dev),
+            (&config.data, config.data_bytes, &opts.data_dev),
+            (&config.meta, config.meta_bytes, &opts.meta_dev),
         ] {
             match b {
                 Backing::File(p) => loopback::create_sparse(p, bytes)?,
@@ -211,36 +247,48 @@ impl Pool {
             }
         }
         // The kernel formats new metadata only where the superblock is all zeroes.
-        if let Backing::Device(p) = &self.config.meta {
+        if let Backing::Device(p) = &config.meta {
             loopback::zero_head(p, 1 << 20)?;
         }
-        self.load_pool(dm)?;
+        self.load_pool_with(dm, &config)?;
         fault::point("pool-create.loaded")?;
-        self.store.put_config(&self.config)
+        self.store.put_config(&config)
     }
 
     /// Attach backing loops and load the thin-pool table unless the device already exists.
     fn load_pool(&self, dm: &Dm) -> Result<PathBuf> {
+        let c = self.fresh_config()?;
+        self.load_pool_with(dm, &c)
+    }
+
+    fn load_pool_with(&self, dm: &Dm, c: &PoolConfig) -> Result<PathBuf> {
         let name = self.pool_dm_name();
         let info = match dm.info(&name)? {
             Some(i) => i,
             None => {
-                let meta = self.backing_dev(&self.config.meta)?;
-                let data = self.backing_dev(&self.config.data)?;
-                let c = &self.config;
-                let table = ThinPoolTarget {
-                    meta,
-                    data,
-                    block_sectors: c.block_bytes / SECTOR,
-                    low_water_blocks: c.low_water_blocks,
-                    zero_new_blocks: c.zero_new_blocks,
-                    error_if_no_space: c.error_if_no_space,
-                };
-                let sectors = c.data_bytes / c.block_bytes * (c.block_bytes / SECTOR);
-                dm.create(&name, Some(&format!("RCXDM-{name}")), &[table.line(0, sectors)], false)?
+                let line = self.pool_table(c)?;
+                dm.create(&name, Some(&format!("RCXDM-{name}")), &[line], false)
+                    .map_err(|e| self.load_error(e))?
             }
         };
         dm::node::ensure(&name, info.dev)
+    }
+
+    /// The thin-pool table line for `c`: backing devices attached, low-water mark from the
+    /// auto-extend threshold when auto-extend is on.
+    pub(crate) fn pool_table(&self, c: &PoolConfig) -> Result<dm::TargetLine> {
+        let meta = self.backing_dev(&c.meta)?;
+        let data = self.backing_dev(&c.data)?;
+        let blocks = c.data_bytes / c.block_bytes;
+        let table = ThinPoolTarget {
+            meta,
+            data,
+            block_sectors: c.block_bytes / SECTOR,
+            low_water_blocks: if c.autoextend.enabled() { c.autoextend.low_water_blocks(blocks) } else { c.low_water_blocks },
+            zero_new_blocks: c.zero_new_blocks,
+            error_if_no_space: c.error_if_no_space,
+        };
+        Ok(table.line(0, blocks * (c.block_bytes / SECTOR)))
     }
 
     fn backing_dev(&self, b: &Backing) -> Result<dm::DevNum> {
@@ -293,7 +341,7 @@ impl Pool {
         if status.needs_check || status.mode == PoolMode::Fail {
             return Err(Error::PoolUnhealthy {
                 pool: self.name.clone(),
-                why: "the kernel flags its metadata as needing a check; deactivate it and run thin_check".into(),
+                why: "the kernel flags its metadata as needing a check; run `rcx-dm pool deactivate`, then `rcx-dm pool check` and `rcx-dm pool repair`".into(),
             });
         }
         self.recover_locked(&dm)?;
@@ -335,7 +383,8 @@ impl Pool {
         let name = self.pool_dm_name();
         dm.remove(&name).map_err(|e| busy_or(e, &name))?;
         dm::node::remove(&name);
-        for b in [&self.config.data, &self.config.meta] {
+        let c = self.config();
+        for b in [&c.data, &c.meta] {
             if let Backing::File(p) = b {
                 loopback::detach(p)?;
             }
@@ -374,7 +423,8 @@ impl Pool {
             Some(_) => Some(self.kernel_status(&dm)?),
             None => None,
         };
-        let c = &self.config;
+        let c = &self.fresh_config()?;
+        let free = |used: u64, total: u64| if total == 0 { 0.0 } else { ((total - used.min(total)) as f64 * 1000.0 / total as f64).round() / 10.0 };
         Ok(PoolStatus {
             name: self.name.clone(),
             active: info.is_some(),
@@ -383,6 +433,10 @@ impl Pool {
             meta_bytes: c.meta_bytes,
             block_bytes: c.block_bytes,
             volumes: self.store.volume_count()?,
+            data_free_percent: kernel.as_ref().map(|k| free(k.data_used_blocks, k.data_total_blocks)),
+            meta_free_percent: kernel.as_ref().map(|k| free(k.meta_used_blocks, k.meta_total_blocks)),
+            autoextend: c.autoextend.clone(),
+            discard_on_delete: c.discard_on_delete,
             kernel,
         })
     }
@@ -440,6 +494,8 @@ fn plan(name: &str, dir: &Path, opts: &PoolOptions) -> Result<PoolConfig> {
         low_water_blocks: opts.low_water_blocks.unwrap_or((blocks / 100).max(1)),
         zero_new_blocks: opts.zero_new_blocks,
         error_if_no_space: opts.error_if_no_space,
+        autoextend: opts.autoextend.clone(),
+        discard_on_delete: true,
     })
 }
 

@@ -40,6 +40,10 @@ impl Pool {
         let point = |step: &str| if faults { fault::point(step) } else { Ok(()) };
         let Some(intent) = self.store.intent()? else { return Ok(()) };
         tracing::info!(?intent, "recovering interrupted operation");
+        if let Intent::Extend { .. } = intent {
+            // Needs no transaction id: growing is rolled forward, live or not.
+            return self.finish_extend(dm, &intent);
+        }
         let kernel = self.kernel_status(dm)?.transaction_id;
         match &intent {
             Intent::Create { id, name, parent, size_bytes, txid } => {
@@ -78,6 +82,7 @@ impl Pool {
                 }
             }
             Intent::Revert { .. } => self.revert_steps(dm, &intent, false)?,
+            Intent::Extend { .. } => unreachable!("handled above"),
             Intent::Delete { id, name, txid } => {
                 if kernel != *txid && kernel != txid + 1 {
                     return Err(self.mismatch(&intent, kernel));

@@ -45,6 +45,18 @@ pub struct PoolConfig {
     pub low_water_blocks: u64,
     pub zero_new_blocks: bool,
     pub error_if_no_space: bool,
+    /// When and how far `pool monitor` (and `serve`) grow the pool. Pools made before
+    /// auto-extend existed read the defaults.
+    #[serde(default)]
+    pub autoextend: super::autoextend::Autoextend,
+    /// Discard a volume's blocks before deleting it, so the kernel passes the discards down to
+    /// the backing file and the host gets the space back.
+    #[serde(default = "yes")]
+    pub discard_on_delete: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -72,6 +84,9 @@ pub enum Intent {
     /// `revert`: volume `id` gets `snapshot`'s content, keeping its id and name. `tmp` is a
     /// scratch thin id; the kernel's transaction id counts the steps done (see `revert.rs`).
     Revert { id: u32, snapshot: u32, tmp: u32, txid: u64, reactivate: bool },
+    /// `pool extend`: backing storage and the pool's table grow from the `old_*` to the `new_*`
+    /// sizes. Always rolled forward (growing is idempotent); see `extend.rs`.
+    Extend { old_data_bytes: u64, new_data_bytes: u64, old_meta_bytes: u64, new_meta_bytes: u64 },
 }
 
 pub struct Store {

@@ -13,14 +13,18 @@
 //! - `base`: empty filesystems as snapshots of a kept formatted base.
 //! - `populate`: a volume's content replaced by a tar, directory or image, all or nothing.
 //! - `image`: images imported into the pool, layers shared by chain id; commit.
+//! - `trim`: deleted files' blocks given back to the pool and the host (FITRIM).
+//! - `grow`: a filesystem grown to its volume's new size (`thin resize`).
 
 pub mod archive;
 pub mod base;
 pub mod copy;
 pub mod fs;
+pub mod grow;
 pub mod image;
 pub mod layer;
 pub mod mount;
 pub mod oci;
 pub mod populate;
 pub mod tree;
+pub mod trim;
