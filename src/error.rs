@@ -44,6 +44,9 @@ pub enum Error {
     #[error("state store and kernel disagree: {0}")]
     Inconsistent(String),
 
+    #[error("pool '{0}' already has a monitor (`rcx-dm pool monitor` or `rcx-dm serve`); one is enough: stop the other first")]
+    MonitorRunning(String),
+
     #[error("injected fault at step '{0}' (RCX_DM_FAIL_AT)")]
     InjectedFault(String),
 

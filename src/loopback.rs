@@ -62,6 +62,27 @@ pub fn attach(file: &Path) -> Result<PathBuf> {
     Err(Error::Dm { op: "attach", dev: file.display().to_string(), errno: Some(Errno::EBUSY), msg: "no free loop device after 64 tries".into() })
 }
 
+/// Make the loop serving `file` (if any) re-read the file's size (LOOP_SET_CAPACITY), after the
+/// file grew; returns the device's size in bytes now.
+pub fn refresh_capacity(file: &Path) -> Result<Option<u64>> {
+    let Some(dev) = find(file)? else { return Ok(None) };
+    LoopDevice::open(&dev)
+        .and_then(|d| d.set_capacity())
+        .ctx(|| format!("telling {} the new size of {}", dev.display(), file.display()))?;
+    Ok(Some(block_device(&dev)?.1))
+}
+
+/// Grow `file` to `bytes` (never shrinks it) and sync; sparse, so it costs no space.
+pub fn grow_sparse(file: &Path, bytes: u64) -> Result<()> {
+    let f = OpenOptions::new().write(true).open(file).ctx(|| format!("opening {}", file.display()))?;
+    let len = f.metadata().ctx(|| format!("examining {}", file.display()))?.len();
+    if len < bytes {
+        f.set_len(bytes).ctx(|| format!("growing {} to {bytes} bytes", file.display()))?;
+        f.sync_all().ctx(|| format!("syncing {}", file.display()))?;
+    }
+    Ok(())
+}
+
 /// Detach the loop serving `file`, if any.
 pub fn detach(file: &Path) -> Result<()> {
     if let Some(dev) = find(file)? {

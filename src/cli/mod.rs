@@ -180,7 +180,10 @@ pub fn main() -> i32 {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // A monitor's log is its output: each extend is worth a line by default.
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                if matches!(cli.cmd, Cmd::Pool(pool_cmd::PoolCmd::Monitor { .. })) { "warn,rcx_dm=info" } else { "warn" }.into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -30,9 +30,13 @@ pub struct ServeArgs {
     /// Size of each snapshot's volume (thin: only what is written costs pool space).
     #[arg(long, default_value = "10G", value_parser = super::size_arg)]
     pub size: u64,
+    /// Do not run the pool's auto-extend monitor in-process (run `rcx-dm pool monitor` instead,
+    /// or none). With it on and a `pool monitor` already running, serve leaves the pool to it.
+    #[arg(long)]
+    pub no_monitor: bool,
 }
 
 pub fn serve(pool: Pool, a: ServeArgs) -> Result<()> {
-    serve::run(pool, ServeOptions { socket: a.socket, snapshots: Options { fs: a.fs, size_bytes: a.size } })?;
+    serve::run(pool, ServeOptions { socket: a.socket, snapshots: Options { fs: a.fs, size_bytes: a.size }, monitor: !a.no_monitor })?;
     Ok(())
 }

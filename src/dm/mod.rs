@@ -180,6 +180,34 @@ impl Dm {
         self.dm.device_suspend(&DevId::Name(dm_name(name)?), opts).map(|_| ()).map_err(|e| dm_err("suspend", name, e))
     }
 
+    /// Suspend without flushing: I/O the targets hold (a thin pool's bios queued while it is out
+    /// of space) stays queued across the table swap instead of being waited for.
+    pub fn suspend_noflush(&self, name: &str) -> Result<()> {
+        let opts = DmOptions::default().set_flags(DmFlags::DM_SUSPEND | DmFlags::DM_NOFLUSH);
+        self.dm.device_suspend(&DevId::Name(dm_name(name)?), opts).map(|_| ()).map_err(|e| dm_err("suspend", name, e))
+    }
+
+    /// Arm event polling on this handle: the control file turns readable at the next event of
+    /// any dm device (a thin pool's low-water mark, a mode change, a table swap). Arm, then
+    /// look at the devices, then `wait_event`, so no event between the look and the wait is lost.
+    pub fn arm_poll(&self) -> Result<()> {
+        self.dm.arm_poll().map(|_| ()).map_err(|e| dm_err("arm_poll", "control", e))
+    }
+
+    /// Wait until an event arrives since the last `arm_poll` (true) or `timeout` passes (false).
+    /// A signal ends the wait early (false).
+    pub fn wait_event(&self, timeout: std::time::Duration) -> Result<bool> {
+        use std::os::fd::AsFd;
+        let fd = self.dm.file().as_fd();
+        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX)) {
+            Ok(n) => Ok(n > 0),
+            Err(Errno::EINTR) => Ok(false),
+            Err(e) => Err(Error::Dm { op: "poll", dev: "control".into(), errno: Some(e), msg: e.desc().into() }),
+        }
+    }
+
     pub fn resume(&self, name: &str) -> Result<()> {
         self.dm
             .device_suspend(&DevId::Name(dm_name(name)?), DmOptions::default())

@@ -1,10 +1,28 @@
-//! `pool extend`: grow data and/or metadata online.
-//! (implementation follows)
+//! `pool extend`: grow data and/or metadata, online (volumes active, mounted, written) or not.
+//!
+//! The kernel's rules (Documentation/admin-guide/device-mapper/thin-provisioning.rst): the data
+//! device must already have the new size when the longer thin-pool table is loaded, and the pool
+//! picks up a bigger data or metadata device in its preresume, i.e. at the resume after a
+//! suspend. A pool that ran out of space goes back to read-write there. So, for sparse files:
+//! grow the file, LOOP_SET_CAPACITY, load the longer table, suspend (noflush, so writes queued
+//! while out of space stay queued), resume. Block devices were grown by their owner.
+//!
+//! Crash safety: an `Extend` intent records old and new sizes first, and recovery always rolls
+//! forward, since every step is idempotent and growing never loses data. pool.json gets the new
+//! sizes last; until then the intent's sizes win (`activate` finishes the extend before it loads
+//! the table, because the kernel refuses a table shorter than its metadata's data size).
 
 use serde::Serialize;
 
-use super::Pool;
+use super::store::{Backing, Intent, PoolConfig};
+use super::{fault, Pool, MAX_META_BYTES};
+use crate::dm::{Dm, PoolMode};
 use crate::error::{Error, Result};
+use crate::loopback;
+use crate::units::format_size;
+
+/// Metadata is used in 4 KiB blocks.
+const META_BLOCK: u64 = 4096;
 
 /// A new size, absolute ("10G") or relative ("+1G").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,25 +59,247 @@ pub struct ExtendOutcome {
 }
 
 impl Pool {
-    /// Grow the pool's data and/or metadata, online or offline.
+    /// Grow the pool's data and/or metadata. Online when the pool is active; an inactive pool
+    /// gets the new size at its next activation. Shrinking is refused (the kernel cannot).
     pub fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome> {
-        let _ = req;
-        Err(Error::invalid("command", "pool extend is not implemented yet"))
+        let dm = Dm::open()?;
+        let _l = self.lock()?;
+        let live = dm.info(&self.pool_dm_name())?.is_some();
+        if live {
+            self.recover_locked(&dm)?;
+        } else if let Some(i @ Intent::Extend { .. }) = self.store.intent()? {
+            self.finish_extend(&dm, &i)?;
+        } else if self.store.intent()?.is_some() {
+            return Err(Error::PoolInactive(self.name.clone()));
+        }
+        let c = self.fresh_config()?;
+        if live {
+            let s = self.kernel_status(&dm)?;
+            if s.mode == PoolMode::Fail || s.needs_check {
+                return Err(Error::PoolUnhealthy {
+                    pool: self.name.clone(),
+                    why: "the kernel flags its metadata as needing a check, and it does not resize such a pool; run `rcx-dm pool deactivate`, `rcx-dm pool check` and `rcx-dm pool repair` first".into(),
+                });
+            }
+        }
+        let new_data = target_size(&c.data, c.data_bytes, req.data, req.meta.is_none(), "data", c.block_bytes)?;
+        let new_meta = target_size(&c.meta, c.meta_bytes, req.meta, req.data.is_none(), "metadata", META_BLOCK)?;
+        let out = ExtendOutcome { old_data_bytes: c.data_bytes, new_data_bytes: new_data, old_meta_bytes: c.meta_bytes, new_meta_bytes: new_meta };
+        self.validate_growth(&c, new_data, new_meta)?;
+        if new_data == c.data_bytes && new_meta == c.meta_bytes {
+            return Ok(out);
+        }
+        warn_if_host_short(&c, new_data, new_meta);
+        let intent = Intent::Extend { old_data_bytes: c.data_bytes, new_data_bytes: new_data, old_meta_bytes: c.meta_bytes, new_meta_bytes: new_meta };
+        self.store.put_intent(&intent)?;
+        fault::point("extend.intent")?;
+        if let Err(e) = self.extend_steps(&dm, &intent, true) {
+            // An error, not a crash: whatever ran is a prefix of the roll-forward, so try to
+            // finish; if that fails too the intent stays for the next command.
+            if self.finish_extend(&dm, &intent).is_err() {
+                tracing::warn!("extend stopped half-way; the next rcx-dm command finishes it");
+            }
+            return Err(e);
+        }
+        tracing::info!(
+            pool = %self.name,
+            data = %format!("{} -> {}", format_size(c.data_bytes), format_size(new_data)),
+            meta = %format!("{} -> {}", format_size(c.meta_bytes), format_size(new_meta)),
+            "pool extended"
+        );
+        Ok(out)
     }
-}
 
-impl Pool {
-    /// Roll an interrupted extend forward (the pool lock is held).
-    pub(crate) fn finish_extend(&self, dm: &crate::dm::Dm, intent: &crate::pool::store::Intent) -> Result<()> {
-        let _ = (dm, intent);
+    fn validate_growth(&self, c: &PoolConfig, new_data: u64, new_meta: u64) -> Result<()> {
+        if new_data < c.data_bytes {
+            return Err(Error::invalid(
+                "data size",
+                format!("{} is smaller than the pool's {}; the kernel cannot shrink a pool", format_size(new_data), format_size(c.data_bytes)),
+            ));
+        }
+        if new_data % c.block_bytes != 0 {
+            let down = new_data / c.block_bytes * c.block_bytes;
+            return Err(Error::invalid(
+                "data size",
+                format!(
+                    "{new_data} bytes is not a whole number of the pool's {} blocks; use {} or {}",
+                    format_size(c.block_bytes),
+                    format_size(down.max(c.data_bytes)),
+                    format_size(down + c.block_bytes)
+                ),
+            ));
+        }
+        if new_meta < c.meta_bytes {
+            return Err(Error::invalid(
+                "metadata size",
+                format!("{} is smaller than the pool's {}; metadata cannot shrink", format_size(new_meta), format_size(c.meta_bytes)),
+            ));
+        }
+        if new_meta > MAX_META_BYTES.max(c.meta_bytes) {
+            return Err(Error::invalid(
+                "metadata size",
+                format!("{} is past the kernel's maximum of {} ({MAX_META_BYTES} bytes); the kernel would not use the rest", format_size(new_meta), format_size(MAX_META_BYTES)),
+            ));
+        }
+        if new_meta % META_BLOCK != 0 {
+            return Err(Error::invalid("metadata size", format!("{new_meta} bytes is not a multiple of the kernel's 4K metadata blocks")));
+        }
         Ok(())
     }
+
+    /// The steps of an extend, each idempotent, so the same code is the forward path and the
+    /// roll-forward. With `faults`, the `extend.*` fault points fire.
+    fn extend_steps(&self, dm: &Dm, intent: &Intent, faults: bool) -> Result<()> {
+        let point = |step: &str| if faults { fault::point(step) } else { Ok(()) };
+        let Intent::Extend { new_data_bytes, new_meta_bytes, .. } = *intent else {
+            unreachable!("extend_steps takes an Extend intent")
+        };
+        let mut c = self.fresh_config()?;
+        c.data_bytes = c.data_bytes.max(new_data_bytes);
+        c.meta_bytes = c.meta_bytes.max(new_meta_bytes);
+        for (b, bytes) in [(&c.data, c.data_bytes), (&c.meta, c.meta_bytes)] {
+            if let Backing::File(p) = b {
+                loopback::grow_sparse(p, bytes)?;
+            }
+        }
+        point("extend.grown")?;
+        let name = self.pool_dm_name();
+        if dm.info(&name)?.is_some() {
+            for (b, bytes) in [(&c.data, c.data_bytes), (&c.meta, c.meta_bytes)] {
+                let have = match b {
+                    Backing::File(p) => loopback::refresh_capacity(p)?,
+                    Backing::Device(p) => Some(loopback::block_device(p)?.1),
+                };
+                if let Some(have) = have.filter(|h| *h < bytes) {
+                    return Err(Error::Inconsistent(format!("{} has {have} bytes after growing, not {bytes}", b.path().display())));
+                }
+            }
+            point("extend.capacity")?;
+            self.swap_pool_table(dm, &c, faults)?;
+        }
+        self.put_config(&c)?;
+        point("extend.recorded")?;
+        self.store.clear_intent()
+    }
+
+    /// Reload the live pool's table from `c` (length, low-water mark) and make it live:
+    /// load, suspend without flush, resume. The pool is resumed on every error path after the
+    /// suspend; a crash in between leaves it suspended until recovery resumes it.
+    pub(crate) fn swap_pool_table(&self, dm: &Dm, c: &PoolConfig, faults: bool) -> Result<()> {
+        let point = |step: &str| if faults { fault::point(step) } else { Ok(()) };
+        let name = self.pool_dm_name();
+        let line = self.pool_table(c)?;
+        dm.load(&name, &[line], false).map_err(|e| self.load_error(e))?;
+        point("extend.loaded")?;
+        dm.suspend_noflush(&name)?;
+        let resumed = point("extend.suspended").and_then(|_| dm.resume(&name));
+        if resumed.is_err() {
+            // Never leave the pool (and every volume in it) suspended: try once more.
+            let _ = dm.resume(&name);
+        }
+        resumed?;
+        point("extend.resumed")
+    }
+
+    /// Roll an interrupted extend forward (the pool lock is held).
+    pub(crate) fn finish_extend(&self, dm: &Dm, intent: &Intent) -> Result<()> {
+        tracing::info!(?intent, "finishing an interrupted pool extend");
+        self.extend_steps(dm, intent, false)
+    }
+
+    /// Change auto-extend and discard settings; a live pool's low-water mark follows at once
+    /// (one table reload).
+    pub fn set(&self, autoextend: Option<&crate::pool::Autoextend>, discard_on_delete: Option<bool>) -> Result<PoolConfig> {
+        let dm = Dm::open()?;
+        let _l = self.lock()?;
+        let live = dm.info(&self.pool_dm_name())?.is_some();
+        if live {
+            self.recover_locked(&dm)?;
+        }
+        let mut c = self.fresh_config()?;
+        if let Some(a) = autoextend {
+            if a.host_reserve_bytes > (1 << 50) {
+                return Err(Error::invalid("host reserve", format!("{} is more than any filesystem holds", format_size(a.host_reserve_bytes))));
+            }
+            if let Some(m) = a.max_data_bytes {
+                if m % c.block_bytes != 0 {
+                    return Err(Error::invalid("autoextend max", format!("{m} bytes is not a whole number of the pool's {} blocks", format_size(c.block_bytes))));
+                }
+            }
+            c.autoextend = a.clone();
+        }
+        if let Some(d) = discard_on_delete {
+            c.discard_on_delete = d;
+        }
+        let old_line = self.pool_table(&self.config())?;
+        self.put_config(&c)?;
+        if live && self.pool_table(&c)? != old_line {
+            self.swap_pool_table(&dm, &c, false)?;
+        }
+        Ok(c)
+    }
 }
 
-impl Pool {
-    /// Change auto-extend and discard settings; a live pool's low-water mark follows at once.
-    pub fn set(&self, autoextend: Option<&crate::pool::Autoextend>, discard_on_delete: Option<bool>) -> Result<crate::pool::store::PoolConfig> {
-        let _ = (autoextend, discard_on_delete);
-        Err(Error::invalid("command", "pool set is not implemented yet"))
+/// The size a device is asked to grow to. None: a sparse file keeps its size; a block device
+/// grows to all it has (in whole `unit`s) when neither size was given (`default_all`).
+fn target_size(b: &Backing, current: u64, change: Option<SizeChange>, default_all: bool, what: &'static str, unit: u64) -> Result<u64> {
+    let asked = match change {
+        Some(SizeChange::To(n)) => Some(n),
+        Some(SizeChange::By(n)) => Some(current.checked_add(n).ok_or_else(|| Error::invalid("size", format!("+{n} overflows")))?),
+        None => None,
+    };
+    match b {
+        Backing::File(_) => Ok(asked.unwrap_or(current)),
+        Backing::Device(p) => {
+            let (_, have) = loopback::block_device(p)?;
+            match asked {
+                Some(n) if n > have => Err(Error::invalid(
+                    if what == "data" { "data size" } else { "metadata size" },
+                    format!(
+                        "{} asked for, but {} has only {}; grow the device first (lvextend, a bigger disk), then run `rcx-dm pool extend` again",
+                        format_size(n),
+                        p.display(),
+                        format_size(have)
+                    ),
+                )),
+                Some(n) => Ok(n),
+                None if default_all => Ok((have / unit * unit).min(if what == "metadata" { MAX_META_BYTES } else { u64::MAX }).max(current)),
+                None => Ok(current),
+            }
+        }
     }
+}
+
+/// A sparse file promises space the host filesystem must deliver later: say so when it cannot.
+fn warn_if_host_short(c: &PoolConfig, new_data: u64, new_meta: u64) {
+    for (b, new) in [(&c.data, new_data), (&c.meta, new_meta)] {
+        if let Backing::File(p) = b {
+            if let Some(h) = host_space(p) {
+                if new.saturating_sub(h.allocated) > h.available {
+                    tracing::warn!(
+                        file = %p.display(),
+                        "{} is more than the host filesystem can back ({} free); writes will fail with ENOSPC on the host before the pool is full",
+                        format_size(new),
+                        format_size(h.available)
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A sparse backing file's host-side figures.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HostSpace {
+    /// Bytes the file has allocated on the host.
+    pub allocated: u64,
+    /// Bytes the host filesystem can still give (f_bavail).
+    pub available: u64,
+}
+
+pub(crate) fn host_space(file: &std::path::Path) -> Option<HostSpace> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(file).ok()?;
+    let v = nix::sys::statvfs::statvfs(file).ok()?;
+    Some(HostSpace { allocated: m.blocks() * 512, available: v.blocks_available() as u64 * v.fragment_size() as u64 })
 }

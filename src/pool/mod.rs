@@ -177,6 +177,12 @@ impl Pool {
         Ok(())
     }
 
+    /// The same pool opened again (for a thread of its own, such as serve's monitor).
+    pub fn reopen(&self) -> Result<Pool> {
+        let root = self.store.dir().parent().unwrap_or(Path::new("/"));
+        Pool::open(root, &self.name)
+    }
+
     /// `<root>/<pool>`: the pool's state directory (front ends keep their own records under it).
     pub fn dir(&self) -> &Path {
         self.store.dir()
@@ -336,6 +342,11 @@ impl Pool {
     pub fn activate(&self) -> Result<usize> {
         let dm = Dm::open()?;
         let _l = self.lock()?;
+        if let Some(i @ store::Intent::Extend { .. }) = self.store.intent()? {
+            // Before the load: the kernel refuses a table shorter than the data size its
+            // metadata may already record.
+            self.finish_extend(&dm, &i)?;
+        }
         self.load_pool(&dm)?;
         let status = self.kernel_status(&dm)?;
         if status.needs_check || status.mode == PoolMode::Fail {

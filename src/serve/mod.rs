@@ -18,7 +18,7 @@ use containerd_snapshots::{Info, Snapshotter};
 
 use crate::error::{Error, IoContext, Result};
 use crate::pool::lock::PoolLock;
-use crate::pool::Pool;
+use crate::pool::{MonitorOptions, MonitorStop, Pool};
 pub use service::{Options, Service};
 use store::{Kind, Record};
 
@@ -129,6 +129,8 @@ impl Snapshotter for Snapshots {
 pub struct ServeOptions {
     pub socket: PathBuf,
     pub snapshots: Options,
+    /// Run the pool's auto-extend monitor on a thread of its own (`Pool::monitor`).
+    pub monitor: bool,
 }
 
 /// Serve until SIGINT/SIGTERM. The pool is activated (idempotent), records reconciled with it,
@@ -147,6 +149,7 @@ pub fn run(pool: Pool, opts: ServeOptions) -> Result<()> {
     })?;
     let activated = pool.activate()?;
     tracing::info!(pool = pool.name(), activated, "pool active");
+    let monitor = if opts.monitor { Some(start_monitor(&pool)?) } else { None };
     let svc = Service::new(pool, opts.snapshots.clone())?;
     svc.reconcile()?;
     let svc = Arc::new(svc);
@@ -155,7 +158,29 @@ pub fn run(pool: Pool, opts: ServeOptions) -> Result<()> {
         .max_blocking_threads(64)
         .build()
         .ctx(|| "starting the async runtime".to_string())?;
-    rt.block_on(serve_on(svc, &opts.socket))
+    let served = rt.block_on(serve_on(svc, &opts.socket));
+    if let Some((stop, thread)) = monitor {
+        stop.stop();
+        let _ = thread.join();
+    }
+    served
+}
+
+/// The pool's auto-extend monitor on its own thread. Another monitor of the pool (a `pool
+/// monitor` unit) already watching it is fine: serve then leaves the pool to that one.
+fn start_monitor(pool: &Pool) -> Result<(MonitorStop, std::thread::JoinHandle<()>)> {
+    let p = pool.reopen()?;
+    let stop = MonitorStop::new();
+    let s = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("monitor".into())
+        .spawn(move || match p.monitor(&MonitorOptions::default(), &s) {
+            Ok(()) => {}
+            Err(Error::MonitorRunning(pool)) => tracing::info!(%pool, "another monitor watches the pool; serve runs none"),
+            Err(e) => tracing::error!("the auto-extend monitor stopped: {e}"),
+        })
+        .ctx(|| "starting the monitor thread".to_string())?;
+    Ok((stop, thread))
 }
 
 fn lock_path(socket: &Path) -> PathBuf {
