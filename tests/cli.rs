@@ -124,3 +124,17 @@ fn serve_refuses_a_missing_pool_and_bad_options_before_binding() {
     let help = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("proxy_plugins.rcx-dm"));
 }
+
+#[test]
+fn day2_arguments_that_make_no_sense_are_refused_before_touching_anything() {
+    assert_refused(&["pool", "extend", "--data-size", "+1x"], "unknown suffix");
+    assert_refused(&["pool", "extend", "--meta-size", "+0"], "is zero");
+    assert_refused(&["pool", "create", "--autoextend-threshold", "30"], "50 to 100");
+    assert_refused(&["pool", "create", "--autoextend-step", "0%"], "percentage");
+    assert_refused(&["pool", "set", "--autoextend-max", "lots"], "invalid size");
+    assert_refused(&["pool", "set", "--discard-on-delete", "maybe"], "use on or off");
+    assert_refused(&["pool", "monitor", "--interval", "0s"], "use e.g. 10s");
+    assert_refused(&["trim"], "required");
+    assert_refused(&["trim", "0", "--all"], "cannot be used with");
+    assert_refused(&["thin", "resize", "0", "--size", "1000"], "multiple of 512");
+}

@@ -388,3 +388,39 @@ fn extend_block_devices_to_what_the_owner_gave_them() {
     assert!(read_direct_at(&vol, 0, 8 << 20) == bytes);
     s.ok(&["pool", "destroy", "--force"]);
 }
+
+#[test]
+fn extend_serve_runs_the_monitor_in_process() {
+    let s = Scenario::new("xserve");
+    s.ok(&["pool", "create", "--data-size", "128M", "--autoextend-threshold", "60", "--autoextend-step", "100%", "--host-reserve", "64M"]);
+    let sock = s.root.join("serve.sock");
+    let log = s.root.join("serve.log");
+    let mut serve = Monitor {
+        child: Command::new(bin())
+            .args(["serve", "--socket", path_str(&sock)])
+            .env("RCX_DM_ROOT", &s.root)
+            .env("RCX_DM_POOL", &s.pool)
+            .env("RUST_LOG", "rcx_dm=info")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn rcx-dm serve"),
+        log,
+    };
+    wait_for("serve's monitor to start", 60, || serve.log().contains("monitoring the pool").then_some(()));
+    // serve's monitor holds the pool: a second one is refused.
+    let err = s.fails(&["pool", "monitor"]);
+    assert!(err.contains("already has a monitor"), "{err}");
+    let dev = s.device(&["thin", "create", "0", "--size", "1G"]);
+    let c = Chunks::new(0x400);
+    let f = open_direct_rw(&dev);
+    for i in 0..96 {
+        c.write(&f, i).unwrap_or_else(|e| panic!("write {i}: {e}\n{}", serve.log()));
+    }
+    wait_for("serve's monitor to extend the pool", 60, || (kernel_status(&s).data_total_blocks > 2048).then_some(()));
+    assert!(serve.log().contains("auto-extended"), "{}", serve.log());
+    drop(f);
+    let _ = serve.child.kill();
+    let _ = serve.child.wait();
+    c.verify(&dev, 0..96);
+}

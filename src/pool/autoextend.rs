@@ -22,7 +22,7 @@ impl Step {
     /// Bytes to add to a device of `current` bytes (at least 1).
     pub fn bytes_for(self, current: u64) -> u64 {
         match self {
-            Step::Percent(p) => (current / 100).saturating_mul(p as u64).max(1),
+            Step::Percent(p) => ((current as u128 * p as u128 / 100).min(u64::MAX as u128) as u64).max(1),
             Step::Bytes(b) => b.max(1),
         }
     }
