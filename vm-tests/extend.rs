@@ -192,7 +192,7 @@ fn extend_interrupted(step: &str, mode: &str, via_activate: bool) {
     assert_eq!(st["data_total_blocks"], 192 * M / (64 << 10), "{step}: kernel data size {st}");
     assert_eq!(st["meta_total_blocks"], 8 * M / 4096, "{step}: kernel metadata size {st}");
     assert_eq!(st["mode"], "rw", "{step}: {st}");
-    assert!(!s.pool_dir().join("intent.json").exists(), "{step}: intent left behind");
+    assert!(!s.pool_dir().join("extend.json").exists(), "{step}: intent left behind");
     let dev = s.device(&["activate", "0"]);
     assert!(read_direct_at(&dev, 0, 16 << 20) == data, "{step}: data lost");
     s.ok(&["pool", "deactivate"]);
@@ -423,4 +423,50 @@ fn extend_serve_runs_the_monitor_in_process() {
     let _ = serve.child.kill();
     let _ = serve.child.wait();
     c.verify(&dev, 0..96);
+}
+
+#[test]
+fn extend_metadata_of_a_pool_that_ran_out_of_it() {
+    let s = Scenario::new("xmfull");
+    s.ok(&["pool", "create", "--data-size", "1G", "--meta-size", "2M", "--autoextend-threshold", "off"]);
+    let p = lib_pool(&s);
+    let base = p.create_thin(Some(0), 256 * M, None).unwrap();
+    write_direct_at(base.device.as_ref().unwrap(), 0, &pattern(1, 1 << 20));
+    // Written snapshots until the kernel runs out of metadata and turns the pool read-only.
+    let mut made = 0u32;
+    let refusal = loop {
+        let n = made + 1;
+        assert!(n <= 2000, "2000 written snapshots fitted in 2M of metadata");
+        match p.snapshot(Some(n), &rcx_dm::VolRef::Id(0), None, None) {
+            Ok(v) => {
+                made = n;
+                let f = open_direct_rw(v.device.as_ref().unwrap());
+                let mut buf = vec![0u8; 8192];
+                let at = buf.as_ptr().align_offset(4096);
+                buf[at..at + 4096].copy_from_slice(&pattern(n as u64, 4096));
+                // The write that needs metadata the pool no longer has fails; that is the point.
+                let _ = f.write_all_at(&buf[at..at + 4096], (n as u64 % 200) * M);
+            }
+            Err(e) => break e.to_string(),
+        }
+        if kernel_status(&s).mode == PoolMode::Ro {
+            break String::new();
+        }
+    };
+    let k = kernel_status(&s);
+    println!("metadata ran out after {made} snapshots: {k:?}; refusal: {refusal}");
+    assert_eq!(k.mode, PoolMode::Ro, "{k:?}");
+    assert!(!k.needs_check, "running out of metadata is not damage: {k:?}");
+    let err = s.fails(&["thin", "create", "--size", "1G"]);
+    assert!(err.contains("pool extend --meta-size"), "{err}");
+
+    s.ok(&["pool", "extend", "--meta-size", "+4M"]);
+    let k = kernel_status(&s);
+    assert_eq!((k.mode, k.meta_total_blocks), (PoolMode::Rw, 1536), "{k:?}");
+    // Usable again: a new snapshot, written and read back.
+    let v = s.device(&["snap", "-", "0"]);
+    write_direct_at(&v, 0, &pattern(99, 1 << 20));
+    assert!(read_direct_at(&v, 0, 1 << 20) == pattern(99, 1 << 20));
+    s.ok(&["pool", "deactivate"]);
+    assert!(s.offline_metadata_ids().len() >= made as usize);
 }

@@ -7,14 +7,14 @@
 //! grow the file, LOOP_SET_CAPACITY, load the longer table, suspend (noflush, so writes queued
 //! while out of space stay queued), resume. Block devices were grown by their owner.
 //!
-//! Crash safety: an `Extend` intent records old and new sizes first, and recovery always rolls
+//! Crash safety: an `ExtendIntent` (extend.json) records old and new sizes first, and recovery always rolls
 //! forward, since every step is idempotent and growing never loses data. pool.json gets the new
 //! sizes last; until then the intent's sizes win (`activate` finishes the extend before it loads
 //! the table, because the kernel refuses a table shorter than its metadata's data size).
 
 use serde::Serialize;
 
-use super::store::{Backing, Intent, PoolConfig};
+use super::store::{Backing, ExtendIntent, PoolConfig};
 use super::{fault, Pool, MAX_META_BYTES};
 use crate::dm::{Dm, PoolMode};
 use crate::error::{Error, Result};
@@ -65,12 +65,19 @@ impl Pool {
         let dm = Dm::open()?;
         let _l = self.lock()?;
         let live = dm.info(&self.pool_dm_name())?.is_some();
-        if live {
-            self.recover_locked(&dm)?;
-        } else if let Some(i @ Intent::Extend { .. }) = self.store.intent()? {
+        if let Some(i) = self.store.extend_intent()? {
             self.finish_extend(&dm, &i)?;
-        } else if self.store.intent()?.is_some() {
-            return Err(Error::PoolInactive(self.name.clone()));
+        }
+        if live {
+            if let Err(e) = self.recover_locked(&dm) {
+                // A create or delete a full pool could not finish: growing the pool is what lets
+                // it finish, so extend first and leave it to the next command.
+                let s = self.kernel_status(&dm)?;
+                if s.needs_check || !matches!(s.mode, PoolMode::OutOfDataSpace | PoolMode::Ro) {
+                    return Err(e);
+                }
+                tracing::warn!("an interrupted operation cannot finish in a full pool ({e}); extending first");
+            }
         }
         let c = self.fresh_config()?;
         if live {
@@ -90,8 +97,8 @@ impl Pool {
             return Ok(out);
         }
         warn_if_host_short(&c, new_data, new_meta);
-        let intent = Intent::Extend { old_data_bytes: c.data_bytes, new_data_bytes: new_data, old_meta_bytes: c.meta_bytes, new_meta_bytes: new_meta };
-        self.store.put_intent(&intent)?;
+        let intent = ExtendIntent { old_data_bytes: c.data_bytes, new_data_bytes: new_data, old_meta_bytes: c.meta_bytes, new_meta_bytes: new_meta };
+        self.store.put_extend_intent(&intent)?;
         fault::point("extend.intent")?;
         if let Err(e) = self.extend_steps(&dm, &intent, true) {
             // An error, not a crash: whatever ran is a prefix of the roll-forward, so try to
@@ -149,11 +156,9 @@ impl Pool {
 
     /// The steps of an extend, each idempotent, so the same code is the forward path and the
     /// roll-forward. With `faults`, the `extend.*` fault points fire.
-    fn extend_steps(&self, dm: &Dm, intent: &Intent, faults: bool) -> Result<()> {
+    fn extend_steps(&self, dm: &Dm, intent: &ExtendIntent, faults: bool) -> Result<()> {
         let point = |step: &str| if faults { fault::point(step) } else { Ok(()) };
-        let Intent::Extend { new_data_bytes, new_meta_bytes, .. } = *intent else {
-            unreachable!("extend_steps takes an Extend intent")
-        };
+        let ExtendIntent { new_data_bytes, new_meta_bytes, .. } = *intent;
         let mut c = self.fresh_config()?;
         c.data_bytes = c.data_bytes.max(new_data_bytes);
         c.meta_bytes = c.meta_bytes.max(new_meta_bytes);
@@ -179,7 +184,7 @@ impl Pool {
         }
         self.put_config(&c)?;
         point("extend.recorded")?;
-        self.store.clear_intent()
+        self.store.clear_extend_intent()
     }
 
     /// Reload the live pool's table from `c` (length, low-water mark) and make it live:
@@ -202,7 +207,7 @@ impl Pool {
     }
 
     /// Roll an interrupted extend forward (the pool lock is held).
-    pub(crate) fn finish_extend(&self, dm: &Dm, intent: &Intent) -> Result<()> {
+    pub(crate) fn finish_extend(&self, dm: &Dm, intent: &ExtendIntent) -> Result<()> {
         tracing::info!(?intent, "finishing an interrupted pool extend");
         self.extend_steps(dm, intent, false)
     }

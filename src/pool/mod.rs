@@ -328,9 +328,13 @@ impl Pool {
                 pool: self.name.clone(),
                 why: "the kernel failed the pool; deactivate it and run thin_check on its metadata".into(),
             }),
+            PoolMode::Ro if s.needs_check => Err(Error::PoolUnhealthy {
+                pool: self.name.clone(),
+                why: "the kernel switched the pool to read-only and flags its metadata as damaged; run `rcx-dm pool deactivate`, `rcx-dm pool check` and `rcx-dm pool repair`".into(),
+            }),
             PoolMode::Ro => Err(Error::PoolUnhealthy {
                 pool: self.name.clone(),
-                why: "the kernel switched the pool to read-only (metadata full or damaged)".into(),
+                why: "the kernel switched the pool to read-only because its metadata is full; grow it with `rcx-dm pool extend --meta-size +SIZE` (or run `rcx-dm pool monitor` to do it automatically)".into(),
             }),
             _ => Ok(s),
         }
@@ -342,7 +346,7 @@ impl Pool {
     pub fn activate(&self) -> Result<usize> {
         let dm = Dm::open()?;
         let _l = self.lock()?;
-        if let Some(i @ store::Intent::Extend { .. }) = self.store.intent()? {
+        if let Some(i) = self.store.extend_intent()? {
             // Before the load: the kernel refuses a table shorter than the data size its
             // metadata may already record.
             self.finish_extend(&dm, &i)?;

@@ -26,7 +26,7 @@ impl Pool {
     /// interrupted operation before reporting. Only where there is one, and only on a live pool
     /// (an inactive pool is recovered by `pool activate`).
     pub(crate) fn recover_if_pending(&self, dm: &Dm) -> Result<()> {
-        if self.store.intent()?.is_none() {
+        if self.store.intent()?.is_none() && self.store.extend_intent()?.is_none() {
             return Ok(());
         }
         let _l = self.lock()?;
@@ -38,12 +38,11 @@ impl Pool {
 
     fn recover_steps(&self, dm: &Dm, faults: bool) -> Result<()> {
         let point = |step: &str| if faults { fault::point(step) } else { Ok(()) };
+        if let Some(e) = self.store.extend_intent()? {
+            self.finish_extend(dm, &e)?;
+        }
         let Some(intent) = self.store.intent()? else { return Ok(()) };
         tracing::info!(?intent, "recovering interrupted operation");
-        if let Intent::Extend { .. } = intent {
-            // Needs no transaction id: growing is rolled forward, live or not.
-            return self.finish_extend(dm, &intent);
-        }
         let kernel = self.kernel_status(dm)?.transaction_id;
         match &intent {
             Intent::Create { id, name, parent, size_bytes, txid } => {
@@ -82,7 +81,6 @@ impl Pool {
                 }
             }
             Intent::Revert { .. } => self.revert_steps(dm, &intent, false)?,
-            Intent::Extend { .. } => unreachable!("handled above"),
             Intent::Delete { id, name, txid } => {
                 if kernel != *txid && kernel != txid + 1 {
                     return Err(self.mismatch(&intent, kernel));

@@ -6,7 +6,8 @@
 //!   pool.json          PoolConfig
 //!   volumes/<id>.json  VolumeRecord
 //!   names/<name>       the id that name refers to (created with O_EXCL: names are unique)
-//!   intent.json        the one operation in flight (operations are serialised by the lock)
+//!   intent.json        the one volume operation in flight (serialised by the lock)
+//!   extend.json        a `pool extend` in flight (see `ExtendIntent`)
 //!   next-id            allocation hint, not authoritative
 
 use std::fs::{self, File, OpenOptions};
@@ -84,9 +85,18 @@ pub enum Intent {
     /// `revert`: volume `id` gets `snapshot`'s content, keeping its id and name. `tmp` is a
     /// scratch thin id; the kernel's transaction id counts the steps done (see `revert.rs`).
     Revert { id: u32, snapshot: u32, tmp: u32, txid: u64, reactivate: bool },
-    /// `pool extend`: backing storage and the pool's table grow from the `old_*` to the `new_*`
-    /// sizes. Always rolled forward (growing is idempotent); see `extend.rs`.
-    Extend { old_data_bytes: u64, new_data_bytes: u64, old_meta_bytes: u64, new_meta_bytes: u64 },
+}
+
+/// A `pool extend` in flight: backing storage and the pool's table grow from the `old_*` to the
+/// `new_*` sizes; always rolled forward (see `extend.rs`). Kept in its own file, apart from the
+/// volume operation in `intent.json`: a full pool may hold a create or delete that can only finish
+/// once the pool has grown, and the extend must neither wait for it nor overwrite it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExtendIntent {
+    pub old_data_bytes: u64,
+    pub new_data_bytes: u64,
+    pub old_meta_bytes: u64,
+    pub new_meta_bytes: u64,
 }
 
 pub struct Store {
@@ -224,6 +234,18 @@ impl Store {
 
     pub fn clear_intent(&self) -> Result<()> {
         remove_durable(&self.intent_path())
+    }
+
+    pub fn extend_intent(&self) -> Result<Option<ExtendIntent>> {
+        read_json(&self.dir.join("extend.json"))
+    }
+
+    pub fn put_extend_intent(&self, i: &ExtendIntent) -> Result<()> {
+        write_durable(&self.dir.join("extend.json"), &json(i)?)
+    }
+
+    pub fn clear_extend_intent(&self) -> Result<()> {
+        remove_durable(&self.dir.join("extend.json"))
     }
 
     pub fn next_id_hint(&self) -> u32 {
