@@ -99,8 +99,7 @@ impl Pool {
         warn_if_host_short(&c, new_data, new_meta);
         let intent = ExtendIntent { old_data_bytes: c.data_bytes, new_data_bytes: new_data, old_meta_bytes: c.meta_bytes, new_meta_bytes: new_meta };
         self.store.put_extend_intent(&intent)?;
-        fault::point("extend.intent")?;
-        if let Err(e) = self.extend_steps(&dm, &intent, true) {
+        if let Err(e) = fault::point("extend.intent").and_then(|_| self.extend_steps(&dm, &intent, true)) {
             // An error, not a crash: whatever ran is a prefix of the roll-forward, so try to
             // finish; if that fails too the intent stays for the next command.
             if self.finish_extend(&dm, &intent).is_err() {
