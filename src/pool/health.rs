@@ -138,6 +138,12 @@ impl Pool {
         if !ok {
             return Err(unchanged(format!("thin_check rejects what thin_repair made:\n{}", out.trim_end())));
         }
+        // thin_repair copies the superblock's needs_check flag (0.9.0 does): the kernel would
+        // keep refusing the repaired pool. Clear it, as LVM does, now that the copy checks clean.
+        let (ok, out) = run_tool(check, &["--clear-needs-check-flag".as_ref(), dst.path.as_os_str()])?;
+        if !ok || superblock_flags(&dst.path)?.is_none_or(|f| f & NEEDS_CHECK != 0) {
+            return Err(unchanged(format!("clearing needs_check on the repaired copy failed:\n{}", out.trim_end())));
+        }
         let (ok, xml) = run_tool(dump, &["--skip-mappings".as_ref(), dst.path.as_os_str()])?;
         if !ok {
             return Err(unchanged(format!("thin_dump cannot read what thin_repair made:\n{}", xml.trim_end())));
