@@ -327,3 +327,31 @@ fn try_write_direct(dev: &Path, offset: u64, data: &[u8]) -> std::io::Result<()>
     f.write_all_at(&buf[at..at + data.len()], offset)?;
     f.sync_all()
 }
+
+/// Metadata on a block device: check runs thin_check on the device itself (no loop of its own);
+/// repair refuses, explaining the manual steps, and changes nothing.
+#[test]
+fn health_block_device_metadata_is_checked_in_place_and_repair_explains_the_manual_steps() {
+    let s = Scenario::new("hdev");
+    let data = Loop::new(&format!("{}-data", s.pool), 64 << 20);
+    let meta = Loop::new(&format!("{}-meta", s.pool), 8 << 20);
+    s.ok(&["pool", "create", "--data-dev", path_str(&data.dev), "--meta-dev", path_str(&meta.dev)]);
+    let d0 = s.device(&["thin", "create", "0", "--size", "8M"]);
+    write_direct_at(&d0, 0, &pattern(0xde7, MIB));
+    s.ok(&["pool", "deactivate"]);
+    assert!(s.ok(&["pool", "check"]).contains("clean"));
+
+    damage(&meta.file, Block::MetaSpaceMapIndex);
+    let damaged = file_digest(&meta.file);
+    let out = s.cli(&["pool", "check"]);
+    println!("pool check (device, damaged): {}", out_text(&out));
+    assert_eq!(out.status.code(), Some(1));
+    let err = s.fails(&["pool", "repair"]);
+    println!("pool repair (device): {err}");
+    assert!(err.contains("block device") && err.contains("thin_repair -i") && err.contains("unchanged"), "{err}");
+    assert_eq!(file_digest(&meta.file), damaged, "repair changed nothing");
+    assert!(backups(&s).is_empty());
+    let err = s.fails(&["pool", "activate"]);
+    assert!(err.contains("rcx-dm pool repair"), "{err}");
+    drop(s);
+}

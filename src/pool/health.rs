@@ -303,6 +303,11 @@ fn run_tool(tool: &Path, args: &[&std::ffi::OsStr]) -> Result<(bool, String)> {
     let out = Command::new(tool).args(args).output().ctx(|| format!("running {}", tool.display()))?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
+    // A tool that dies by a signal (0.9.0's thin_repair can, on some damage) says nothing.
+    if !out.status.success() && (out.status.code().is_none() || text.trim().is_empty()) {
+        let name = tool.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        text.push_str(&format!("({name} printed nothing and ended with {})\n", out.status));
+    }
     Ok((out.status.success(), text))
 }
 
