@@ -29,6 +29,15 @@ pub enum Error {
     #[error("pool '{pool}' cannot be used: {why}")]
     PoolUnhealthy { pool: String, why: String },
 
+    #[error("pool '{pool}' is active; {what} works only on a deactivated pool: run `rcx-dm pool deactivate` first (nothing was changed)")]
+    PoolActive { pool: String, what: &'static str },
+
+    #[error("repairing the metadata of pool '{pool}' failed, its metadata is unchanged: {why}")]
+    RepairFailed { pool: String, why: String },
+
+    #[error("{0} not found in PATH; `rcx-dm pool check` and `rcx-dm pool repair` need the thin-provisioning tools (Debian/Ubuntu package thin-provisioning-tools, device-mapper-persistent-data on Fedora)")]
+    ThinToolMissing(&'static str),
+
     #[error("no volume '{vol}' in pool '{pool}'; `rcx-dm list` shows the volumes")]
     NoSuchVolume { vol: String, pool: String },
 

@@ -269,13 +269,19 @@ pub(crate) fn run(root: &Path, name: &str, cmd: PoolCmd) -> Result<()> {
             let r = Pool::open(root, name)?.check()?;
             if o.json {
                 print_json(&r)?;
-            } else if r.clean {
+            } else if r.clean && !r.needs_check {
                 println!("pool '{name}': metadata is clean");
             } else {
                 print!("{}", r.output);
             }
             if !r.clean {
                 bail!("pool '{name}' has damaged metadata; repair it with `rcx-dm pool repair`");
+            }
+            if r.needs_check {
+                bail!(
+                    "pool '{name}': thin_check finds no damage, but the kernel flagged the metadata needs_check (a metadata \
+                     operation failed while it was live) and will not activate it read-write; `rcx-dm pool repair` rewrites it and clears the flag"
+                );
             }
             Ok(())
         }
@@ -284,7 +290,9 @@ pub(crate) fn run(root: &Path, name: &str, cmd: PoolCmd) -> Result<()> {
             if o.json {
                 return print_json(&r);
             }
-            println!("pool '{name}': metadata repaired; the damaged copy is kept at {}", r.backup.display());
+            let ids: Vec<String> = r.devices.iter().map(u32::to_string).collect();
+            println!("pool '{name}': metadata repaired and checked clean: thin devices [{}]", ids.join(", "));
+            println!("the damaged copy is kept at {}", r.backup.display());
             println!("activate it with `rcx-dm pool activate`");
             Ok(())
         }

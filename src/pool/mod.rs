@@ -351,13 +351,12 @@ impl Pool {
             // metadata may already record.
             self.finish_extend(&dm, &i)?;
         }
+        let loaded_here = dm.info(&self.pool_dm_name())?.is_none();
         self.load_pool(&dm)?;
         let status = self.kernel_status(&dm)?;
         if status.needs_check || status.mode == PoolMode::Fail {
-            return Err(Error::PoolUnhealthy {
-                pool: self.name.clone(),
-                why: "the kernel flags its metadata as needing a check; run `rcx-dm pool deactivate`, then `rcx-dm pool check` and `rcx-dm pool repair`".into(),
-            });
+            let found = format!("the kernel put the pool in {} mode with needs_check={}", status.mode, status.needs_check);
+            return Err(self.damaged_on_activate(&dm, loaded_here, found));
         }
         self.recover_locked(&dm)?;
         let mut n = 0;
@@ -373,7 +372,7 @@ impl Pool {
                 continue;
             }
             if v.autoactivate {
-                self.activate_thin(&dm, &v)?;
+                self.activate_thin(&dm, &v).map_err(|e| self.activate_thin_error(&dm, loaded_here, v.id, e))?;
                 n += 1;
             }
         }
