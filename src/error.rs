@@ -63,7 +63,7 @@ pub enum Error {
     NoFilesystem { vol: String, found: String },
 
     // ---- day-2 space operations: trim, thin resize ----
-    #[error("volume {vol} is read-only (a base or an image layer that snapshots share), so it cannot be {op}; {op} a snapshot of it instead (`rcx-dm snap - {vol}`), or make it writable first with `rcx-dm set-readonly --off {vol}`")]
+    #[error("volume {vol} is read-only (a base or an image layer that snapshots share), so it cannot be {op}; work on a snapshot of it instead (`rcx-dm snap - {vol}`), or make it writable first with `rcx-dm set-readonly --off {vol}`")]
     VolumeReadOnly { vol: String, op: &'static str },
 
     #[error("volume {vol} is {have} bytes and thin resize only grows (asked for {want}); to make it smaller, copy its files into a new, smaller volume")]

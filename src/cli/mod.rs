@@ -214,11 +214,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Thin(ThinCmd::Resize { volume, size, out }) => {
             let p = open()?;
+            // Everything that would be refused is refused before the volume changes.
+            let fs = rcx_dm::rootfs::grow::preflight(&p, &volume, size)?;
             let v = p.resize_volume(&volume, size)?;
             // A volume without a filesystem (a raw block device for a VM) only grows.
-            let fs_bytes = match rcx_dm::rootfs::grow::grow_fs(&p, &volume) {
-                Ok(b) => Some(b),
-                Err(rcx_dm::Error::NoFilesystem { .. }) => None,
+            let fs_bytes = match fs.map(|_| rcx_dm::rootfs::grow::grow_fs(&p, &volume)).transpose() {
+                Ok(b) => b,
                 Err(e) => bail!("volume {} is now {}, but its filesystem was not grown: {e}; run `rcx-dm thin resize {volume} --size {size}` again", v.id, format_size(v.size_bytes)),
             };
             if out.json {

@@ -15,6 +15,35 @@ use super::{populate, trim};
 use crate::error::{Error, IoContext, Result};
 use crate::pool::{Pool, VolRef};
 
+/// Before `thin resize` changes anything: refuse a read-only volume, a smaller size, and a
+/// filesystem that cannot be grown now because it is mounted read-only elsewhere (the private
+/// read-write mount that growing needs is tried, and undone at once). Returns the filesystem
+/// found, None for a volume without one (a raw device: only the volume grows).
+pub fn preflight(pool: &Pool, v: &VolRef, size: u64) -> Result<Option<Fs>> {
+    let name = v.to_string();
+    pool.with_device(
+        v,
+        |rec| {
+            if rec.read_only {
+                Err(Error::VolumeReadOnly { vol: name.clone(), op: "resized" })
+            } else if size < rec.size_bytes {
+                Err(Error::ShrinkRefused { vol: name.clone(), have: rec.size_bytes, want: size })
+            } else {
+                Ok(())
+            }
+        },
+        |_, dev| match fs::probe(&name, dev, false) {
+            Ok(fs) => {
+                let mnt = populate::mountpoint(pool)?;
+                trim::private_rw(&name, "growing its filesystem", dev, fs, &mnt, |_| Ok(()))?;
+                Ok(Some(fs))
+            }
+            Err(Error::NoFilesystem { .. }) => Ok(None),
+            Err(e) => Err(e),
+        },
+    )
+}
+
 /// Grow the filesystem on `v` to fill its device. Returns the filesystem's new size in bytes
 /// (statvfs: blocks times fragment size, what df shows). Nothing to do is a success.
 pub fn grow_fs(pool: &Pool, v: &VolRef) -> Result<u64> {
