@@ -495,3 +495,59 @@ fn space_refused_resizes_and_trims_change_nothing() {
     s.ok(&["thin", "resize", "v", "--size", "128M"]);
     assert_eq!(dev_bytes(&dev), 128 * M);
 }
+
+// ---- interruptions ----
+
+#[test]
+fn space_interrupted_deletes_and_resizes_leave_a_consistent_pool() {
+    use devicemapper::{DevId, DmFlags, DmName, DM};
+    use std::os::unix::process::ExitStatusExt;
+    let s = Scenario::new("sflt");
+    s.ok(&["pool", "create", "--data-size", "1G"]);
+    let pool = lib_pool(&s);
+
+    // A delete killed before and after its discard: the next command (list) finishes it, and
+    // the host file still gets the space back.
+    for (id, step) in [(1u32, "delete.intent"), (2, "delete.discarded")] {
+        let dev = pool.create_thin(Some(id), 64 * M, None).unwrap().device.unwrap();
+        fill(&dev, 0, 32 * M, id as u64);
+        let full = allocated(&s);
+        let out = s.cli_env(&["delete", "--force", &id.to_string()], &[("RCX_DM_FAIL_AT", step)]);
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{step}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(s.pool_dir().join("intent.json").exists(), "{step}: no intent left to recover");
+        assert!(!s.store_ids().contains(&id), "{step}: volume {id} survived the recovery");
+        let dropped = wait_for_drop(&s, step, full, 31 * M);
+        println!("delete killed at {step}: recovered by the next command, data.img gave back {:.0} MiB", mib(dropped));
+        assert!(dm().info(&s.dm_name(id)).unwrap().is_none());
+        assert!(!s.pool_dir().join("intent.json").exists());
+    }
+
+    // A resize failing at each of its steps: the record and the live table agree, the device
+    // is resumed and holds no table left loaded.
+    let dev = pool.create_thin(Some(5), 64 * M, Some("r")).unwrap().device.unwrap();
+    fill(&dev, 0, 4 * M, 50);
+    let flags = || {
+        let dm = DM::new().unwrap();
+        dm.device_info(&DevId::Name(DmName::new(&s.dm_name(5)).unwrap())).unwrap().flags()
+    };
+    for step in ["resize.recorded", "resize.loaded", "resize.suspended"] {
+        let have = pool.resolve(&VolRef::Id(5)).unwrap().size_bytes;
+        let want = (have + 64 * M).to_string();
+        let out = s.cli_env(&["thin", "resize", "r", "--size", &want], &[("RCX_DM_FAIL_AT", step), ("RCX_DM_FAIL_MODE", "error")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(step), "{step}: {err}");
+        let rec = pool.resolve(&VolRef::Id(5)).unwrap().size_bytes;
+        let table = dm().table(&s.dm_name(5)).unwrap();
+        let f = flags();
+        println!("resize failing at {step}: {have} -> {rec} bytes (table {} sectors)", table[0].length);
+        assert_eq!(table[0].length * 512, rec, "{step}: record and live table disagree");
+        assert_eq!(dev_bytes(&dev), rec, "{step}");
+        assert!(!f.contains(DmFlags::DM_SUSPEND), "{step}: left suspended");
+        assert!(!f.contains(DmFlags::DM_INACTIVE_PRESENT), "{step}: a table is left loaded");
+        assert_eq!(read_direct_at(&dev, 0, 4 * M as usize), pattern(50, 4 * M as usize), "{step}");
+    }
+    s.ok(&["thin", "resize", "r", "--size", "1G"]);
+    assert_eq!(dev_bytes(&dev), 1 << 30);
+    s.ok(&["pool", "deactivate"]);
+    assert_eq!(s.offline_metadata_ids(), [5], "thin_check passes, no id leaked");
+}
