@@ -400,6 +400,15 @@ fn space_resize_grows_ext4_and_xfs_mounted_and_unmounted() {
         assert!(grown >= at_480 + 140 * M, "{fs}: df shows {:.0} -> {:.0} MiB after growing 480M -> 640M", mib(at_480), mib(grown));
         assert_eq!(out["fs_bytes"], grown, "{out}");
         assert_eq!(std::fs::read(m.path("data")).unwrap(), data, "{fs}: data after two resizes");
+
+        // Trim on the grown filesystem, ext4 and xfs alike (xfs frees extents only at its log
+        // commit; trim syncs first).
+        write_file(&m.path("gone"), 48 * M, 200 + i as u64);
+        let full = allocated(&s);
+        std::fs::remove_file(m.path("gone")).unwrap();
+        let r = rcx_dm::rootfs::trim::trim(&pool, &VolRef::Name(name.clone())).unwrap();
+        let dropped = wait_for_drop(&s, &format!("trim of {fs}"), full, 40 * M);
+        println!("{fs}: trim reported {:.0} MiB, data.img gave back {:.0} MiB", mib(r.trimmed_bytes), mib(dropped));
     }
     // A raw volume (no filesystem) only grows.
     pool.create_thin(None, 16 * M, Some("raw")).unwrap();
