@@ -21,7 +21,7 @@ impl Pool {
     /// Grow volume `v` to `size` bytes. Shrinking and read-only volumes are refused; the same
     /// size is a no-op (that also finishes a resize a crash interrupted).
     pub fn resize_volume(&self, v: &VolRef, size: u64) -> Result<Volume> {
-        if size == 0 || size % SECTOR != 0 {
+        if size == 0 || !size.is_multiple_of(SECTOR) {
             return Err(Error::invalid("size", format!("{size} bytes; must be a positive multiple of 512")));
         }
         let dm = Dm::open()?;
@@ -78,10 +78,8 @@ impl Pool {
             .and_then(|_| dm.suspend(&name))
             .and_then(|_| fault::point("resize.suspended"));
         let resumed = dm.resume(&name);
-        if resumed.is_err() || swapped.is_err() {
-            if self.live_sectors(dm, rec.id).unwrap_or(None) != Some(want) {
-                clear_inactive_table(&name);
-            }
+        if (resumed.is_err() || swapped.is_err()) && self.live_sectors(dm, rec.id).unwrap_or(None) != Some(want) {
+            clear_inactive_table(&name);
         }
         swapped?;
         resumed
