@@ -74,6 +74,19 @@ pub enum Error {
     #[error("volume {vol} has no filesystem rcx-dm can mount ({found}); make one with `rcx-dm format {vol}`")]
     NoFilesystem { vol: String, found: String },
 
+    // ---- day-2 space operations: trim, thin resize ----
+    #[error("volume {vol} is read-only (a base or an image layer that snapshots share), so it cannot be {op}; work on a snapshot of it instead (`rcx-dm snap - {vol}`), or make it writable first with `rcx-dm set-readonly --off {vol}`")]
+    VolumeReadOnly { vol: String, op: &'static str },
+
+    #[error("volume {vol} is {have} bytes and thin resize only grows (asked for {want}); to make it smaller, copy its files into a new, smaller volume")]
+    ShrinkRefused { vol: String, have: u64, want: u64 },
+
+    #[error("volume {vol} is mounted read-only elsewhere (e.g. a container's view), and the kernel refuses the read-write private mount that {op} needs (EBUSY); unmount it or remount it read-write, then run it again")]
+    MountedReadOnly { vol: String, op: &'static str },
+
+    #[error("the kernel refused to {op} the {fs} filesystem on volume {vol}: {msg}")]
+    FsResize { vol: String, fs: crate::rootfs::fs::Fs, op: &'static str, msg: String },
+
     #[error("making {fs} on volume {vol} failed: {msg}")]
     Format { vol: String, fs: crate::rootfs::fs::Fs, msg: String },
 

@@ -217,18 +217,27 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Thin(ThinCmd::Resize { volume, size, out }) => {
             let p = open()?;
+            // Everything that would be refused is refused before the volume changes.
+            let fs = rcx_dm::rootfs::grow::preflight(&p, &volume, size)?;
             let v = p.resize_volume(&volume, size)?;
-            let fs_bytes = rcx_dm::rootfs::grow::grow_fs(&p, &volume)?;
+            // A volume without a filesystem (a raw block device for a VM) only grows.
+            let fs_bytes = match fs.map(|_| rcx_dm::rootfs::grow::grow_fs(&p, &volume)).transpose() {
+                Ok(b) => b,
+                Err(e) => bail!("volume {} is now {}, but its filesystem was not grown: {e}; run `rcx-dm thin resize {volume} --size {size}` again", v.id, format_size(v.size_bytes)),
+            };
             if out.json {
                 #[derive(Serialize)]
                 struct Out {
                     #[serde(flatten)]
                     volume: rcx_dm::Volume,
-                    fs_bytes: u64,
+                    fs_bytes: Option<u64>,
                 }
                 return print_json(&Out { volume: v, fs_bytes });
             }
-            println!("volume {} is now {}, its filesystem {}", v.id, format_size(v.size_bytes), human(fs_bytes));
+            match fs_bytes {
+                Some(b) => println!("volume {} is now {}, its filesystem {}", v.id, format_size(v.size_bytes), human(b)),
+                None => println!("volume {} is now {} (no filesystem on it to grow)", v.id, format_size(v.size_bytes)),
+            }
             Ok(())
         }
         Cmd::Trim { volume, all, out } => {
@@ -237,11 +246,19 @@ fn run(cli: Cli) -> Result<()> {
                 Some(v) if !all => vec![rcx_dm::rootfs::trim::trim(&p, &v)?],
                 _ => rcx_dm::rootfs::trim::trim_all(&p)?,
             };
+            let failed = reports.iter().filter(|r| r.error.is_some()).count();
             if out.json {
-                return print_json(&reports);
+                print_json(&reports)?;
+            } else {
+                for r in &reports {
+                    match &r.error {
+                        None => println!("volume {}: trimmed {}", r.id, human(r.trimmed_bytes)),
+                        Some(e) => println!("volume {}: not trimmed: {e}", r.id),
+                    }
+                }
             }
-            for r in reports {
-                println!("volume {}: trimmed {}", r.id, human(r.trimmed_bytes));
+            if failed > 0 {
+                bail!("{failed} volume(s) could not be trimmed (see above); the others were");
             }
             Ok(())
         }

@@ -85,6 +85,13 @@ impl Pool {
                 if kernel != *txid && kernel != txid + 1 {
                     return Err(self.mismatch(&intent, kernel));
                 }
+                // Not committed yet, so the volume may still be in the kernel's metadata: give
+                // its blocks back to the host first. Here rather than in `delete` alone, so a
+                // crash anywhere before the kernel's delete still ends with the space returned.
+                if kernel == *txid && self.fresh_config()?.discard_on_delete {
+                    self.discard_before_delete(dm, *id);
+                    point("delete.discarded")?;
+                }
                 self.remove_thin_device(dm, *id)?;
                 ignore(dm.message(&self.pool_dm_name(), &format!("delete {id}")), Errno::ENODATA)?;
                 point("delete.deleted")?;

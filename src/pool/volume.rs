@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::store::{Intent, VolumeRecord};
 use super::{busy_or, fault, Pool, MAX_THIN_ID};
 use crate::dm::{self, Dm, Target, ThinStatus, ThinTarget};
-use crate::error::{Errno, Error, Result};
+use crate::error::{Errno, Error, IoContext, Result};
 use crate::units::SECTOR;
 
 /// A volume as users name it: by id or by name.
@@ -272,7 +272,9 @@ impl Pool {
         Ok(())
     }
 
-    /// Delete a volume and give its blocks back to the pool. An active volume is refused
+    /// Delete a volume and give its blocks back to the pool and, with the pool's
+    /// `discard_on_delete` (the default), those only it used back to the host filesystem that
+    /// holds a sparse data file (see `discard_before_delete`). An active volume is refused
     /// unless `force`, which deactivates it first.
     pub fn delete(&self, v: &VolRef, force: bool) -> Result<()> {
         let dm = Dm::open()?;
@@ -296,6 +298,45 @@ impl Pool {
             self.recover_locked(&dm)?;
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Discard the whole of volume `id` (a delete's intent is recorded, the kernel not yet
+    /// told): dm-thin unmaps its blocks and passes down to the data device the discards of
+    /// those no other volume shares (snapshots keep theirs), and a loop device punches them out
+    /// of the sparse file. The kernel's `delete` message alone frees blocks in the pool's
+    /// metadata only, never in the file. An inactive volume gets a temporary device, which the
+    /// delete removes next. Best effort: the delete is decided and goes on whatever happens
+    /// here (the pool gets the blocks back either way).
+    pub(crate) fn discard_before_delete(&self, dm: &Dm, id: u32) {
+        if let Err(e) = self.discard_whole(dm, id) {
+            tracing::warn!(id, error = %e, "could not discard the volume before deleting it; the pool frees its blocks, the host file keeps them");
+        }
+    }
+
+    fn discard_whole(&self, dm: &Dm, id: u32) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        // BLKDISCARD is _IO(0x12, 119) but takes a pointer to [start, length] in bytes.
+        nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
+        // No record: a crash after the kernel's delete and the record's removal; nothing to do.
+        let Some(rec) = self.store.volume(id)? else { return Ok(()) };
+        // Fails when the kernel already deleted the id (a crash before its commit): nothing left.
+        let path = self.activate_thin(dm, &rec)?;
+        // O_EXCL: never discard under a mount; a mounted device is refused (and the delete's
+        // removal of the device then reports it busy).
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&path)
+            .ctx(|| format!("opening {} to discard it", path.display()))?;
+        // The live length, which is the record's unless a resize was interrupted.
+        let len = f.seek(SeekFrom::End(0)).ctx(|| format!("sizing {}", path.display()))?;
+        // SAFETY: BLKDISCARD reads two u64s from the pointer.
+        unsafe { blkdiscard(f.as_raw_fd(), &[0, len]) }
+            .map_err(std::io::Error::from)
+            .ctx(|| format!("discarding {} ({len} bytes)", path.display()))?;
         Ok(())
     }
 
