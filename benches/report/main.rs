@@ -105,51 +105,7 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// LVM's configuration for the bench: no udev, no daemons, no device hints or component
-/// scans, no metadata archive on every change, only our loop device scanned; locks and
-/// (disabled) backups under `dir`, since the guest's /etc is read-only. What an operator tuning
-/// LVM for many thin snapshots would use. `zero_metadata = 0`: LVM wipes only the start of the
-/// pool's metadata LV, as rcx-dm and the dmsetup script do (zeroing all 1G costs seconds and
-/// tmpfs space, and dm-thin needs only the superblock cleared).
-pub fn lvm_conf(loopdev: &str, dir: &Path) -> String {
-    format!(
-        r#"config {{ checks = 1 }}
-devices {{
-  filter = [ "a|^{loopdev}$|", "r|.*|" ]
-  global_filter = [ "a|^{loopdev}$|", "r|.*|" ]
-  obtain_device_list_from_udev = 0
-  external_device_info_source = "none"
-  use_devicesfile = 0
-  scan_lvs = 0
-  hints = "none"
-  multipath_component_detection = 0
-  md_component_detection = 0
-}}
-activation {{
-  udev_sync = 0
-  udev_rules = 0
-  monitoring = 0
-  verify_udev_operations = 0
-}}
-global {{
-  event_activation = 0
-  use_lvmpolld = 0
-  notify_dbus = 0
-  locking_dir = "{d}/lock"
-}}
-allocation {{
-  zero_metadata = 0
-}}
-backup {{
-  backup = 0
-  archive = 0
-  backup_dir = "{d}/backup"
-  archive_dir = "{d}/archive"
-}}
-"#,
-        d = dir.display()
-    )
-}
+pub use common::lvm_conf;
 
 /// One CSV row: workload, system, x (population, client count, ...), value.
 pub fn row(w: &str, sys: &str, x: impl std::fmt::Display, v: f64) {
