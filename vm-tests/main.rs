@@ -15,3 +15,4 @@ mod containerd;
 mod extend;
 mod space;
 mod health;
+mod integrity;

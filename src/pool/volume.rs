@@ -115,48 +115,61 @@ impl Pool {
             let _l = self.lock()?;
             self.recover_locked(&dm)?;
             let parent = origin.map(|o| self.resolve(o)).transpose()?;
-            let id = match id {
-                Some(i) if i > MAX_THIN_ID => return Err(parse_id(&i.to_string()).unwrap_err()),
-                Some(i) if self.store.has_volume(i) => return Err(Error::Exists(format!("volume {i}"))),
-                Some(i) => i,
-                None => self.allocate_id()?,
-            };
             if let Some(n) = name {
                 if self.store.lookup_name(n)?.is_some() {
                     return Err(Error::Exists(format!("a volume named '{n}'")));
                 }
             }
-            let txid = self.writable_status(&dm)?.transaction_id;
-            let intent = Intent::Create {
-                id,
-                name: name.map(str::to_string),
-                parent: parent.as_ref().map(|p| p.id),
-                size_bytes: size,
-                txid,
-            };
-            self.store.put_intent(&intent)?;
-            let result = fault::point(&format!("{op}.intent"))
-                .and_then(|_| self.create_steps(&dm, op, &intent, parent.as_ref()));
-            match result {
-                Ok(rec) => {
-                    self.store.clear_intent()?;
-                    self.store.set_next_id_hint(id.saturating_add(1) % (MAX_THIN_ID + 1));
-                    rec
-                }
-                Err(e) => {
-                    if e.errno() == Some(Errno::EEXIST) {
-                        // The kernel already has this id although the store does not: never roll
-                        // back by deleting what we did not create.
+            let chosen = id;
+            // An automatic id the kernel already has (a device made behind rcx-dm's back, or a
+            // store restored from an old backup) is skipped: the hint moves past it and the
+            // next free id is tried, at most once round the id space.
+            let mut skipped = 0u32;
+            loop {
+                let id = match chosen {
+                    Some(i) if i > MAX_THIN_ID => return Err(parse_id(&i.to_string()).unwrap_err()),
+                    Some(i) if self.store.has_volume(i) => return Err(Error::Exists(format!("volume {i}"))),
+                    Some(i) => i,
+                    None => self.allocate_id()?,
+                };
+                let txid = self.writable_status(&dm)?.transaction_id;
+                let intent = Intent::Create {
+                    id,
+                    name: name.map(str::to_string),
+                    parent: parent.as_ref().map(|p| p.id),
+                    size_bytes: size,
+                    txid,
+                };
+                self.store.put_intent(&intent)?;
+                let result = fault::point(&format!("{op}.intent"))
+                    .and_then(|_| self.create_steps(&dm, op, &intent, parent.as_ref()));
+                match result {
+                    Ok(rec) => {
                         self.store.clear_intent()?;
-                        if let Some(n) = name {
-                            self.store.release_name(n, id)?;
-                        }
-                        return Err(Error::Inconsistent(format!(
-                            "thin id {id} exists in the kernel's pool metadata but not in the store; pick another id"
-                        )));
+                        self.store.set_next_id_hint(id.saturating_add(1) % (MAX_THIN_ID + 1));
+                        break rec;
                     }
-                    self.recover_locked(&dm)?;
-                    return Err(e);
+                    Err(e) => {
+                        if e.errno() == Some(Errno::EEXIST) {
+                            // The kernel already has this id although the store does not: never roll
+                            // back by deleting what we did not create.
+                            self.store.clear_intent()?;
+                            if let Some(n) = name {
+                                self.store.release_name(n, id)?;
+                            }
+                            self.store.set_next_id_hint(id.saturating_add(1) % (MAX_THIN_ID + 1));
+                            if chosen.is_none() && skipped < MAX_THIN_ID {
+                                tracing::warn!(id, "thin id exists in the kernel's pool metadata but not in the store; skipping it");
+                                skipped += 1;
+                                continue;
+                            }
+                            return Err(Error::Inconsistent(format!(
+                                "thin id {id} exists in the kernel's pool metadata but not in the store; pick another id"
+                            )));
+                        }
+                        self.recover_locked(&dm)?;
+                        return Err(e);
+                    }
                 }
             }
         };
