@@ -185,6 +185,10 @@ impl Store {
 
     pub fn lookup_name(&self, name: &str) -> Result<Option<u32>> {
         match fs::read_to_string(self.name_path(name)) {
+            // Empty: a claim torn by a crash of an older rcx-dm, which created the file before
+            // writing it. The claim never completed (it precedes the volume's record), so the
+            // name is free.
+            Ok(s) if s.trim().is_empty() => Ok(None),
             Ok(s) => s
                 .trim()
                 .parse()
@@ -198,17 +202,28 @@ impl Store {
     /// Reserve `name` for `id`; refused if the name is taken by another id.
     pub fn claim_name(&self, name: &str, id: u32) -> Result<()> {
         let path = self.name_path(name);
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut f) => {
-                f.write_all(id.to_string().as_bytes()).ctx(|| format!("writing {}", path.display()))?;
-                f.sync_all().ctx(|| format!("syncing {}", path.display()))?;
-                sync_dir(path.parent().unwrap_or(&self.dir))
-            }
+        // Written whole under a scratch name, then linked into place: link(2) fails if the
+        // name exists, and a crash leaves either no claim or a complete one.
+        let tmp = self.dir.join(format!("name-claim.tmp.{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
+        f.write_all(id.to_string().as_bytes()).ctx(|| format!("writing {}", tmp.display()))?;
+        f.sync_all().ctx(|| format!("syncing {}", tmp.display()))?;
+        drop(f);
+        let mut linked = fs::hard_link(&tmp, &path);
+        if matches!(&linked, Err(e) if e.kind() == ErrorKind::AlreadyExists) && self.lookup_name(name)?.is_none() {
+            // A torn claim (see lookup_name): replace it.
+            remove_durable(&path)?;
+            linked = fs::hard_link(&tmp, &path);
+        }
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => sync_dir(path.parent().unwrap_or(&self.dir)),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => match self.lookup_name(name)? {
                 Some(other) if other == id => Ok(()),
                 _ => Err(Error::Exists(format!("a volume named '{name}'"))),
             },
-            Err(e) => Err(e).ctx(|| format!("creating {}", path.display())),
+            Err(e) => Err(e).ctx(|| format!("claiming the name {}", path.display())),
         }
     }
 
@@ -326,6 +341,9 @@ mod tests {
         s.claim_name("web", 1).unwrap();
         s.claim_name("web", 1).unwrap(); // same owner: fine
         assert!(matches!(s.claim_name("web", 2), Err(Error::Exists(_))));
+        // The claim leaves no scratch file behind.
+        let left: Vec<_> = fs::read_dir(&s.dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp.")).collect();
+        assert!(left.is_empty(), "{left:?}");
         s.release_name("web", 2).unwrap();
         assert_eq!(s.lookup_name("web").unwrap(), Some(1));
         s.release_name("web", 1).unwrap();
@@ -343,5 +361,19 @@ mod tests {
         assert_eq!(s.intent().unwrap(), Some(i));
         s.clear_intent().unwrap();
         assert_eq!(s.intent().unwrap(), None);
+    }
+
+    /// Issue 13, defect 4: an older rcx-dm created the name file before writing it, so a kill
+    /// in between left an empty file that made every later command fail.
+    #[test]
+    fn a_torn_name_claim_is_free_and_can_be_claimed_again() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path().join("p"));
+        s.init().unwrap();
+        std::fs::write(s.name_path("web"), "").unwrap();
+        assert_eq!(s.lookup_name("web").unwrap(), None);
+        s.claim_name("web", 7).unwrap();
+        assert_eq!(s.lookup_name("web").unwrap(), Some(7));
+        assert!(matches!(s.claim_name("web", 8), Err(Error::Exists(_))));
     }
 }
