@@ -31,3 +31,52 @@ fn integrity_automatic_ids_skip_ids_only_the_kernel_has() {
     }
     s.ok(&["pool", "destroy", "--force"]);
 }
+
+/// Defect 7, the socket half: whatever file sat at `--socket` was unlinked, and the socket's
+/// mode followed the umask (connectable by anyone under umask 000).
+#[test]
+fn integrity_serve_never_deletes_a_file_at_its_socket_and_binds_it_0600() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let s = Scenario::new("isock");
+    s.ok(&["pool", "create", "--data-size", "256M"]);
+    let file = s.root.join("notes.txt");
+    std::fs::write(&file, "the operator's notes").unwrap();
+    let err = s.fails(&["serve", "--socket", path_str(&file), "--no-monitor"]);
+    assert!(err.contains("is not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "the operator's notes");
+
+    // Started under umask 000 (as a careless unit file might): still 0600.
+    let sock = s.root.join("serve.sock");
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &format!("umask 000; exec {} serve --no-monitor --socket {}", bin().display(), sock.display())])
+        .env("RCX_DM_ROOT", &s.root)
+        .env("RCX_DM_POOL", &s.pool)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn rcx-dm serve");
+    let mode = wait_for("serve to bind its socket", 60, || {
+        std::fs::symlink_metadata(&sock).ok().filter(|m| m.file_type().is_socket()).map(|m| m.permissions().mode() & 0o7777)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    // The first look may fall between the bind and the chmod: the umask around the bind makes
+    // the socket 0600 from its first instant.
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    // --socket-mode is honoured, and a stale socket (serve was killed) is replaced.
+    let mut child = std::process::Command::new(bin())
+        .args(["serve", "--no-monitor", "--socket-mode", "660", "--socket", path_str(&sock)])
+        .env("RCX_DM_ROOT", &s.root)
+        .env("RCX_DM_POOL", &s.pool)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn rcx-dm serve");
+    wait_for("serve to bind with --socket-mode 660", 60, || {
+        std::fs::symlink_metadata(&sock).ok().filter(|m| m.permissions().mode() & 0o777 == 0o660).map(|_| ())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let err = s.fails(&["serve", "--socket-mode", "999", "--socket", path_str(&sock)]);
+    assert!(err.contains("octal"), "{err}");
+}

@@ -21,9 +21,14 @@ then e.g. `ctr run --snapshotter rcx-dm ...`. Every snapshot is a thin volume of
 first layer a snapshot of one formatted base (made once), each further layer a snapshot of its \
 parent. The pool is activated on start; an interrupted call is rolled forward or back.")]
 pub struct ServeArgs {
-    /// The unix socket to serve containerd's snapshots API on (a stale file is replaced).
+    /// The unix socket to serve containerd's snapshots API on (a stale socket is replaced; any
+    /// other file there is refused, never deleted).
     #[arg(long, default_value = serve::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Permission bits of the socket, in octal. Whoever can connect can make, mount and remove
+    /// volumes: the default lets root alone (containerd runs as root).
+    #[arg(long, default_value = "600", value_parser = socket_mode_arg)]
+    pub socket_mode: u32,
     /// Filesystem of new snapshots: ext4 or xfs.
     #[arg(long, default_value = "ext4")]
     pub fs: Fs,
@@ -37,6 +42,13 @@ pub struct ServeArgs {
 }
 
 pub fn serve(pool: Pool, a: ServeArgs) -> Result<()> {
-    serve::run(pool, ServeOptions { socket: a.socket, snapshots: Options { fs: a.fs, size_bytes: a.size }, monitor: !a.no_monitor })?;
+    serve::run(pool, ServeOptions { socket: a.socket, socket_mode: a.socket_mode, snapshots: Options { fs: a.fs, size_bytes: a.size }, monitor: !a.no_monitor })?;
     Ok(())
+}
+
+fn socket_mode_arg(s: &str) -> std::result::Result<u32, String> {
+    match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("'{s}' is not a permission mode in octal (e.g. 600, 660)")),
+    }
 }

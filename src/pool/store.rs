@@ -10,7 +10,7 @@
 //!   extend.json        a `pool extend` in flight (see `ExtendIntent`)
 //!   next-id            allocation hint, not authoritative
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 

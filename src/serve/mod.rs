@@ -128,6 +128,9 @@ impl Snapshotter for Snapshots {
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub socket: PathBuf,
+    /// Permission bits of the socket (0o600 by default: whoever can connect can make, mount
+    /// and remove volumes, so root only unless the operator says otherwise).
+    pub socket_mode: u32,
     pub snapshots: Options,
     /// Run the pool's auto-extend monitor on a thread of its own (`Pool::monitor`).
     pub monitor: bool,
@@ -143,6 +146,8 @@ pub fn run(pool: Pool, opts: ServeOptions) -> Result<()> {
     let _sock_lock = try_lock(&lock_path(&opts.socket), || {
         format!("another rcx-dm serve is already serving {}", opts.socket.display())
     })?;
+    // Refused before anything changes: only a stale socket is ever replaced.
+    check_not_other_file(&opts.socket)?;
     let store = store::SnapStore::open(pool.dir())?;
     let _pool_lock = try_lock(&store.dir().join("serve.lock"), || {
         format!("another rcx-dm serve is already serving pool '{}'", pool.name())
@@ -158,7 +163,7 @@ pub fn run(pool: Pool, opts: ServeOptions) -> Result<()> {
         .max_blocking_threads(64)
         .build()
         .ctx(|| "starting the async runtime".to_string())?;
-    let served = rt.block_on(serve_on(svc, &opts.socket));
+    let served = rt.block_on(serve_on(svc, &opts.socket, opts.socket_mode));
     if let Some((stop, thread)) = monitor {
         stop.stop();
         let _ = thread.join();
@@ -193,13 +198,39 @@ fn try_lock(path: &Path, busy: impl FnOnce() -> String) -> Result<PoolLock> {
     PoolLock::try_acquire_file(path)?.ok_or_else(|| Error::invalid("serve", busy()))
 }
 
-async fn serve_on(svc: Arc<Service>, socket: &Path) -> Result<()> {
-    match std::fs::remove_file(socket) {
-        Ok(()) => tracing::info!(socket = %socket.display(), "removed a stale socket"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).ctx(|| format!("removing stale socket {}", socket.display())),
+/// Whatever sits at `--socket` is unlinked only if it is a socket: a regular file, directory or
+/// device there is the operator's mistake, and deleting it would lose their data.
+fn check_not_other_file(socket: &Path) -> Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(socket) {
+        Ok(m) if m.file_type().is_socket() => Ok(true),
+        Ok(_) => Err(Error::invalid(
+            "serve",
+            format!("{} exists and is not a socket; move it away or choose another --socket", socket.display()),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).ctx(|| format!("looking at {}", socket.display())),
     }
-    let listener = tokio::net::UnixListener::bind(socket).ctx(|| format!("binding {}", socket.display()))?;
+}
+
+async fn serve_on(svc: Arc<Service>, socket: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if check_not_other_file(socket)? {
+        match std::fs::remove_file(socket) {
+            Ok(()) => tracing::info!(socket = %socket.display(), "removed a stale socket"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).ctx(|| format!("removing stale socket {}", socket.display())),
+        }
+    }
+    // bind(2) creates the socket with the umask's bits: with a loose umask it would be
+    // connectable by anyone until the chmod below. A strict umask around the bind closes that
+    // window (the umask is per process; other threads create only files of mode 0600 or less).
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = tokio::net::UnixListener::bind(socket);
+    nix::sys::stat::umask(old);
+    let listener = bound.ctx(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode))
+        .ctx(|| format!("setting the mode of {} to {mode:o}", socket.display()))?;
     tracing::info!(socket = %socket.display(), "serving containerd snapshots");
     eprintln!("rcx-dm serve: listening on {}", socket.display());
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
