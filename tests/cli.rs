@@ -53,6 +53,12 @@ fn bad_names_are_refused() {
     assert_refused(&["--pool", "a/b", "pool", "create"], "invalid pool name");
     assert_refused(&["thin", "create", "--size", "1G", "--name", "bad name"], "invalid volume name");
     assert_refused(&["info", "../x"], "invalid volume name");
+    // Issue 13, defect 2: rcx-dm's own names (its cleanup deletes volumes by them) are reserved.
+    for n in ["populate-1", "commit-web", "base-ext4-1", "layer-x", "ctrd-9", "run-1"] {
+        assert_refused(&["thin", "create", "--size", "1G", "--name", n], "reserves for its own volumes");
+        assert_refused(&["snap", "0", "--name", n], "reserves for its own volumes");
+        assert_refused(&["run", "--name", n, "img", "--", "/bin/true"], "reserves for its own volumes");
+    }
 }
 
 #[test]

@@ -619,7 +619,7 @@ fn containerd_serve_reconciles_every_interrupted_state_and_prepares_in_parallel(
     let gone = store.get("p2-0").unwrap().unwrap();
     pool.delete(&rcx_dm::VolRef::Name(gone.volume.clone()), true).unwrap();
     // A volume no record names (killed between the pool's commit and... nothing): deleted.
-    let orphan = pool.snapshot(None, &rcx_dm::VolRef::Name(store.get("L").unwrap().unwrap().volume), None, Some("ctrd-orphan")).unwrap();
+    let orphan = pool.snapshot_internal(None, &rcx_dm::VolRef::Name(store.get("L").unwrap().unwrap().volume), None, Some("ctrd-orphan")).unwrap();
     drop(svc);
 
     let svc = Service::new(lib_pool(&s), opts).unwrap();

@@ -80,3 +80,25 @@ fn integrity_serve_never_deletes_a_file_at_its_socket_and_binds_it_0600() {
     let err = s.fails(&["serve", "--socket-mode", "999", "--socket", path_str(&sock)]);
     assert!(err.contains("octal"), "{err}");
 }
+
+/// Defect 2: a user volume named like one of rcx-dm's own (populate's scratch, a commit, a base,
+/// a layer, serve's, a run's) was force-deleted by that feature's cleanup. Such names are now
+/// refused through the library too, while rcx-dm's own flows still make them.
+#[test]
+fn integrity_reserved_names_are_refused_to_users_and_still_made_by_rcx_dm() {
+    let s = Scenario::new("iresv");
+    s.ok(&["pool", "create", "--data-size", "1G"]);
+    let pool = lib_pool(&s);
+    for n in rcx_dm::pool::RESERVED_PREFIXES {
+        let name = format!("{n}mine");
+        let e = pool.create_thin(None, 16 << 20, Some(&name)).unwrap_err();
+        assert!(e.to_string().contains("reserves for its own volumes"), "{name}: {e}");
+        let e = rcx_dm::rootfs::base::empty_volume(&pool, rcx_dm::rootfs::fs::Fs::Ext4, 64 << 20, None, Some(&name)).unwrap_err();
+        assert!(e.to_string().contains("reserves for its own volumes"), "{name}: {e}");
+    }
+    // Near misses are fine, and rcx-dm still makes its own base.
+    let v = rcx_dm::rootfs::base::empty_volume(&pool, rcx_dm::rootfs::fs::Fs::Ext4, 64 << 20, None, Some("baseline")).unwrap();
+    let names: Vec<String> = pool.volumes().unwrap().into_iter().filter_map(|x| x.name).collect();
+    assert!(names.contains(&"baseline".to_string()) && names.iter().any(|n| n.starts_with("base-ext4-")), "{names:?}");
+    assert!(v.active);
+}

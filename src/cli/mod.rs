@@ -160,7 +160,7 @@ pub(crate) fn size_arg(s: &str) -> std::result::Result<u64, String> {
 }
 
 fn name_arg(s: &str) -> std::result::Result<String, String> {
-    pool::validate_volume_name(s).map(|_| s.to_string()).map_err(|e| e.to_string())
+    pool::validate_user_volume_name(s).map(|_| s.to_string()).map_err(|e| e.to_string())
 }
 
 fn id_arg(s: Option<&str>) -> Result<Option<u32>> {

@@ -89,7 +89,7 @@ pub struct SetReadonlyArgs {
 }
 
 fn name_arg(s: &str) -> std::result::Result<String, String> {
-    pool::validate_volume_name(s).map(|_| s.to_string()).map_err(|e| e.to_string())
+    pool::validate_user_volume_name(s).map(|_| s.to_string()).map_err(|e| e.to_string())
 }
 fn hostname_arg(s: &str) -> std::result::Result<String, String> {
     runner::validate_hostname(s).map(|_| s.to_string()).map_err(|e| e.to_string())

@@ -22,7 +22,10 @@ pub use autoextend::{Autoextend, Step};
 pub use extend::{ExtendOutcome, ExtendRequest, SizeChange};
 pub use health::{CheckReport, RepairReport};
 pub use monitor::{MonitorOptions, MonitorStop};
-pub use volume::{parse_id as parse_thin_id, validate_name as validate_volume_name, VolRef, Volume};
+pub use volume::{
+    parse_id as parse_thin_id, validate_name as validate_volume_name, validate_user_name as validate_user_volume_name, VolRef, Volume,
+    RESERVED_PREFIXES,
+};
 
 use crate::dm::{self, Dm, PoolMode, Target, ThinPoolStatus, ThinPoolTarget};
 use crate::error::{Error, IoContext, Result};

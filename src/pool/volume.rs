@@ -60,6 +60,26 @@ pub fn validate_name(s: &str) -> Result<()> {
     }
 }
 
+/// Prefixes of the names rcx-dm gives its own volumes (populate's scratch, commits, formatted
+/// bases, image layers, serve's snapshots, runs' snapshots). Its cleanup deletes volumes by these
+/// names, so users may not create them.
+pub const RESERVED_PREFIXES: &[&str] = &["populate-", "commit-", "base-", "layer-", "ctrd-", "run-"];
+
+/// `validate_name`, and not one of rcx-dm's own names (`RESERVED_PREFIXES`).
+pub fn validate_user_name(s: &str) -> Result<()> {
+    validate_name(s)?;
+    match RESERVED_PREFIXES.iter().find(|p| s.starts_with(**p)) {
+        Some(p) => Err(Error::invalid(
+            "volume name",
+            format!(
+                "'{s}' starts with '{p}', which rcx-dm reserves for its own volumes ({}); pick another name",
+                RESERVED_PREFIXES.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A volume as reported to users: the store's record and the kernel's state.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Volume {
@@ -86,14 +106,29 @@ impl Pool {
         self.store.volume(id)?.ok_or_else(missing)
     }
 
-    /// Create an empty thin volume of `size` bytes and activate it.
+    /// Create an empty thin volume of `size` bytes and activate it. A name may not use one of
+    /// rcx-dm's reserved prefixes (`RESERVED_PREFIXES`).
     pub fn create_thin(&self, id: Option<u32>, size: u64, name: Option<&str>) -> Result<Volume> {
+        name.map(validate_user_name).transpose()?;
+        self.create_volume(id, None, size, name)
+    }
+
+    /// `create_thin` for rcx-dm's own volumes: the name may use a reserved prefix.
+    #[doc(hidden)]
+    pub fn create_thin_internal(&self, id: Option<u32>, size: u64, name: Option<&str>) -> Result<Volume> {
         self.create_volume(id, None, size, name)
     }
 
     /// Snapshot `origin` as a new volume (suspending an active origin around `create_snap`)
     /// and activate it. `size` defaults to the origin's size.
     pub fn snapshot(&self, id: Option<u32>, origin: &VolRef, size: Option<u64>, name: Option<&str>) -> Result<Volume> {
+        name.map(validate_user_name).transpose()?;
+        self.snapshot_internal(id, origin, size, name)
+    }
+
+    /// `snapshot` for rcx-dm's own volumes: the name may use a reserved prefix.
+    #[doc(hidden)]
+    pub fn snapshot_internal(&self, id: Option<u32>, origin: &VolRef, size: Option<u64>, name: Option<&str>) -> Result<Volume> {
         // Resolved again under the lock in create_volume; this only gets the default size.
         let size = match size {
             Some(s) => s,

@@ -31,7 +31,7 @@ pub fn ensure_base(pool: &Pool, fs: Fs, size_bytes: u64) -> Result<VolumeRecord>
         Err(Error::NoSuchVolume { .. }) => {}
         Err(e) => return Err(e),
     }
-    let v = pool.create_thin(None, size_bytes, Some(&name))?;
+    let v = pool.create_thin_internal(None, size_bytes, Some(&name))?;
     let made = v
         .device
         .as_deref()
@@ -55,7 +55,14 @@ fn format_fresh(pool: &Pool, name: &str, dev: &Path, fs: Fs) -> Result<()> {
 
 /// A new volume holding an empty `fs` of `size_bytes`: a snapshot of the base (made the first
 /// time). Active, like every new volume.
+/// The name may not use a reserved prefix (see `Pool::create_thin`).
 pub fn empty_volume(pool: &Pool, fs: Fs, size_bytes: u64, id: Option<u32>, name: Option<&str>) -> Result<Volume> {
+    name.map(crate::pool::validate_user_volume_name).transpose()?;
+    empty_volume_internal(pool, fs, size_bytes, id, name)
+}
+
+/// `empty_volume` for rcx-dm's own volumes (serve's `ctrd-*`).
+pub(crate) fn empty_volume_internal(pool: &Pool, fs: Fs, size_bytes: u64, id: Option<u32>, name: Option<&str>) -> Result<Volume> {
     let base = ensure_base(pool, fs, size_bytes)?;
-    pool.snapshot(id, &VolRef::Id(base.id), None, name)
+    pool.snapshot_internal(id, &VolRef::Id(base.id), None, name)
 }

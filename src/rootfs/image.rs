@@ -174,7 +174,7 @@ fn existing_layer(pool: &Pool, vname: &str, parent: u32) -> Result<Option<u32>> 
 }
 
 fn build_layer(pool: &Pool, vname: &str, parent: u32, fs: Fs, l: &oci::Layer, progress: Progress) -> Result<u32> {
-    let v = pool.snapshot(None, &VolRef::Id(parent), None, Some(vname))?;
+    let v = pool.snapshot_internal(None, &VolRef::Id(parent), None, Some(vname))?;
     let id = VolRef::Id(v.id);
     let built = (|| {
         let dev = v.device.clone().ok_or_else(|| Error::Inconsistent(format!("layer volume {} has no device", v.id)))?;
@@ -209,7 +209,7 @@ pub fn commit(pool: &Pool, v: &VolRef, name: &str) -> Result<ImageRecord> {
         Err(Error::NoSuchVolume { .. }) => {}
         Err(e) => return Err(e),
     }
-    let snap = pool.snapshot(None, &VolRef::Id(rec.id), None, Some(&vname))?;
+    let snap = pool.snapshot_internal(None, &VolRef::Id(rec.id), None, Some(&vname))?;
     let sref = VolRef::Id(snap.id);
     if let Err(e) = pool.deactivate_volume(&sref).and_then(|_| pool.set_read_only(&sref, true)) {
         let _ = pool.delete(&sref, true);

@@ -140,7 +140,7 @@ pub fn populate(pool: &Pool, v: &VolRef, source: &Source, progress: Progress) ->
         Err(e) => return Err(e),
     }
     let base = base::ensure_base(pool, fs, rec.size_bytes)?;
-    let scratch = pool.snapshot(None, &VolRef::Id(base.id), None, Some(&scratch_name))?;
+    let scratch = pool.snapshot_internal(None, &VolRef::Id(base.id), None, Some(&scratch_name))?;
     let sref = VolRef::Id(scratch.id);
     phase("scratch made");
     let filled = scratch

@@ -215,6 +215,9 @@ pub fn run(pool: &Pool, spec: &RunSpec) -> Result<RunOutcome> {
                 .into(),
         ));
     }
+    if let Some(n) = &spec.name {
+        crate::pool::validate_user_volume_name(n)?;
+    }
     let run_id = new_run_id();
     let snapshot = (mode == Mode::Snapshot).then(|| spec.name.clone().unwrap_or_else(|| format!("run-{run_id}")));
     if let Some(n) = &snapshot {
@@ -302,7 +305,8 @@ fn run_recorded(
     let t = Instant::now();
     let device = match (&st.record.snapshot, mode) {
         (Some(name), Mode::Snapshot) => {
-            let v = pool.snapshot(None, &VolRef::Id(base), None, Some(name))?;
+            // The name was checked against the reserved prefixes in `run` (or is `run-N`).
+            let v = pool.snapshot_internal(None, &VolRef::Id(base), None, Some(name))?;
             timings.push(("snapshot", t.elapsed()));
             let t = Instant::now();
             let dev = match v.device {

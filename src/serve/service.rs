@@ -153,8 +153,8 @@ impl Service {
             (rec, origin)
         };
         let made = match &origin {
-            None => base::empty_volume(&self.pool, rec.fs, self.opts.size_bytes, None, Some(&rec.volume)),
-            Some(p) => self.pool.snapshot(None, &VolRef::Name(p.volume.clone()), None, Some(&rec.volume)),
+            None => base::empty_volume_internal(&self.pool, rec.fs, self.opts.size_bytes, None, Some(&rec.volume)),
+            Some(p) => self.pool.snapshot_internal(None, &VolRef::Name(p.volume.clone()), None, Some(&rec.volume)),
         };
         let vol = match made {
             Ok(v) => v,
