@@ -47,14 +47,8 @@ fn integrity_serve_never_deletes_a_file_at_its_socket_and_binds_it_0600() {
 
     // Started under umask 000 (as a careless unit file might): still 0600.
     let sock = s.root.join("serve.sock");
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", &format!("umask 000; exec {} serve --no-monitor --socket {}", bin().display(), sock.display())])
-        .env("RCX_DM_ROOT", &s.root)
-        .env("RCX_DM_POOL", &s.pool)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn rcx-dm serve");
+    let umask_000 = format!("umask 000; exec {} serve --no-monitor --socket {}", bin().display(), sock.display());
+    let mut child = spawn_quiet(&s, "sh", &["-c", &umask_000]);
     let mode = wait_for("serve to bind its socket", 60, || {
         std::fs::symlink_metadata(&sock).ok().filter(|m| m.file_type().is_socket()).map(|m| m.permissions().mode() & 0o7777)
     });
@@ -64,14 +58,7 @@ fn integrity_serve_never_deletes_a_file_at_its_socket_and_binds_it_0600() {
     // the socket 0600 from its first instant.
     assert_eq!(mode, 0o600, "socket mode {mode:o}");
     // --socket-mode is honoured, and a stale socket (serve was killed) is replaced.
-    let mut child = std::process::Command::new(bin())
-        .args(["serve", "--no-monitor", "--socket-mode", "660", "--socket", path_str(&sock)])
-        .env("RCX_DM_ROOT", &s.root)
-        .env("RCX_DM_POOL", &s.pool)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn rcx-dm serve");
+    let mut child = spawn_quiet(&s, path_str(bin()), &["serve", "--no-monitor", "--socket-mode", "660", "--socket", path_str(&sock)]);
     wait_for("serve to bind with --socket-mode 660", 60, || {
         std::fs::symlink_metadata(&sock).ok().filter(|m| m.permissions().mode() & 0o777 == 0o660).map(|_| ())
     });
@@ -79,6 +66,18 @@ fn integrity_serve_never_deletes_a_file_at_its_socket_and_binds_it_0600() {
     let _ = child.wait();
     let err = s.fails(&["serve", "--socket-mode", "999", "--socket", path_str(&sock)]);
     assert!(err.contains("octal"), "{err}");
+}
+
+/// `exe args` with the scenario's root and pool, output discarded.
+fn spawn_quiet(s: &Scenario, exe: &str, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(exe)
+        .args(args)
+        .env("RCX_DM_ROOT", &s.root)
+        .env("RCX_DM_POOL", &s.pool)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {exe}: {e}"))
 }
 
 /// Defect 2: a user volume named like one of rcx-dm's own (populate's scratch, a commit, a base,
