@@ -203,7 +203,9 @@ impl Store {
     pub fn claim_name(&self, name: &str, id: u32) -> Result<()> {
         let path = self.name_path(name);
         // Written whole under a scratch name, then linked into place: link(2) fails if the
-        // name exists, and a crash leaves either no claim or a complete one.
+        // name exists, and a crash leaves either no claim or a complete one. Callers hold the
+        // pool lock (an flock per call, so threads of one process too): one scratch name a
+        // process is enough.
         let tmp = self.dir.join(format!("name-claim.tmp.{}", std::process::id()));
         let _ = fs::remove_file(&tmp);
         let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;

@@ -147,7 +147,7 @@ pub fn run(pool: Pool, opts: ServeOptions) -> Result<()> {
         format!("another rcx-dm serve is already serving {}", opts.socket.display())
     })?;
     // Refused before anything changes: only a stale socket is ever replaced.
-    check_not_other_file(&opts.socket)?;
+    stale_socket(&opts.socket)?;
     let store = store::SnapStore::open(pool.dir())?;
     let _pool_lock = try_lock(&store.dir().join("serve.lock"), || {
         format!("another rcx-dm serve is already serving pool '{}'", pool.name())
@@ -198,9 +198,10 @@ fn try_lock(path: &Path, busy: impl FnOnce() -> String) -> Result<PoolLock> {
     PoolLock::try_acquire_file(path)?.ok_or_else(|| Error::invalid("serve", busy()))
 }
 
-/// Whatever sits at `--socket` is unlinked only if it is a socket: a regular file, directory or
-/// device there is the operator's mistake, and deleting it would lose their data.
-fn check_not_other_file(socket: &Path) -> Result<bool> {
+/// Whether a (stale) socket sits at `--socket`; anything else there is refused, never unlinked:
+/// a regular file, directory or device there is the operator's mistake, and deleting it would
+/// lose their data.
+fn stale_socket(socket: &Path) -> Result<bool> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(socket) {
         Ok(m) if m.file_type().is_socket() => Ok(true),
@@ -215,7 +216,7 @@ fn check_not_other_file(socket: &Path) -> Result<bool> {
 
 async fn serve_on(svc: Arc<Service>, socket: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    if check_not_other_file(socket)? {
+    if stale_socket(socket)? {
         match std::fs::remove_file(socket) {
             Ok(()) => tracing::info!(socket = %socket.display(), "removed a stale socket"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -224,7 +225,8 @@ async fn serve_on(svc: Arc<Service>, socket: &Path, mode: u32) -> Result<()> {
     }
     // bind(2) creates the socket with the umask's bits: with a loose umask it would be
     // connectable by anyone until the chmod below. A strict umask around the bind closes that
-    // window (the umask is per process; other threads create only files of mode 0600 or less).
+    // window (the umask is per process: a file another thread creates in that instant comes out
+    // stricter, never looser).
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let bound = tokio::net::UnixListener::bind(socket);
     nix::sys::stat::umask(old);
