@@ -181,7 +181,7 @@ impl Pool {
                 match result {
                     Ok(rec) => {
                         self.store.clear_intent()?;
-                        self.store.set_next_id_hint(id.saturating_add(1) % (MAX_THIN_ID + 1));
+                        self.advance_id_hint(id, chosen.is_some());
                         break rec;
                     }
                     Err(e) => {
@@ -192,7 +192,7 @@ impl Pool {
                             if let Some(n) = name {
                                 self.store.release_name(n, id)?;
                             }
-                            self.store.set_next_id_hint(id.saturating_add(1) % (MAX_THIN_ID + 1));
+                            self.advance_id_hint(id, chosen.is_some());
                             if chosen.is_none() && skipped < MAX_THIN_ID {
                                 tracing::warn!(id, "thin id exists in the kernel's pool metadata but not in the store; skipping it");
                                 skipped += 1;
@@ -256,7 +256,17 @@ impl Pool {
         Ok(rec)
     }
 
-    /// The lowest free id at or after the allocation hint (wrapping). O(1) in the common case.
+    /// Automatic ids only move forward (wrapping at 2^24): a freed id is not handed out again
+    /// until the id space wraps, so a stale reference to a deleted volume (a script's saved id,
+    /// a log line) does not silently name a new one. An explicit id below the hint leaves it.
+    fn advance_id_hint(&self, used: u32, explicit: bool) {
+        let next = used.saturating_add(1) % (MAX_THIN_ID + 1);
+        if !explicit || next > self.store.next_id_hint() {
+            self.store.set_next_id_hint(next);
+        }
+    }
+
+    /// The first free id at or after the allocation hint (wrapping). O(1) in the common case.
     pub(crate) fn allocate_id(&self) -> Result<u32> {
         let start = self.store.next_id_hint().min(MAX_THIN_ID);
         let mut id = start;
