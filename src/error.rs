@@ -50,6 +50,12 @@ pub enum Error {
     #[error("the pool is out of {0} space; delete volumes or grow the pool")]
     NoSpace(&'static str),
 
+    #[error("device-mapper device {name} exists but rcx-dm did not make it under that name (uuid '{found}', rcx-dm's would be '{want}'): it belongs to another tool, or to an rcx-dm from before dm names were unique across pools (deactivate pools before upgrading); rcx-dm neither uses nor removes it. Look at it with `dmsetup info {name}`; deactivate it with the program that made it, or `dmsetup remove {name}` if it is stale")]
+    ForeignDevice { name: String, want: String, found: String },
+
+    #[error("pool '{pool}' is active with {activated} volume(s), but {} could not be activated: {}; fix the cause, then `rcx-dm activate ID` (or `pool activate` again) brings them up", failed.len(), failed.join("; "))]
+    ActivationIncomplete { pool: String, activated: usize, failed: Vec<String> },
+
     #[error("state store and kernel disagree: {0}")]
     Inconsistent(String),
 

@@ -16,11 +16,11 @@ use crate::common::*;
 const MIB: usize = 1 << 20;
 
 fn mapper(s: &Scenario, name: &str) -> PathBuf {
-    dm::node::mapper_path(&format!("{}-{name}", s.pool))
+    dm::node::mapper_path(&dmname(s, name))
 }
 
 fn dmname(s: &Scenario, name: &str) -> String {
-    format!("{}-{name}", s.pool)
+    format!("{}{name}", s.dm_prefix())
 }
 
 fn live_target(name: &str) -> String {

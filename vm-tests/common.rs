@@ -57,6 +57,15 @@ impl Scenario {
         Scenario { root, pool }
     }
 
+    /// A scenario whose pool has exactly the name `pool` (tests of dm names themselves).
+    pub fn named(pool: &str) -> Scenario {
+        dm();
+        let root = scratch().join(format!("root-{pool}"));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("root dir");
+        Scenario { root, pool: pool.to_string() }
+    }
+
     /// Run the rcx-dm CLI against this scenario's root and pool.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_env(args, &[])
@@ -114,7 +123,12 @@ impl Scenario {
     }
 
     pub fn dm_name(&self, id: u32) -> String {
-        format!("{}-{id}", self.pool)
+        rcx_dm::pool::names::thin(&self.pool, id).name
+    }
+
+    /// What every dm name of this scenario's pool starts with (its `-`s doubled).
+    pub fn dm_prefix(&self) -> String {
+        format!("{}-", rcx_dm::pool::names::escape_pool(&self.pool))
     }
 }
 
@@ -123,7 +137,7 @@ impl Drop for Scenario {
         // Through rcx-dm first; then whatever is left by name, so a broken build cannot leak.
         let _ = self.cli(&["pool", "destroy", "--force"]);
         if let Ok(dm) = Dm::open() {
-            let prefix = format!("{}-", self.pool);
+            let prefix = self.dm_prefix();
             if let Ok(names) = dm.list() {
                 let (pools, thins): (Vec<_>, Vec<_>) =
                     names.into_iter().filter(|n| n.starts_with(&prefix)).partition(|n| n.ends_with("-pool"));

@@ -273,7 +273,7 @@ fn crash_at_pool_create_loaded_then_pool_create_starts_over() {
             env.push(("RCX_DM_FAIL_MODE", "error"));
         }
         let out = s.cli_env(&["pool", "create", "--data-size", "256M"], &env);
-        let pool_dev = format!("{}-pool", s.pool);
+        let pool_dev = rcx_dm::pool::pool_dm_name(&s.pool);
         match mode {
             Mode::Kill => {
                 assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{}", String::from_utf8_lossy(&out.stderr));

@@ -185,7 +185,7 @@ fn extend_interrupted(step: &str, mode: &str, via_activate: bool) {
         s.ok(&["pool", "activate"]);
     }
     let st = pool_status(&s); // the next command
-    let pool = dm().info(&format!("{}-pool", s.pool)).unwrap().expect("pool device");
+    let pool = dm().info(&rcx_dm::pool::pool_dm_name(&s.pool)).unwrap().expect("pool device");
     assert!(!pool.suspended, "{step}: pool left suspended");
     assert_eq!(st["data_bytes"], 192 * M, "{step}: data size {st}");
     assert_eq!(st["meta_bytes"], 8 * M, "{step}: metadata size {st}");
@@ -252,7 +252,7 @@ fn extend_monitor_grows_data_in_steps_and_stops_at_the_max() {
     ]);
     let blocks = |b: u64| b / (64 << 10);
     // The threshold sets the kernel's low-water mark: 40% of 4096 blocks free.
-    let table = dm().table(&format!("{}-pool", s.pool)).unwrap();
+    let table = dm().table(&rcx_dm::pool::pool_dm_name(&s.pool)).unwrap();
     assert_eq!(table[0].params.split_whitespace().nth(3), Some("1638"), "{table:?}");
     let m = Monitor::start(&s);
     let second = s.fails(&["pool", "monitor"]);
@@ -328,7 +328,7 @@ fn extend_monitor_grows_metadata_before_it_fills() {
 fn extend_pool_set_moves_the_low_water_mark_and_bad_input_changes_nothing() {
     let s = Scenario::new("xbad");
     s.ok(&["pool", "create", "--data-size", "128M", "--meta-size", "4M"]);
-    let table = || dm().table(&format!("{}-pool", s.pool)).unwrap()[0].params.clone();
+    let table = || dm().table(&rcx_dm::pool::pool_dm_name(&s.pool)).unwrap()[0].params.clone();
     let lw = |t: &str| t.split_whitespace().nth(3).unwrap().to_string();
     assert_eq!(lw(&table()), "409", "default threshold 80%: 20% of 2048 blocks"); // 2048*20/100
     let out = s.ok(&["pool", "set", "--autoextend-threshold", "90", "--autoextend-step", "1G", "--autoextend-max", "4G"]);

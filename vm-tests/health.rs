@@ -87,7 +87,7 @@ fn assert_no_loops(s: &Scenario, when: &str) {
 }
 
 fn pool_live(s: &Scenario) -> bool {
-    dm().info(&format!("{}-pool", s.pool)).unwrap().is_some()
+    dm().info(&rcx_dm::pool::pool_dm_name(&s.pool)).unwrap().is_some()
 }
 
 fn backups(s: &Scenario) -> Vec<PathBuf> {

@@ -101,3 +101,68 @@ fn integrity_reserved_names_are_refused_to_users_and_still_made_by_rcx_dm() {
     assert!(names.contains(&"baseline".to_string()) && names.iter().any(|n| n.starts_with("base-ext4-")), "{names:?}");
     assert!(v.active);
 }
+
+/// Defect 3: dm names were `<pool>-<local>`, so pool `P`'s classic origin `x-1` and pool `P-x`'s
+/// volume 1 were both `P-x-1` (and origin `x-pool` was pool `P-x`'s thin-pool), and a device
+/// was reused by name alone. Now pool names are escaped (`P--x-1`) and a device is used or
+/// removed only with the uuid rcx-dm gives that name.
+#[test]
+fn integrity_dm_names_are_unique_across_pools_and_foreign_devices_are_never_adopted() {
+    use rcx_dm::pool::names;
+    let a = Scenario::new("idm");
+    let b = Scenario::named(&format!("{}-x", a.pool));
+    a.ok(&["pool", "create", "--data-size", "256M"]);
+    let origin = a.device(&["origin", "create", "x-1", "--size", "16M"]);
+    let origin_pool = a.device(&["origin", "create", "x-pool", "--size", "16M"]);
+    b.ok(&["pool", "create", "--data-size", "256M"]);
+    let thin = b.device(&["thin", "create", "1", "--size", "16M"]);
+    assert_eq!(thin, rcx_dm::dm::node::mapper_path(&names::thin(&b.pool, 1).name));
+    let dm = dm();
+    let target = |n: &str| dm.table(n).unwrap()[0].target.clone();
+    assert_eq!(target(&names::classic(&a.pool, "x-1").name), "snapshot-origin");
+    assert_eq!(target(&names::classic(&a.pool, "x-pool").name), "snapshot-origin");
+    assert_eq!(target(&names::thin(&b.pool, 1).name), "thin");
+    assert_eq!(target(&names::thin_pool(&b.pool).name), "thin-pool");
+    for (dev, who) in [(&origin, "origin x-1"), (&origin_pool, "origin x-pool"), (&thin, "thin 1")] {
+        write_direct_at(dev, 0, &who.as_bytes().repeat(1000)[..4096]);
+    }
+    // Taking pool b down leaves pool a's devices alone, and the other way round.
+    b.ok(&["pool", "deactivate"]);
+    assert_eq!(read_direct_at(&origin, 0, 4096), &b"origin x-1".repeat(1000)[..4096]);
+    assert_eq!(read_direct_at(&origin_pool, 0, 4096), &b"origin x-pool".repeat(1000)[..4096]);
+    b.ok(&["pool", "activate"]);
+    a.ok(&["origin", "delete", "x-1"]);
+    a.ok(&["origin", "delete", "x-pool"]);
+    a.ok(&["pool", "deactivate"]);
+    assert_eq!(read_direct_at(&thin, 0, 4096), &b"thin 1".repeat(1000)[..4096]);
+    a.ok(&["pool", "activate"]);
+
+    // A device at one of a's names that rcx-dm did not make (here: no uuid, as dmsetup makes
+    // them) is neither adopted nor removed, and is refused before anything changes.
+    let foreign = |id: u32| {
+        let line = rcx_dm::dm::TargetLine { start: 0, length: 2048, target: "error".into(), params: String::new() };
+        dm.create(&names::thin(&a.pool, id).name, None, &[line], false).unwrap();
+    };
+    let thin_target = |id: u32| target(&names::thin(&a.pool, id).name);
+    foreign(0);
+    let err = a.fails(&["thin", "create", "0", "--size", "16M"]);
+    assert!(err.contains("rcx-dm did not make it") && err.contains("dmsetup"), "{err}");
+    assert_eq!(thin_target(0), "error", "the foreign device was reused or replaced");
+    assert!(lib_pool(&a).volumes().unwrap().is_empty(), "a refused create left a volume");
+    // An automatic id moves past it.
+    assert_eq!(a.device(&["thin", "create", "-", "--size", "16M"]), rcx_dm::dm::node::mapper_path(&a.dm_name(1)));
+    a.ok(&["thin", "create", "-", "--size", "16M"]);
+    a.ok(&["pool", "deactivate"]);
+    assert_eq!(thin_target(0), "error", "pool deactivate removed a device it did not make");
+    dm.remove(&a.dm_name(0)).unwrap();
+    // Defect 9: `pool activate` brings up every volume it can (2, after the failing 1), then
+    // reports the failure and exits non-zero.
+    foreign(1);
+    let err = a.fails(&["pool", "activate"]);
+    assert!(err.contains("1 volume(s), but 1 could not be activated") && err.contains("volume 1"), "{err}");
+    assert_eq!(thin_target(2), "thin", "volume 2 was left down");
+    assert_eq!(thin_target(1), "error");
+    dm.remove(&a.dm_name(1)).unwrap();
+    a.ok(&["activate", "1"]);
+    assert_eq!(thin_target(1), "thin");
+}

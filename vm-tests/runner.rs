@@ -146,7 +146,7 @@ fn assert_nothing_left(s: &Scenario) {
         .map(|v| s.dm_name(v["id"].as_u64().unwrap() as u32))
         .collect();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    for name in dm.list().unwrap().into_iter().filter(|n| n.starts_with(&format!("{}-", s.pool))) {
+    for name in dm.list().unwrap().into_iter().filter(|n| n.starts_with(&s.dm_prefix())) {
         if name.ends_with("-pool") {
             continue;
         }
@@ -183,7 +183,7 @@ fn runner_isolation_pid1_hostname_mounts_and_exit_statuses() {
     points.sort_unstable();
     assert_eq!(points, ["/", "/dev", "/dev/pts", "/dev/shm", "/proc", "/sys"], "{mounts}");
     let first: Vec<&str> = mounts.lines().next().unwrap().split(' ').collect();
-    assert!(first[0].starts_with(&format!("/dev/mapper/{}-", s.pool)), "{mounts}");
+    assert!(first[0].starts_with(&format!("/dev/mapper/{}", s.dm_prefix())), "{mounts}");
     assert_ne!(Path::new(first[0]), base_dev, "the root is a snapshot, not the base:\n{mounts}");
     assert_eq!((first[2], first[3].split(',').next()), ("ext4", Some("rw")), "{mounts}");
     for host in ["9p", "rcx-dm-scratch", "virtme", "overlay", "oldroot", path_str(&s.root)] {

@@ -46,7 +46,7 @@ fn wait_for_drop(s: &Scenario, what: &str, from: u64, want: u64) -> u64 {
 
 /// The pool must pass discards down to its data device, or nothing reaches data.img.
 fn assert_discard_passdown(s: &Scenario) {
-    let lines = dm().status(&format!("{}-pool", s.pool)).unwrap();
+    let lines = dm().status(&rcx_dm::pool::pool_dm_name(&s.pool)).unwrap();
     assert!(lines[0].params.split_whitespace().any(|w| w == "discard_passdown"), "no discard passdown: {lines:?}");
 }
 
@@ -449,7 +449,7 @@ struct State {
 
 fn state(s: &Scenario) -> State {
     let pool = Pool::open(&s.root, &s.pool).unwrap();
-    let prefix = format!("{}-", s.pool);
+    let prefix = s.dm_prefix();
     let dm = dm();
     let mut names: Vec<String> = dm.list().unwrap().into_iter().filter(|n| n.starts_with(&prefix)).collect();
     names.sort();

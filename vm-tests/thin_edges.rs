@@ -39,7 +39,7 @@ struct State {
 }
 
 fn state(s: &Scenario) -> State {
-    let prefix = format!("{}-", s.pool);
+    let prefix = s.dm_prefix();
     let mut devices: Vec<String> = dm().list().unwrap().into_iter().filter(|n| n.starts_with(&prefix)).collect();
     devices.sort();
     let mut links: Vec<String> = std::fs::read_dir(node::MAPPER_DIR)
@@ -88,7 +88,7 @@ fn refused(s: &Scenario, args: &[&str], needles: &[&str]) -> String {
 
 fn assert_thin_table(s: &Scenario, id: u32, sectors: u64) {
     let dm = dm();
-    let pool = dm.info(&format!("{}-pool", s.pool)).unwrap().expect("pool device is live");
+    let pool = dm.info(&rcx_dm::pool::pool_dm_name(&s.pool)).unwrap().expect("pool device is live");
     let table = dm.table(&s.dm_name(id)).unwrap();
     assert_eq!(table.len(), 1, "{table:?}");
     assert_eq!(
@@ -174,7 +174,7 @@ fn a_thousand_snapshots_of_one_volume() {
     let vols = pool.volumes().unwrap();
     assert_eq!(vols.len(), 1001);
     assert!(vols.iter().enumerate().all(|(i, v)| v.id == i as u32 && v.active && v.parent == (i > 0).then_some(0)));
-    let live = dm().list().unwrap().into_iter().filter(|n| n.starts_with(&format!("{}-", s.pool))).count();
+    let live = dm().list().unwrap().into_iter().filter(|n| n.starts_with(&s.dm_prefix())).count();
     assert_eq!(live, 1002, "1001 thin devices and the pool");
     for id in [1, 500, 1000] {
         assert_eq!(read_direct_at(&mapper(&s, id), 0, 4096), tagged("origin", 0, 4096), "snapshot {id}");
@@ -276,7 +276,7 @@ fn block_sizes_64k_and_1g_accepted_96k_and_2g_refused() {
         assert_eq!(st["block_bytes"], bytes);
         let data_bytes = rcx_dm::units::parse_size(data).unwrap();
         assert_eq!(st["data_total_blocks"], data_bytes / bytes);
-        let table = dm().table(&format!("{}-pool", s.pool)).unwrap();
+        let table = dm().table(&rcx_dm::pool::pool_dm_name(&s.pool)).unwrap();
         let fields: Vec<&str> = table[0].params.split_whitespace().collect();
         assert_eq!((table[0].target.as_str(), fields[2]), ("thin-pool", (bytes / 512).to_string().as_str()), "{table:?}");
         s.ok(&["thin", "create", "0", "--size", "2G"]);
@@ -288,7 +288,7 @@ fn block_sizes_64k_and_1g_accepted_96k_and_2g_refused() {
         let err = s.fails(&["pool", "create", "--block-size", bs, "--data-size", "4G"]);
         assert!(err.contains("block size") || err.contains("block-size"), "--block-size {bs}: {err}");
         assert!(!s.root.join(&s.pool).exists(), "--block-size {bs} left a pool directory");
-        assert!(dm().info(&format!("{}-pool", s.pool)).unwrap().is_none());
+        assert!(dm().info(&rcx_dm::pool::pool_dm_name(&s.pool)).unwrap().is_none());
         assert_eq!(state(&s), before);
         assert_eq!(s.json(&["pool", "list", "--json"]), serde_json::json!([]));
     }
@@ -436,7 +436,7 @@ fn a_data_device_smaller_than_asked_is_refused() {
     assert!(err.contains(m) && err.contains("fewer than"), "{err}");
     assert_eq!(state(&s), before);
     assert!(!s.root.join(&s.pool).exists());
-    assert!(dm().info(&format!("{}-pool", s.pool)).unwrap().is_none());
+    assert!(dm().info(&rcx_dm::pool::pool_dm_name(&s.pool)).unwrap().is_none());
     assert_eq!(read_direct_at(&data.dev, 0, 4096), tagged("data", 0, 4096));
     assert_eq!(read_direct_at(&meta.dev, 0, 4096), tagged("meta", 0, 4096));
 
@@ -452,7 +452,7 @@ fn a_data_device_smaller_than_asked_is_refused() {
 fn out_of_space_fails_fast_and_delete_brings_the_pool_back() {
     let s = Scenario::new("nospace");
     s.ok(&["pool", "create", "--data-size", "32M"]);
-    let table = dm().table(&format!("{}-pool", s.pool)).unwrap();
+    let table = dm().table(&rcx_dm::pool::pool_dm_name(&s.pool)).unwrap();
     assert!(table[0].params.contains("error_if_no_space"), "{table:?}");
     let total = kernel_status(&s).data_total_blocks;
     assert_eq!(total, 512);

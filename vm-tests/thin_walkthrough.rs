@@ -14,7 +14,7 @@ fn txid(s: &Scenario) -> u64 {
 /// The kernel's live table of volume `id`: one `thin <pool maj:min> <id>` line of `sectors`.
 fn assert_thin_table(s: &Scenario, id: u32, sectors: u64) {
     let dm = dm();
-    let pool = dm.info(&format!("{}-pool", s.pool)).unwrap().expect("pool device is live");
+    let pool = dm.info(&rcx_dm::pool::pool_dm_name(&s.pool)).unwrap().expect("pool device is live");
     let table = dm.table(&s.dm_name(id)).unwrap();
     assert_eq!(table.len(), 1, "{table:?}");
     assert_eq!(table[0].target, "thin");
@@ -156,12 +156,12 @@ fn reboot_behind_rcx_dms_back_then_pool_activate_restores_every_active_volume() 
     // "Reboot": every dm device of the pool and both loops gone, /dev/mapper links too, without
     // rcx-dm knowing.
     let dm = dm();
-    let prefix = format!("{}-", s.pool);
+    let prefix = s.dm_prefix();
     for id in [0, 1, 2] {
         dm.remove(&s.dm_name(id)).unwrap();
         node::remove(&s.dm_name(id));
     }
-    let pool_dm = format!("{}-pool", s.pool);
+    let pool_dm = rcx_dm::pool::pool_dm_name(&s.pool);
     dm.remove(&pool_dm).unwrap();
     node::remove(&pool_dm);
     let pool_dir = s.root.join(&s.pool);

@@ -73,7 +73,7 @@ impl Classic<'_> {
             return Err(Error::MergeNeedsPersistent(snap.to_string()));
         }
         let sdev = self.dev_name(snap);
-        let sinfo = dm.info(&sdev)?.ok_or_else(|| Error::ClassicInactive { kind: "snapshot", name: snap.to_string() })?;
+        let sinfo = self.info(&dm, &sdev)?.ok_or_else(|| Error::ClassicInactive { kind: "snapshot", name: snap.to_string() })?;
         let status = dm::snapshot::snapshot_status(&dm, &sdev, "snapshot")?;
         match status {
             SnapshotStatus::Invalid => return Err(Error::SnapshotUnusable { snap: snap.to_string(), state: "invalid" }),
@@ -84,7 +84,7 @@ impl Classic<'_> {
             return Err(in_use("snapshot", snap, sinfo.open_count, "unmount it first: its device goes away when the merge starts"));
         }
         let odev = self.dev_name(&o.name);
-        let oinfo = dm.info(&odev)?.ok_or_else(|| Error::ClassicInactive { kind: "origin", name: o.name.clone() })?;
+        let oinfo = self.info(&dm, &odev)?.ok_or_else(|| Error::ClassicInactive { kind: "origin", name: o.name.clone() })?;
         if oinfo.open_count > 0 {
             return Err(origin_open(&o.name, oinfo.open_count));
         }
@@ -100,15 +100,15 @@ impl Classic<'_> {
             dm.suspend(&odev)?;
             fault::point("merge.suspended")?;
             // Again while suspended: an open that raced the first check shows now.
-            let open = dm.info(&odev)?.map_or(0, |i| i.open_count);
+            let open = self.info(&dm, &odev)?.map_or(0, |i| i.open_count);
             if open > 0 {
                 return Err(origin_open(&o.name, open));
             }
             self.remove_device(&dm, &sdev, "snapshot", snap)
         })();
         if let Err(e) = decided {
-            if dm.info(&sdev)?.is_some() {
-                if dm.info(&odev)?.is_some_and(|i| i.suspended) {
+            if self.info(&dm, &sdev)?.is_some() {
+                if self.info(&dm, &odev)?.is_some_and(|i| i.suspended) {
                     dm.resume(&odev)?;
                 }
                 o.merge = None;
@@ -166,7 +166,7 @@ impl Classic<'_> {
         let mut left = None;
         if m.phase == MergePhase::Done {
             left = Some(0);
-        } else if dm.info(&odev)?.is_some() && live_target(dm, &odev)?.as_deref() == Some("snapshot-merge") {
+        } else if self.info(dm, &odev)?.is_some() && live_target(dm, &odev)?.as_deref() == Some("snapshot-merge") {
             match dm::snapshot::snapshot_status(dm, &odev, "snapshot-merge")? {
                 SnapshotStatus::MergeFailed => {
                     return Err(Error::MergeFailed { snap: snap.into(), origin: origin.into() });
@@ -176,7 +176,7 @@ impl Classic<'_> {
                 }
                 s => left = s.data_sectors(),
             }
-        } else if dm.info(&odev)?.is_none() {
+        } else if self.info(dm, &odev)?.is_none() {
             return Err(Error::ClassicInactive { kind: "origin", name: origin.into() });
         }
         Ok(MergeProgress {
@@ -196,18 +196,18 @@ impl Classic<'_> {
         let Some(mut o) = self.store.origin(name)? else { return Ok(()) };
         let Some(m) = o.merge.clone() else { return Ok(()) };
         let odev = self.dev_name(name);
-        let Some(info) = dm.info(&odev)? else { return Ok(()) }; // inactive: `activate` loads it
+        let Some(info) = self.info(dm, &odev)? else { return Ok(()) }; // inactive: `activate` loads it
         if info.suspended && !live {
             dm.resume(&odev)?; // left by an interrupted command (we hold the lock)
         }
         let sectors = o.size_bytes / SECTOR;
-        let real = dm
-            .info(&self.real_name(name))?
+        let real = self
+            .info(dm, &self.real_name(name))?
             .ok_or_else(|| Error::Inconsistent(format!("origin {name} is active without its -real device")))?
             .dev;
         if m.phase == MergePhase::Started {
             if live_target(dm, &odev)?.as_deref() == Some(SnapshotOriginTarget::TYPE) {
-                if dm.info(&self.dev_name(&m.snap))?.is_some() {
+                if self.info(dm, &self.dev_name(&m.snap))?.is_some() {
                     // Not decided (the snapshot device still exists): undo the merge.
                     tracing::warn!(origin = name, snapshot = %m.snap, "undoing a merge that was interrupted before it started");
                     o.merge = None;
@@ -222,7 +222,7 @@ impl Classic<'_> {
                 let t = SnapshotMergeTarget::new(real, cow, c.chunk_sectors)?;
                 // The merge command comes here with the origin already suspended; either way it
                 // is resumed on every path: with snapshot-merge if the load worked, else as it was.
-                if !dm.info(&odev)?.is_some_and(|i| i.suspended) {
+                if !self.info(dm, &odev)?.is_some_and(|i| i.suspended) {
                     dm.suspend(&odev)?;
                 }
                 let loaded = load_merge(dm, &odev, &t, sectors);

@@ -38,7 +38,7 @@ use crate::error::{Errno, Error, IoContext, Result};
 use crate::loopback;
 use crate::pool::fault;
 use crate::pool::lock::PoolLock;
-use crate::pool::{Pool, VolRef};
+use crate::pool::{names, Pool, VolRef};
 use crate::units::SECTOR;
 
 /// The seed's chunk size: 8 sectors.
@@ -173,16 +173,37 @@ impl<'p> Classic<'p> {
 
     // ---- names ----
 
+    // Built by `pool::names`, which keeps them apart from every other pool's devices.
     fn dev_name(&self, name: &str) -> String {
-        format!("{}-{name}", self.pool.name())
+        names::classic(self.pool.name(), name).name
     }
 
     fn real_name(&self, origin: &str) -> String {
-        format!("{}-{origin}-real", self.pool.name())
+        names::classic_real(self.pool.name(), origin).name
     }
 
     fn cow_name(&self, snap: &str) -> String {
-        format!("{}-{snap}-cow", self.pool.name())
+        names::classic_cow(self.pool.name(), snap).name
+    }
+
+    /// The name and uuid of one of this pool's classic devices, from its dm name: classic
+    /// names never end in `-real` or `-cow`, so the suffix tells the kind.
+    fn dm_id(&self, dev: &str) -> names::DmId {
+        let pool = self.pool.name();
+        let local = dev.strip_prefix(&names::escape_pool(pool)).and_then(|r| r.strip_prefix('-')).unwrap_or(dev);
+        if let Some(o) = local.strip_suffix("-real") {
+            names::classic_real(pool, o)
+        } else if let Some(s) = local.strip_suffix("-cow") {
+            names::classic_cow(pool, s)
+        } else {
+            names::classic(pool, local)
+        }
+    }
+
+    /// The live device `dev` (one of this pool's classic devices), if any; a device of that
+    /// name that rcx-dm did not make for it is an error, never used or removed.
+    fn info(&self, dm: &Dm, dev: &str) -> Result<Option<DevInfo>> {
+        names::owned(dm, &self.dm_id(dev))
     }
 
     /// The dm device name of origin or snapshot `name` (`<pool>-<name>`).
@@ -254,7 +275,7 @@ impl<'p> Classic<'p> {
         if !snaps.is_empty() {
             return Err(Error::OriginHasSnapshots { origin: name.to_string(), snaps: snaps.join(", ") });
         }
-        if let Some(i) = dm.info(&self.dev_name(name))? {
+        if let Some(i) = self.info(&dm, &self.dev_name(name))? {
             if i.open_count > 0 {
                 return Err(in_use("origin", name, i.open_count, "unmount it first"));
             }
@@ -282,7 +303,7 @@ impl<'p> Classic<'p> {
 
     fn origin_view(&self, dm: &Dm, o: &OriginRecord) -> Result<OriginView> {
         let dev = self.dev_name(&o.name);
-        let (device, target) = match dm.info(&dev)? {
+        let (device, target) = match self.info(dm, &dev)? {
             Some(i) => (Some(dm::node::existing(&dev, i.dev)), live_target(dm, &dev)?),
             None => (None, None),
         };
@@ -321,8 +342,8 @@ impl<'p> Classic<'p> {
             self.settle(&dm)?;
             self.check_free(&dm, name)?;
             let o = self.store.origin(origin)?.ok_or_else(|| self.no_such("origin", origin))?;
-            let oinfo = dm.info(&self.dev_name(origin))?;
-            let real = dm.info(&self.real_name(origin))?;
+            let oinfo = self.info(&dm, &self.dev_name(origin))?;
+            let real = self.info(&dm, &self.real_name(origin))?;
             let (Some(_), Some(real)) = (oinfo, real) else {
                 return Err(Error::ClassicInactive { kind: "origin", name: origin.to_string() });
             };
@@ -381,7 +402,7 @@ impl<'p> Classic<'p> {
                 return Err(Error::SnapshotMerging { snap: name.to_string(), origin: o.name, what: "deleted" });
             }
         }
-        if let Some(i) = dm.info(&self.dev_name(name))? {
+        if let Some(i) = self.info(&dm, &self.dev_name(name))? {
             if i.open_count > 0 {
                 return Err(in_use("snapshot", name, i.open_count, "unmount it first"));
             }
@@ -432,9 +453,9 @@ impl<'p> Classic<'p> {
             }
             Some(m) => {
                 let odev = self.dev_name(&c.origin);
-                if dm.info(&odev)?.is_none() || live_target(dm, &odev)?.as_deref() != Some("snapshot-merge") {
+                if self.info(dm, &odev)?.is_none() || live_target(dm, &odev)?.as_deref() != Some("snapshot-merge") {
                     // Decided but not (yet) loaded: the next command or `pool activate` loads it.
-                    v.state = if dm.info(&odev)?.is_some() { CowState::Merging } else { CowState::Inactive };
+                    v.state = if self.info(dm, &odev)?.is_some() { CowState::Merging } else { CowState::Inactive };
                     return Ok(v);
                 }
                 let s = dm::snapshot::snapshot_status(dm, &odev, "snapshot-merge")?;
@@ -444,7 +465,7 @@ impl<'p> Classic<'p> {
             }
             None => {
                 let sdev = self.dev_name(&c.name);
-                let Some(i) = dm.info(&sdev)? else { return Ok(v) };
+                let Some(i) = self.info(dm, &sdev)? else { return Ok(v) };
                 v.device = Some(dm::node::existing(&sdev, i.dev));
                 let s = dm::snapshot::snapshot_status(dm, &sdev, "snapshot")?;
                 v.state = CowState::Valid;
@@ -554,7 +575,7 @@ impl<'p> Classic<'p> {
             if merging.is_some_and(|m| m.phase == MergePhase::Done) {
                 continue; // merged already: `settle` frees it
             }
-            if c.persistence == Persistence::Transient && dm.info(&self.dev_name(&c.name))?.is_none() {
+            if c.persistence == Persistence::Transient && self.info(dm, &self.dev_name(&c.name))?.is_none() {
                 tracing::warn!(snapshot = %c.name, "transient snapshot did not survive its device; removing it");
                 self.remove_device(dm, &self.cow_name(&c.name), "COW device of", &c.name)?;
                 self.free_cow_backing(&c.backing)?;
@@ -586,7 +607,7 @@ impl<'p> Classic<'p> {
     /// The snapshot device of `c`, loaded with its origin suspended (when the origin exists).
     fn ensure_snapshot_device(&self, dm: &Dm, o: &OriginRecord, c: &CowRecord, real: DevNum, cow: DevNum, live: bool) -> Result<()> {
         let sdev = self.dev_name(&c.name);
-        if let Some(i) = dm.info(&sdev)? {
+        if let Some(i) = self.info(dm, &sdev)? {
             dm::node::ensure(&sdev, i.dev)?;
             return Ok(());
         }
@@ -602,7 +623,7 @@ impl<'p> Classic<'p> {
     /// Remove a snapshot device with its origin suspended, as the kernel requires.
     fn remove_snapshot_device(&self, dm: &Dm, origin: &str, snap: &str) -> Result<()> {
         let sdev = self.dev_name(snap);
-        if dm.info(&sdev)?.is_none() {
+        if self.info(dm, &sdev)?.is_none() {
             return Ok(());
         }
         with_suspended(dm, &self.dev_name(origin), || self.remove_device(dm, &sdev, "snapshot", snap))
@@ -610,22 +631,27 @@ impl<'p> Classic<'p> {
 
     /// Create a one-target device unless it exists; returns its info (and makes its link).
     fn ensure(&self, dm: &Dm, name: &str, line: TargetLine) -> Result<DevInfo> {
-        let info = match dm.info(name)? {
+        let info = match self.info(dm, name)? {
             Some(i) => i,
-            None => dm.create(name, Some(&format!("RCXDM-{name}")), &[line], false)?,
+            None => dm.create(name, Some(&self.dm_id(name).uuid), &[line], false)?,
         };
         dm::node::ensure(name, info.dev)?;
         Ok(info)
     }
 
     fn remove_device(&self, dm: &Dm, dev: &str, what: &'static str, name: &str) -> Result<()> {
+        // Never remove a device of that name that is not ours.
+        if self.info(dm, dev)?.is_none() {
+            dm::node::remove(dev);
+            return Ok(());
+        }
         match dm.remove(dev) {
             Ok(()) => {
                 dm::node::remove(dev);
                 Ok(())
             }
             Err(e) if e.errno() == Some(Errno::EBUSY) => {
-                let open = dm.info(dev)?.map_or(0, |i| i.open_count);
+                let open = self.info(dm, dev)?.map_or(0, |i| i.open_count);
                 Err(in_use(what, name, open, "unmount it (or stop what holds it open) first"))
             }
             Err(e) => Err(e),
@@ -698,7 +724,7 @@ impl<'p> Classic<'p> {
         self.recover_intent(dm, false)?;
         for o in self.store.origins()? {
             let dev = self.dev_name(&o.name);
-            if dm.info(&dev)?.is_some_and(|i| i.suspended) {
+            if self.info(dm, &dev)?.is_some_and(|i| i.suspended) {
                 tracing::warn!(origin = %o.name, "resuming an origin an interrupted command left suspended");
                 dm.resume(&dev)?;
             }

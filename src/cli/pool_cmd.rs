@@ -217,13 +217,18 @@ pub(crate) fn run(root: &Path, name: &str, cmd: PoolCmd) -> Result<()> {
         }
         PoolCmd::Activate => {
             let p = Pool::open(root, name)?;
-            let n = p.activate()?;
+            // Volumes that failed are reported after everything else is up (exit non-zero).
+            let (n, incomplete) = match p.activate() {
+                Ok(n) => (n, None),
+                Err(e @ rcx_dm::Error::ActivationIncomplete { activated, .. }) => (activated, Some(e)),
+                Err(e) => return Err(e.into()),
+            };
             let o = classic::activate(&p)?;
             println!("pool '{name}' active, {n} volume(s) activated");
             if o > 0 {
                 println!("{o} classic origin(s) activated");
             }
-            Ok(())
+            incomplete.map_or(Ok(()), |e| Err(e.into()))
         }
         PoolCmd::Deactivate => {
             let p = Pool::open(root, name)?;

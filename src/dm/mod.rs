@@ -59,6 +59,8 @@ pub struct DevInfo {
     pub suspended: bool,
     pub read_only: bool,
     pub live_table: bool,
+    /// The uuid the device was created with, if any.
+    pub uuid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -133,6 +135,7 @@ impl Dm {
                     suspended: flags.contains(DmFlags::DM_SUSPEND),
                     read_only: flags.contains(DmFlags::DM_READONLY),
                     live_table: flags.contains(DmFlags::DM_ACTIVE_PRESENT),
+                    uuid: i.uuid().map(|u| u.to_string()),
                 }))
             }
             Err(e) if errno_of(&e) == Some(Errno::ENXIO) => Ok(None),

@@ -64,7 +64,7 @@ impl Pool {
     pub fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome> {
         let dm = Dm::open()?;
         let _l = self.lock()?;
-        let live = dm.info(&self.pool_dm_name())?.is_some();
+        let live = self.pool_device(&dm)?.is_some();
         if let Some(i) = self.store.extend_intent()? {
             self.finish_extend(&dm, &i)?;
         }
@@ -167,8 +167,7 @@ impl Pool {
             }
         }
         point("extend.grown")?;
-        let name = self.pool_dm_name();
-        if dm.info(&name)?.is_some() {
+        if self.pool_device(dm)?.is_some() {
             for (b, bytes) in [(&c.data, c.data_bytes), (&c.meta, c.meta_bytes)] {
                 let have = match b {
                     Backing::File(p) => loopback::refresh_capacity(p)?,
@@ -216,7 +215,7 @@ impl Pool {
     pub fn set(&self, autoextend: Option<&crate::pool::Autoextend>, discard_on_delete: Option<bool>) -> Result<PoolConfig> {
         let dm = Dm::open()?;
         let _l = self.lock()?;
-        let live = dm.info(&self.pool_dm_name())?.is_some();
+        let live = self.pool_device(&dm)?.is_some();
         if live {
             self.recover_locked(&dm)?;
         }

@@ -170,7 +170,7 @@ impl Pool {
             Err(Error::DmUnavailable(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        if dm.info(&self.pool_dm_name())?.is_some() {
+        if self.pool_device(&dm)?.is_some() {
             return Err(Error::PoolActive { pool: self.name.clone(), what });
         }
         Ok(())

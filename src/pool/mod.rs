@@ -7,6 +7,7 @@ pub(crate) mod fault;
 mod health;
 pub(crate) mod lock;
 pub mod monitor;
+pub mod names;
 mod recover;
 mod resize;
 mod revert;
@@ -27,7 +28,7 @@ pub use volume::{
     RESERVED_PREFIXES,
 };
 
-use crate::dm::{self, Dm, PoolMode, Target, ThinPoolStatus, ThinPoolTarget};
+use crate::dm::{self, DevInfo, Dm, PoolMode, Target, ThinPoolStatus, ThinPoolTarget};
 use crate::error::{Error, IoContext, Result};
 use crate::loopback;
 use crate::units::SECTOR;
@@ -97,11 +98,15 @@ pub fn validate_pool_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        && !name.starts_with(['.', '-']);
+        && !name.starts_with(['.', '-'])
+        && names::escape_pool(name).len() <= names::MAX_ESCAPED_POOL;
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid("pool name", format!("'{name}'; use 1-64 letters, digits, '_', '.', '-'")))
+        Err(Error::invalid(
+            "pool name",
+            format!("'{name}'; use 1-64 letters, digits, '_', '.', '-', not starting with '.' or '-' (each '-' counts twice: dm names double it)"),
+        ))
     }
 }
 
@@ -198,7 +203,17 @@ impl Pool {
 
     /// The dm name of volume `id`.
     pub fn thin_dm_name(&self, id: u32) -> String {
-        format!("{}-{id}", self.name)
+        names::thin(&self.name, id).name
+    }
+
+    /// The live thin-pool device, if any; a foreign device of its name is an error.
+    pub(crate) fn pool_device(&self, dm: &Dm) -> Result<Option<DevInfo>> {
+        names::owned(dm, &names::thin_pool(&self.name))
+    }
+
+    /// The live device of volume `id`, if any; a foreign device of its name is an error.
+    pub(crate) fn thin_device(&self, dm: &Dm, id: u32) -> Result<Option<DevInfo>> {
+        names::owned(dm, &names::thin(&self.name, id))
     }
 
     /// Create backing storage, zeroed metadata and the thin-pool device.
@@ -271,13 +286,13 @@ impl Pool {
     }
 
     fn load_pool_with(&self, dm: &Dm, c: &PoolConfig) -> Result<PathBuf> {
-        let name = self.pool_dm_name();
-        let info = match dm.info(&name)? {
+        let dmid = names::thin_pool(&self.name);
+        let name = &dmid.name;
+        let info = match names::owned(dm, &dmid)? {
             Some(i) => i,
             None => {
                 let line = self.pool_table(c)?;
-                dm.create(&name, Some(&format!("RCXDM-{name}")), &[line], false)
-                    .map_err(|e| self.load_error(e))?
+                dm.create(name, Some(&dmid.uuid), &[line], false).map_err(|e| self.load_error(e))?
             }
         };
         dm::node::ensure(&name, info.dev)
@@ -315,7 +330,7 @@ impl Pool {
     /// The live pool's status, or PoolInactive.
     fn kernel_status(&self, dm: &Dm) -> Result<ThinPoolStatus> {
         let name = self.pool_dm_name();
-        if dm.info(&name)?.is_none() {
+        if self.pool_device(dm)?.is_none() {
             return Err(Error::PoolInactive(self.name.clone()));
         }
         let lines = dm.status(&name)?;
@@ -354,7 +369,7 @@ impl Pool {
             // metadata may already record.
             self.finish_extend(&dm, &i)?;
         }
-        let loaded_here = dm.info(&self.pool_dm_name())?.is_none();
+        let loaded_here = self.pool_device(&dm)?.is_none();
         self.load_pool(&dm)?;
         let status = self.kernel_status(&dm)?;
         if status.needs_check || status.mode == PoolMode::Fail {
@@ -363,6 +378,9 @@ impl Pool {
         }
         self.recover_locked(&dm)?;
         let mut n = 0;
+        // One volume that cannot come up (a foreign device at its name, a bad table) does not
+        // keep the others down; damaged metadata does (`activate_thin_error` tears down).
+        let mut failed = Vec::new();
         for v in self.store.volumes()? {
             if v.txid > status.transaction_id {
                 // Committed in the store but not in the kernel's metadata (lost with a power cut
@@ -375,11 +393,21 @@ impl Pool {
                 continue;
             }
             if v.autoactivate {
-                self.activate_thin(&dm, &v).map_err(|e| self.activate_thin_error(&dm, loaded_here, v.id, e))?;
-                n += 1;
+                match self.activate_thin(&dm, &v).map_err(|e| self.activate_thin_error(&dm, loaded_here, v.id, e)) {
+                    Ok(_) => n += 1,
+                    Err(e @ Error::PoolUnhealthy { .. }) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(id = v.id, "volume not activated: {e}");
+                        failed.push(format!("volume {}: {e}", v.id));
+                    }
+                }
             }
         }
-        Ok(n)
+        if failed.is_empty() {
+            Ok(n)
+        } else {
+            Err(Error::ActivationIncomplete { pool: self.name.clone(), activated: n, failed })
+        }
     }
 
     /// Take down every volume, the pool and its loops. Nothing is lost: volumes that were
@@ -391,14 +419,19 @@ impl Pool {
     }
 
     fn teardown(&self, dm: &Dm) -> Result<()> {
-        let prefix = format!("{}-", self.name);
-        // Every live device of this pool, including any the store lost track of.
+        // Every live device of this pool, including any the store lost track of. A foreign
+        // device under one of the pool's names is not the pool's: left alone (`names::owned`).
         for dev in dm.list()? {
-            let Some(id) = dev.strip_prefix(&prefix).and_then(|r| r.parse::<u32>().ok()) else { continue };
-            self.remove_thin_device(dm, id)?;
+            let Some(id) = names::thin_id_of(&self.name, &dev) else { continue };
+            match self.remove_thin_device(dm, id) {
+                Err(e @ Error::ForeignDevice { .. }) => tracing::warn!("{e}"),
+                r => r?,
+            }
         }
         let name = self.pool_dm_name();
-        dm.remove(&name).map_err(|e| busy_or(e, &name))?;
+        if self.pool_device(dm)?.is_some() {
+            dm.remove(&name).map_err(|e| busy_or(e, &name))?;
+        }
         dm::node::remove(&name);
         let c = self.config();
         for b in [&c.data, &c.meta] {
@@ -415,7 +448,7 @@ impl Pool {
         let _l = self.lock()?;
         if !force {
             for v in self.store.volumes()? {
-                if dm.info(&self.thin_dm_name(v.id))?.is_some() {
+                if self.thin_device(&dm, v.id)?.is_some() {
                     return Err(Error::Busy(format!("{} in pool '{}'", v.id, self.name), "active", "deactivate it first or pass --force"));
                 }
             }
@@ -428,7 +461,7 @@ impl Pool {
         let dm = Dm::open()?;
         let _l = self.lock()?;
         let name = self.pool_dm_name();
-        let info = dm.info(&name)?;
+        let info = self.pool_device(&dm)?;
         if info.is_some() {
             // The next command after a crash finishes the interrupted operation; status is a
             // diagnosis tool, so a failed recovery is reported but does not hide the status.
@@ -467,9 +500,9 @@ pub(crate) fn busy_or(e: Error, what: &str) -> Error {
     }
 }
 
-/// The dm name of a pool's thin-pool device; its volumes are `<pool>-<id>`.
+/// The dm name of a pool's thin-pool device (see `names` for all of them).
 pub fn pool_dm_name(pool: &str) -> String {
-    format!("{pool}-pool")
+    names::thin_pool(pool).name
 }
 
 /// Decide sizes and backing for a new pool from the options.

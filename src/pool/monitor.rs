@@ -118,7 +118,7 @@ impl Pool {
     /// One look at the pool: extend data and/or metadata past the threshold, as far as the
     /// policy and the host allow. `warned` keeps each "at a limit" warning to once per size.
     pub fn autoextend_once(&self, dm: &Dm, warned: &mut HashSet<(&'static str, u64)>) -> Result<Decision> {
-        if dm.info(&self.pool_dm_name())?.is_none() {
+        if self.pool_device(&dm)?.is_none() {
             return Ok(Decision::Idle);
         }
         let s = self.kernel_status(dm)?;

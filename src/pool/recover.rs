@@ -30,7 +30,7 @@ impl Pool {
             return Ok(());
         }
         let _l = self.lock()?;
-        if dm.info(&self.pool_dm_name())?.is_none() {
+        if self.pool_device(&dm)?.is_none() {
             return Ok(());
         }
         self.recover_locked(dm)
@@ -49,7 +49,7 @@ impl Pool {
                 if let Some(p) = parent {
                     // A crash between suspend and resume leaves the origin suspended.
                     let origin = self.thin_dm_name(*p);
-                    if dm.info(&origin)?.is_some_and(|i| i.suspended) {
+                    if self.thin_device(dm, *p)?.is_some_and(|i| i.suspended) {
                         dm.resume(&origin)?;
                     }
                 }

@@ -56,7 +56,7 @@ impl Pool {
     /// The live table's length in sectors, None when the device is not live.
     fn live_sectors(&self, dm: &Dm, id: u32) -> Result<Option<u64>> {
         let name = self.thin_dm_name(id);
-        if dm.info(&name)?.is_none() {
+        if self.thin_device(dm, id)?.is_none() {
             return Ok(None);
         }
         Ok(dm.table(&name)?.iter().map(|l| l.start + l.length).max())
@@ -67,12 +67,12 @@ impl Pool {
     /// live is cleared, so no later resume (e.g. around a snapshot) swaps it in unannounced.
     fn reload_length(&self, dm: &Dm, rec: &VolumeRecord) -> Result<()> {
         let name = self.thin_dm_name(rec.id);
-        let Some(info) = dm.info(&name)? else { return Ok(()) };
+        let Some(info) = self.thin_device(dm, rec.id)? else { return Ok(()) };
         let want = rec.size_bytes / SECTOR;
         if self.live_sectors(dm, rec.id)? == Some(want) {
             return Ok(());
         }
-        let pool = dm.info(&self.pool_dm_name())?.ok_or_else(|| Error::PoolInactive(self.name.clone()))?;
+        let pool = self.pool_device(&dm)?.ok_or_else(|| Error::PoolInactive(self.name.clone()))?;
         dm.load(&name, &[ThinTarget { pool: pool.dev, id: rec.id }.line(0, want)], info.read_only)?;
         let swapped = fault::point("resize.loaded")
             .and_then(|_| dm.suspend(&name))
@@ -101,7 +101,7 @@ impl Pool {
             self.recover_locked(&dm)?;
             let rec = self.resolve(v)?;
             check(&rec)?;
-            let live = dm.info(&self.thin_dm_name(rec.id))?.is_some();
+            let live = self.thin_device(&dm, rec.id)?.is_some();
             let path = self.activate_thin(&dm, &rec)?;
             (rec, path, !live)
         };

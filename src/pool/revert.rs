@@ -47,7 +47,7 @@ impl Pool {
             if v.id == s.id {
                 return Err(Error::invalid("snapshot", format!("'{snapshot}' is volume '{vol}' itself")));
             }
-            let info = dm.info(&self.thin_dm_name(v.id))?;
+            let info = self.thin_device(&dm, v.id)?;
             if let Some(i) = &info {
                 if i.open_count > 0 {
                     return Err(Error::Busy(
@@ -96,7 +96,7 @@ impl Pool {
         let pool = self.pool_dm_name();
         let sdev = self.thin_dm_name(snapshot);
         // A crash between suspend and resume of the snapshot leaves it suspended.
-        if !live && dm.info(&sdev)?.is_some_and(|i| i.suspended) {
+        if !live && self.thin_device(dm, snapshot)?.is_some_and(|i| i.suspended) {
             dm.resume(&sdev)?;
         }
         let kernel = self.kernel_status(dm)?.transaction_id;
@@ -126,7 +126,7 @@ impl Pool {
         for k in (kernel - txid)..STEPS {
             let step = match k {
                 0 => {
-                    let suspended = match dm.info(&sdev)? {
+                    let suspended = match self.thin_device(dm, snapshot)? {
                         Some(i) if !i.suspended => {
                             dm.suspend(&sdev)?;
                             true

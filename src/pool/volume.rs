@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::store::{Intent, VolumeRecord};
 use super::{busy_or, fault, Pool, MAX_THIN_ID};
 use crate::dm::{self, Dm, Target, ThinStatus, ThinTarget};
+use super::names;
 use crate::error::{Errno, Error, IoContext, Result};
 use crate::units::SECTOR;
 
@@ -167,6 +168,18 @@ impl Pool {
                     Some(i) => i,
                     None => self.allocate_id()?,
                 };
+                // A device at the id's name that is not rcx-dm's would refuse the activation
+                // after the commit: refuse (or, automatic, skip the id) before anything changes.
+                match self.thin_device(&dm, id) {
+                    Err(e @ Error::ForeignDevice { .. }) if chosen.is_none() && skipped < MAX_THIN_ID => {
+                        tracing::warn!(id, "skipping an id whose device name is taken: {e}");
+                        self.advance_id_hint(id, false);
+                        skipped += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                    Ok(_) => {}
+                }
                 let txid = self.writable_status(&dm)?.transaction_id;
                 let intent = Intent::Create {
                     id,
@@ -232,7 +245,7 @@ impl Pool {
                 let origin_dev = self.thin_dm_name(origin.id);
                 // The kernel requires an active origin to be suspended around create_snap so
                 // that the snapshot sees all of its writes.
-                let suspended = match dm.info(&origin_dev)? {
+                let suspended = match self.thin_device(dm, origin.id)? {
                     Some(i) if !i.suspended => {
                         dm.suspend(&origin_dev)?;
                         true
@@ -283,20 +296,23 @@ impl Pool {
 
     /// Load the thin device for a committed volume if it is not live; return its path.
     pub(crate) fn activate_thin(&self, dm: &Dm, v: &VolumeRecord) -> Result<PathBuf> {
-        let name = self.thin_dm_name(v.id);
-        let info = match dm.info(&name)? {
+        let dmid = names::thin(&self.name, v.id);
+        let info = match names::owned(dm, &dmid)? {
             Some(i) => i,
             None => {
-                let pool = dm.info(&self.pool_dm_name())?.ok_or_else(|| Error::PoolInactive(self.name.clone()))?;
+                let pool = self.pool_device(dm)?.ok_or_else(|| Error::PoolInactive(self.name.clone()))?;
                 let t = ThinTarget { pool: pool.dev, id: v.id };
-                dm.create(&name, Some(&format!("RCXDM-{name}")), &[t.line(0, v.size_bytes / SECTOR)], false)?
+                dm.create(&dmid.name, Some(&dmid.uuid), &[t.line(0, v.size_bytes / SECTOR)], false)?
             }
         };
-        dm::node::ensure(&name, info.dev)
+        dm::node::ensure(&dmid.name, info.dev)
     }
 
     pub(crate) fn remove_thin_device(&self, dm: &Dm, id: u32) -> Result<()> {
         let name = self.thin_dm_name(id);
+        if self.thin_device(dm, id)?.is_none() {
+            return Ok(());
+        }
         dm.remove(&name).map_err(|e| busy_or(e, &format!("volume {id} ({})", dm::node::mapper_path(&name).display())))?;
         dm::node::remove(&name);
         Ok(())
@@ -339,7 +355,7 @@ impl Pool {
         let _l = self.lock()?;
         self.recover_locked(&dm)?;
         let rec = self.resolve(v)?;
-        if dm.info(&self.thin_dm_name(rec.id))?.is_some() {
+        if self.thin_device(&dm, rec.id)?.is_some() {
             if !force {
                 return Err(Error::Busy(format!("{v}"), "active", "deactivate it first or pass --force"));
             }
@@ -461,7 +477,7 @@ impl Pool {
     /// (activation makes it).
     fn volume_view(&self, dm: &Dm, r: &VolumeRecord) -> Result<Volume> {
         let name = self.thin_dm_name(r.id);
-        let Some(info) = dm.info(&name)? else { return Ok(inactive_view(r)) };
+        let Some(info) = self.thin_device(dm, r.id)? else { return Ok(inactive_view(r)) };
         let lines = match dm.status_if_present(&name)? {
             Some(l) if info.live_table && !l.is_empty() => l,
             _ => return Ok(inactive_view(r)),

@@ -152,7 +152,15 @@ pub fn run(pool: Pool, opts: ServeOptions) -> Result<()> {
     let _pool_lock = try_lock(&store.dir().join("serve.lock"), || {
         format!("another rcx-dm serve is already serving pool '{}'", pool.name())
     })?;
-    let activated = pool.activate()?;
+    // A volume that cannot come up fails only the snapshots on it, not the whole snapshotter.
+    let activated = match pool.activate() {
+        Ok(n) => n,
+        Err(e @ crate::error::Error::ActivationIncomplete { activated, .. }) => {
+            tracing::error!("{e}");
+            activated
+        }
+        Err(e) => return Err(e.into()),
+    };
     tracing::info!(pool = pool.name(), activated, "pool active");
     let monitor = if opts.monitor { Some(start_monitor(&pool)?) } else { None };
     let svc = Service::new(pool, opts.snapshots.clone())?;

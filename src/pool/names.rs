@@ -1,0 +1,138 @@
+//! Every device-mapper name and uuid rcx-dm makes, built in one place so that no two pools (or
+//! a pool and some other tool) can ever mean the same device.
+//!
+//! Name: the pool name with each `-` doubled (LVM's escaping), a single `-`, then the part
+//! local to the pool:
+//!
+//! | device                 | name                  | uuid                          |
+//! |------------------------|-----------------------|-------------------------------|
+//! | thin-pool              | `<pool>-pool`         | `RCXDM-pool-<pool>-pool`      |
+//! | thin volume N          | `<pool>-N`            | `RCXDM-thin-<pool>-N`         |
+//! | classic origin/snapshot| `<pool>-NAME`         | `RCXDM-clas-<pool>-NAME`      |
+//! | origin's real device   | `<pool>-NAME-real`    | `RCXDM-real-<pool>-NAME`      |
+//! | snapshot's COW device  | `<pool>-NAME-cow`     | `RCXDM-cow-<pool>-NAME`       |
+//!
+//! (`<pool>` escaped everywhere.) An escaped pool name never holds a lone `-` and local parts
+//! never start with one, so the first lone `-` ends the pool name: pool `a`'s origin `x-1` is
+//! `a-x-1`, pool `a-x`'s volume 1 is `a--x-1`. Within a pool the local parts cannot collide:
+//! classic names are never all digits, never `pool`, never end in `-real` or `-cow`.
+//!
+//! Budget: dm takes names of at most 127 bytes and uuids of at most 128. An escaped pool name is
+//! at most [`MAX_ESCAPED_POOL`] (checked at `pool create`), a classic name at most 48, so the
+//! longest name is 64 + 1 + 48 + 5 = 118 and the longest uuid 6 + 4 + 1 + 64 + 1 + 48 = 124.
+//!
+//! A device is reused or removed only when its uuid is exactly the one rcx-dm gives that name:
+//! a device of another tool, or of an rcx-dm before this scheme, is refused
+//! ([`Error::ForeignDevice`]), never adopted.
+
+use crate::dm::{DevInfo, Dm};
+use crate::error::{Error, Result};
+
+/// The longest pool name once its hyphens are doubled.
+pub const MAX_ESCAPED_POOL: usize = 64;
+
+/// A device's name and the uuid rcx-dm gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmId {
+    pub name: String,
+    pub uuid: String,
+}
+
+/// `pool` with each `-` doubled.
+pub fn escape_pool(pool: &str) -> String {
+    pool.replace('-', "--")
+}
+
+fn id(kind: &str, pool: &str, local: &str, suffix: &str) -> DmId {
+    let p = escape_pool(pool);
+    DmId { name: format!("{p}-{local}{suffix}"), uuid: format!("RCXDM-{kind}-{p}-{local}") }
+}
+
+/// The thin-pool device.
+pub fn thin_pool(pool: &str) -> DmId {
+    id("pool", pool, "pool", "")
+}
+
+/// Thin volume `vol`.
+pub fn thin(pool: &str, vol: u32) -> DmId {
+    id("thin", pool, &vol.to_string(), "")
+}
+
+/// A classic origin or snapshot.
+pub fn classic(pool: &str, name: &str) -> DmId {
+    id("clas", pool, name, "")
+}
+
+/// The linear device holding a classic origin's data.
+pub fn classic_real(pool: &str, origin: &str) -> DmId {
+    id("real", pool, origin, "-real")
+}
+
+/// The linear device over a classic snapshot's COW file.
+pub fn classic_cow(pool: &str, snap: &str) -> DmId {
+    id("cow", pool, snap, "-cow")
+}
+
+/// The thin volume id of `dm_name` if it is one of `pool`'s thin volume names.
+pub fn thin_id_of(pool: &str, dm_name: &str) -> Option<u32> {
+    let rest = dm_name.strip_prefix(&escape_pool(pool))?.strip_prefix('-')?;
+    // `-` after the pool would make this another pool's name (`a` vs `a--x`).
+    if rest.starts_with('-') || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+/// The live device called `want.name`, if rcx-dm made it under that name. A device with the
+/// name and any other uuid is an error: neither used nor removed.
+pub fn owned(dm: &Dm, want: &DmId) -> Result<Option<DevInfo>> {
+    match dm.info(&want.name)? {
+        Some(i) if i.uuid.as_deref() != Some(want.uuid.as_str()) => Err(Error::ForeignDevice {
+            name: want.name.clone(),
+            want: want.uuid.clone(),
+            found: i.uuid.unwrap_or_default(),
+        }),
+        other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_different_pools_never_meet() {
+        // The example: pool `a`'s origin `x-1` and pool `a-x`'s volume 1.
+        assert_eq!(classic("a", "x-1").name, "a-x-1");
+        assert_eq!(thin("a-x", 1).name, "a--x-1");
+        assert_ne!(classic("a", "x-pool").name, thin_pool("a-x").name);
+        assert_eq!(thin_pool("a-x").name, "a--x-pool");
+        assert_eq!(classic_real("a-b", "o").name, "a--b-o-real");
+        assert_eq!(classic_cow("a", "s").uuid, "RCXDM-cow-a-s");
+        // Hyphen-free pools keep the names they always had.
+        assert_eq!(thin("web", 7).name, "web-7");
+        assert_eq!(thin_pool("web").name, "web-pool");
+    }
+
+    #[test]
+    fn thin_ids_are_parsed_back_only_for_their_own_pool() {
+        assert_eq!(thin_id_of("a", "a-12"), Some(12));
+        assert_eq!(thin_id_of("a-x", "a--x-1"), Some(1));
+        assert_eq!(thin_id_of("a", "a--x-1"), None);
+        assert_eq!(thin_id_of("a", "a-x-1"), None);
+        assert_eq!(thin_id_of("a", "a-pool"), None);
+        assert_eq!(thin_id_of("a", "ab-1"), None);
+        assert_eq!(thin_id_of("a", "a-1-real"), None);
+        assert_eq!(thin_id_of("a", "a-+1"), None);
+    }
+
+    #[test]
+    fn the_longest_names_fit_dm() {
+        let pool = "p".repeat(MAX_ESCAPED_POOL);
+        let name = "n".repeat(48);
+        for d in [classic_real(&pool, &name), classic_cow(&pool, &name), classic(&pool, &name), thin(&pool, 16_777_215)] {
+            assert!(d.name.len() <= 127, "{}", d.name);
+            assert!(d.uuid.len() <= 128, "{}", d.uuid);
+        }
+    }
+}
