@@ -322,6 +322,10 @@ impl Service {
     /// (their volume deleted), commits and removes rolled forward, records whose volume is gone
     /// dropped, and serve's volumes that no record names deleted.
     pub fn reconcile(&self) -> crate::Result<()> {
+        let stale = self.store.remove_stale_temps()?;
+        if stale > 0 {
+            tracing::info!(stale, "removed temp files of record writes a crash interrupted");
+        }
         for r in self.store.all()? {
             match r.state.clone() {
                 State::Ready => {}
