@@ -166,3 +166,46 @@ fn integrity_dm_names_are_unique_across_pools_and_foreign_devices_are_never_adop
     a.ok(&["activate", "1"]);
     assert_eq!(thin_target(1), "thin");
 }
+
+/// Defect 6: a thin-pool whose status is `Fail` was read as transaction id 0, so recovery judged
+/// a pending intent against 0: the first create of a pool (intent at txid 0) was "rolled back"
+/// by a kernel that could no longer tell. Now a failed pool refuses every change and recovery.
+#[test]
+fn integrity_a_failed_pool_is_never_judged_by_transaction_id() {
+    use rcx_dm::dm::{node, LinearTarget, Target, TargetLine};
+    let s = Scenario::new("ifail");
+    let dm = dm();
+    let data = Loop::new(&format!("{}-data", s.pool), 256 << 20);
+    let meta = Loop::new(&format!("{}-meta", s.pool), 16 << 20);
+    // The metadata goes through a linear device of ours, so its I/O can be made to fail.
+    let wrap = format!("{}metawrap", s.dm_prefix());
+    let (meta_dev, _) = rcx_dm::loopback::block_device(&meta.dev).unwrap();
+    let sectors = (16 << 20) / 512;
+    let info = dm.create(&wrap, None, &[LinearTarget { dev: meta_dev, offset_sectors: 0 }.line(0, sectors)], false).unwrap();
+    node::ensure(&wrap, info.dev).unwrap();
+    s.ok(&["pool", "create", "--data-dev", path_str(&data.dev), "--meta-dev", path_str(&node::mapper_path(&wrap))]);
+    // The pool's first create dies right after writing its intent (txid 0).
+    let out = s.cli_env(&["thin", "create", "--size", "16M", "--name", "first"], &[("RCX_DM_FAIL_AT", "create.intent")]);
+    assert!(!out.status.success());
+    let intent = s.pool_dir().join("intent.json");
+    assert!(intent.exists(), "the crash left no intent");
+    // The metadata device starts failing; the kernel fails the pool at its next metadata change.
+    dm.load(&wrap, &[TargetLine { start: 0, length: sectors, target: "error".into(), params: String::new() }], false).unwrap();
+    dm.suspend(&wrap).unwrap();
+    dm.resume(&wrap).unwrap();
+    let pool_dm = rcx_dm::pool::pool_dm_name(&s.pool);
+    let _ = dm.message(&pool_dm, "create_thin 9");
+    let _ = dm.message(&pool_dm, "set_transaction_id 0 1");
+    wait_for("the kernel to fail the pool", 30, || {
+        dm.status(&pool_dm).ok().filter(|l| l[0].params.starts_with("Fail")).map(|_| ())
+    });
+    for args in [&["thin", "create", "--size", "16M"][..], &["list"], &["snap", "-", "first"]] {
+        let err = s.fails(args);
+        assert!(err.contains("the kernel failed the pool") && err.contains("pool repair"), "{args:?}: {err}");
+    }
+    assert!(intent.exists(), "recovery judged the interrupted create against a failed pool");
+    let st = s.json(&["pool", "status", "--json"]);
+    assert_eq!(st["kernel_failed"], "Fail", "{st}");
+    assert!(st["kernel"].is_null(), "{st}");
+    assert!(s.ok(&["pool", "status"]).contains("FAILED"));
+}

@@ -329,6 +329,9 @@ fn status(root: &Path, name: &str, o: JsonFlag) -> Result<()> {
     println!("active:      {}", s.active);
     println!("volumes:     {}", s.volumes);
     println!("block size:  {}", format_size(s.block_bytes));
+    if let Some(w) = &s.kernel_failed {
+        println!("mode:        FAILED (the kernel reports '{w}'): fix the device, then `rcx-dm pool deactivate`, `pool check`, `pool repair`");
+    }
     if let Some(k) = &s.kernel {
         let pct = |u: u64, t: u64| if t == 0 { 0.0 } else { 100.0 * u as f64 / t as f64 };
         println!("transaction: {}", k.transaction_id);

@@ -14,7 +14,7 @@ pub use snapshot::{
     Persistence, SnapshotMergeTarget, SnapshotOriginTarget, SnapshotStatus, SnapshotTarget, MAX_CHUNK_SECTORS,
 };
 pub use thin::{ThinStatus, ThinTarget};
-pub use thin_pool::{PoolMode, ThinPoolStatus, ThinPoolTarget};
+pub use thin_pool::{PoolMode, ThinPoolState, ThinPoolStatus, ThinPoolTarget};
 
 use devicemapper::{DevId, DmError, DmFlags, DmName, DmOptions, DmUuid, DM};
 

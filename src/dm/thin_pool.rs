@@ -42,8 +42,6 @@ pub enum PoolMode {
     Rw,
     Ro,
     OutOfDataSpace,
-    /// The kernel reports `Fail`: metadata or data device failed.
-    Fail,
 }
 
 impl std::fmt::Display for PoolMode {
@@ -52,7 +50,6 @@ impl std::fmt::Display for PoolMode {
             PoolMode::Rw => "rw",
             PoolMode::Ro => "ro",
             PoolMode::OutOfDataSpace => "out_of_data_space",
-            PoolMode::Fail => "fail",
         })
     }
 }
@@ -73,22 +70,30 @@ pub struct ThinPoolStatus {
     pub needs_check: bool,
 }
 
+/// What the kernel says of a thin-pool: a working pool's figures, or that it failed. A failed
+/// pool has no transaction id, no usage, no mode: nothing may be judged against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThinPoolState {
+    Working(ThinPoolStatus),
+    /// `Fail` (the metadata or data device failed: the pool is in fail mode) or `Error`
+    /// (the kernel could not even produce a status); the kernel's word.
+    Failed(String),
+}
+
+impl ThinPoolState {
+    pub fn parse(line: &str) -> Result<ThinPoolState> {
+        match line.split_whitespace().next() {
+            Some(w @ ("Fail" | "Error")) => Ok(ThinPoolState::Failed(w.to_string())),
+            _ => ThinPoolStatus::parse(line).map(ThinPoolState::Working),
+        }
+    }
+}
+
 impl ThinPoolStatus {
+    /// A working pool's status line; `Fail` and `Error` are refused (see [`ThinPoolState`]).
     pub fn parse(line: &str) -> Result<ThinPoolStatus> {
         let bad = || Error::Inconsistent(format!("unexpected thin-pool status '{line}'"));
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.first() == Some(&"Fail") || f.first() == Some(&"Error") {
-            return Ok(ThinPoolStatus {
-                transaction_id: 0,
-                meta_used_blocks: 0,
-                meta_total_blocks: 0,
-                data_used_blocks: 0,
-                data_total_blocks: 0,
-                held_metadata_root: None,
-                mode: PoolMode::Fail,
-                needs_check: true,
-            });
-        }
         if f.len() < 8 {
             return Err(bad());
         }
@@ -135,7 +140,11 @@ mod tests {
         assert_eq!(s.mode, PoolMode::OutOfDataSpace);
         assert_eq!(s.held_metadata_root, Some(42));
         assert!(s.needs_check);
-        assert_eq!(ThinPoolStatus::parse("Fail").unwrap().mode, PoolMode::Fail);
+        // Issue 13, defect 6: `Fail` was read as a pool with transaction id 0.
+        assert_eq!(ThinPoolState::parse("Fail").unwrap(), ThinPoolState::Failed("Fail".into()));
+        assert_eq!(ThinPoolState::parse("Error").unwrap(), ThinPoolState::Failed("Error".into()));
+        assert!(ThinPoolStatus::parse("Fail").is_err());
+        assert!(matches!(ThinPoolState::parse("7 1/2 3/4 - rw a b -").unwrap(), ThinPoolState::Working(s) if s.transaction_id == 7));
         assert!(ThinPoolStatus::parse("1 2/3").is_err());
         assert!(ThinPoolStatus::parse("1 2/3 4/x - rw a b -").is_err());
     }

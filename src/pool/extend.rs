@@ -82,7 +82,7 @@ impl Pool {
         let c = self.fresh_config()?;
         if live {
             let s = self.kernel_status(&dm)?;
-            if s.mode == PoolMode::Fail || s.needs_check {
+            if s.needs_check {
                 return Err(Error::PoolUnhealthy {
                     pool: self.name.clone(),
                     why: "the kernel flags its metadata as needing a check, and it does not resize such a pool; run `rcx-dm pool deactivate`, `rcx-dm pool check` and `rcx-dm pool repair` first".into(),

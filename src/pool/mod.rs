@@ -28,7 +28,7 @@ pub use volume::{
     RESERVED_PREFIXES,
 };
 
-use crate::dm::{self, DevInfo, Dm, PoolMode, Target, ThinPoolStatus, ThinPoolTarget};
+use crate::dm::{self, DevInfo, Dm, PoolMode, Target, ThinPoolState, ThinPoolStatus, ThinPoolTarget};
 use crate::error::{Error, IoContext, Result};
 use crate::loopback;
 use crate::units::SECTOR;
@@ -128,6 +128,8 @@ pub struct PoolStatus {
     pub discard_on_delete: bool,
     #[serde(flatten)]
     pub kernel: Option<ThinPoolStatus>,
+    /// Set when the kernel failed the live pool (`Fail` or `Error`); `kernel` is then None.
+    pub kernel_failed: Option<String>,
 }
 
 pub struct Pool {
@@ -327,14 +329,34 @@ impl Pool {
         PoolLock::acquire(self.store.dir())
     }
 
-    /// The live pool's status, or PoolInactive.
-    fn kernel_status(&self, dm: &Dm) -> Result<ThinPoolStatus> {
+    /// What the kernel says of the live pool, or PoolInactive.
+    fn kernel_state(&self, dm: &Dm) -> Result<ThinPoolState> {
         let name = self.pool_dm_name();
         if self.pool_device(dm)?.is_none() {
             return Err(Error::PoolInactive(self.name.clone()));
         }
         let lines = dm.status(&name)?;
-        ThinPoolStatus::parse(dm::single_status(&lines, "thin-pool", &name)?)
+        ThinPoolState::parse(dm::single_status(&lines, "thin-pool", &name)?)
+    }
+
+    /// The live, working pool's status. A failed pool is an error: recovery, which judges an
+    /// interrupted operation by the transaction id, refuses to roll anything forward or back.
+    fn kernel_status(&self, dm: &Dm) -> Result<ThinPoolStatus> {
+        match self.kernel_state(dm)? {
+            ThinPoolState::Working(s) => Ok(s),
+            ThinPoolState::Failed(word) => Err(self.failed(&word)),
+        }
+    }
+
+    fn failed(&self, word: &str) -> Error {
+        Error::PoolUnhealthy {
+            pool: self.name.clone(),
+            why: format!(
+                "the kernel failed the pool (status '{word}'): its metadata or data device returned errors, so \
+                 nothing was changed and no interrupted operation was rolled forward or back; fix the device, \
+                 then `rcx-dm pool deactivate`, `rcx-dm pool check` and `rcx-dm pool repair`"
+            ),
+        }
     }
 
     /// Status usable for changing the pool's metadata: fails clearly when the kernel has
@@ -342,10 +364,6 @@ impl Pool {
     fn writable_status(&self, dm: &Dm) -> Result<ThinPoolStatus> {
         let s = self.kernel_status(dm)?;
         match s.mode {
-            PoolMode::Fail => Err(Error::PoolUnhealthy {
-                pool: self.name.clone(),
-                why: "the kernel failed the pool; deactivate it and run thin_check on its metadata".into(),
-            }),
             PoolMode::Ro if s.needs_check => Err(Error::PoolUnhealthy {
                 pool: self.name.clone(),
                 why: "the kernel switched the pool to read-only and flags its metadata as damaged; run `rcx-dm pool deactivate`, `rcx-dm pool check` and `rcx-dm pool repair`".into(),
@@ -371,11 +389,16 @@ impl Pool {
         }
         let loaded_here = self.pool_device(&dm)?.is_none();
         self.load_pool(&dm)?;
-        let status = self.kernel_status(&dm)?;
-        if status.needs_check || status.mode == PoolMode::Fail {
-            let found = format!("the kernel put the pool in {} mode with needs_check={}", status.mode, status.needs_check);
-            return Err(self.damaged_on_activate(&dm, loaded_here, found));
-        }
+        let status = match self.kernel_state(&dm)? {
+            ThinPoolState::Working(s) if !s.needs_check => s,
+            ThinPoolState::Working(s) => {
+                let found = format!("the kernel put the pool in {} mode with needs_check", s.mode);
+                return Err(self.damaged_on_activate(&dm, loaded_here, found));
+            }
+            ThinPoolState::Failed(w) => {
+                return Err(self.damaged_on_activate(&dm, loaded_here, format!("the kernel failed the pool (status '{w}')")));
+            }
+        };
         self.recover_locked(&dm)?;
         let mut n = 0;
         // One volume that cannot come up (a foreign device at its name, a bad table) does not
@@ -469,9 +492,12 @@ impl Pool {
                 tracing::warn!("could not finish an interrupted operation: {e}");
             }
         }
-        let kernel = match info {
-            Some(_) => Some(self.kernel_status(&dm)?),
-            None => None,
+        let (kernel, kernel_failed) = match info {
+            Some(_) => match self.kernel_state(&dm)? {
+                ThinPoolState::Working(s) => (Some(s), None),
+                ThinPoolState::Failed(w) => (None, Some(w)),
+            },
+            None => (None, None),
         };
         let c = &self.fresh_config()?;
         let free = |used: u64, total: u64| if total == 0 { 0.0 } else { ((total - used.min(total)) as f64 * 1000.0 / total as f64).round() / 10.0 };
@@ -488,6 +514,7 @@ impl Pool {
             autoextend: c.autoextend.clone(),
             discard_on_delete: c.discard_on_delete,
             kernel,
+            kernel_failed,
         })
     }
 }

@@ -17,7 +17,7 @@ use super::extend::{host_space, ExtendRequest, SizeChange};
 use super::lock::PoolLock;
 use super::store::{Backing, PoolConfig};
 use super::{Pool, MAX_META_BYTES};
-use crate::dm::{Dm, PoolMode};
+use crate::dm::{Dm, PoolMode, ThinPoolState};
 use crate::error::{Error, Result};
 use crate::loopback;
 use crate::units::format_size;
@@ -121,18 +121,21 @@ impl Pool {
         if self.pool_device(&dm)?.is_none() {
             return Ok(Decision::Idle);
         }
-        let s = self.kernel_status(dm)?;
+        let s = match self.kernel_state(dm)? {
+            ThinPoolState::Working(s) => Some(s),
+            ThinPoolState::Failed(_) => None,
+        };
         let c = self.fresh_config()?;
         let a = &c.autoextend;
         if !a.enabled() {
             return Ok(Decision::Idle);
         }
-        if s.mode == PoolMode::Fail || s.needs_check {
+        let Some(s) = s.filter(|s| !s.needs_check) else {
             if warned.insert(("health", 0)) {
-                tracing::error!(pool = %self.name(), "the kernel flags the pool's metadata; auto-extend stopped: run `rcx-dm pool deactivate`, `rcx-dm pool check`, `rcx-dm pool repair`");
+                tracing::error!(pool = %self.name(), "the kernel failed the pool or flags its metadata; auto-extend stopped: run `rcx-dm pool deactivate`, `rcx-dm pool check`, `rcx-dm pool repair`");
             }
             return Ok(Decision::Idle);
-        }
+        };
         let data_hot = a.crossed(s.data_used_blocks, s.data_total_blocks) || s.mode == PoolMode::OutOfDataSpace;
         // Out of metadata space shows as `ro` without needs_check.
         let meta_hot = a.crossed(s.meta_used_blocks, s.meta_total_blocks) || s.mode == PoolMode::Ro;
