@@ -56,6 +56,9 @@ pub enum Error {
     #[error("pool '{pool}' is active with {activated} volume(s), but {} could not be activated: {}; fix the cause, then `rcx-dm activate ID` (or `pool activate` again) brings them up", failed.len(), failed.join("; "))]
     ActivationIncomplete { pool: String, activated: usize, failed: Vec<String> },
 
+    #[error("volume {vol} is still used by {}; remove those first (nothing was deleted)", holders.join(", "))]
+    Referenced { vol: String, holders: Vec<String> },
+
     #[error("state store and kernel disagree: {0}")]
     Inconsistent(String),
 
@@ -132,6 +135,9 @@ pub enum Error {
 
     #[error("classic {kind} '{name}' is not active; run `rcx-dm pool activate`")]
     ClassicInactive { kind: &'static str, name: String },
+
+    #[error("{what} is over the limit of {limit} ({why}); refused, and nothing of it is kept")]
+    LimitExceeded { what: String, limit: String, why: String },
 
     #[error("{context}: {source}")]
     Io { context: String, #[source] source: std::io::Error },

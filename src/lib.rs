@@ -6,7 +6,8 @@
 //! `classic` (snapshot-origin / snapshot / snapshot-merge stacks over loop files or pool volumes),
 //! `rootfs` (formatted bases, populate from tar/directory/OCI image, images by chain id, commit),
 //! `runner` (a volume as a container root: mount, namespaces, pivot_root, cgroup v2, exec) and
-//! `serve` (a containerd snapshotter over gRPC: snapshots as pool volumes).
+//! `serve` (a containerd snapshotter over gRPC: snapshots as pool volumes); `refs` (who holds a
+//! volume: images, serve records, classic stacks) sits over all three for front ends' deletes.
 
 pub mod dm;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod classic;
 pub mod rootfs;
 pub mod runner;
 pub mod serve;
+pub mod refs;
 pub mod units;
 
 pub use error::{Error, Result};

@@ -275,7 +275,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Deactivate { volume } => Ok(open()?.deactivate_volume(&volume)?),
-        Cmd::Delete { volume, force } => Ok(open()?.delete(&volume, force)?),
+        Cmd::Delete { volume, force } => Ok(rcx_dm::refs::delete_volume(&open()?, &volume, force)?),
         Cmd::Run(mut a) => {
             let p = open();
             if let Ok(p) = &p {

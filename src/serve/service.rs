@@ -193,6 +193,14 @@ impl Service {
             return Err(Status::failed_precondition(format!("snapshot {key:?} is committed; mounts are for active snapshots and views")));
         }
         let id = r.volume_id.ok_or_else(|| Status::internal(format!("snapshot {key:?} has no volume")))?;
+        // The record names its volume too: never mount a volume that later got the id.
+        let vol = self.pool.resolve(&VolRef::Id(id)).map_err(status)?;
+        if vol.name.as_deref() != Some(r.volume.as_str()) {
+            return Err(Status::internal(format!(
+                "snapshot {key:?} records volume {id} named {:?}, but volume {id} is now {:?}: the record is stale; remove the snapshot",
+                r.volume, vol.name
+            )));
+        }
         let mut dev = self.device(id);
         if !dev.exists() {
             dev = self.pool.activate_volume(&VolRef::Id(id)).map_err(status)?;
