@@ -16,3 +16,4 @@ mod extend;
 mod space;
 mod health;
 mod integrity;
+mod hostile;

@@ -13,16 +13,29 @@
 //! children and whiteouts changes them. Every write goes through `Tree`, so no entry name, link
 //! target or symlink chain reaches outside the root.
 //!
+//! Whiteout names are matched as bytes, like every other name: `.wh.` followed by a name that
+//! is not UTF-8 hides that name. A whiteout whose parent cannot be resolved (a symlink loop)
+//! names nothing that can exist and is a no-op.
+//!
+//! Hostile archives are bounded (issue 13): what the tar reader reads on its own for one entry
+//! (headers, GNU long name and link, PAX records, GNU sparse map, the data of entries that are
+//! not files) is capped at [`MAX_ENTRY_HEADER_BYTES`], and GNU sparse files keep their holes
+//! (never written as zeros) up to an apparent size of [`MAX_SPARSE_FILE_BYTES`].
+//!
 //! Paths are matched as the tar names them: a layer entry written through a symlinked parent
 //! (`lib/x` with `lib -> usr/lib`) counts as `lib/x`, not `usr/lib/x`, for its own layer's
 //! opaque markers.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use nix::sys::time::TimeSpec;
 use tar::EntryType;
@@ -36,6 +49,27 @@ const OPAQUE: &str = ".wh..wh..opq";
 const AUFS_META: &str = ".wh..wh.";
 /// Copy buffer for file data: few large writes.
 const BUF: usize = 1024 * 1024;
+
+/// What the tar reader may read on its own for one entry before it hands the entry over: the
+/// header blocks, a GNU long name and long link, a PAX extended header, a GNU sparse map, and
+/// the data of an entry that is not written anywhere (a marker, a directory, a link). The tar
+/// crate reads long names and PAX records whole into memory, so without a cap a compressed
+/// layer of a few MiB could make it allocate gigabytes. Real archives need a few KiB; Go's
+/// archive/tar, which Docker, containerd and BuildKit write and read layers with, refuses such
+/// a record over 1 MiB (`maxSpecialFileSize`). 4 MiB leaves room for all of them at once
+/// (and about 170,000 sparse segments).
+pub const MAX_ENTRY_HEADER_BYTES: u64 = 4 << 20;
+
+/// The largest apparent size of a GNU sparse file. Holes are not written, but the tar crate
+/// still hands them over as zeros to skip, about 20 GB/s: 1 TiB is under a minute, while an
+/// unchecked header could claim 16 EiB. Larger than any sparse file seen in images (lastlog of
+/// a high UID, a VM disk image).
+pub const MAX_SPARSE_FILE_BYTES: u64 = 1 << 40;
+
+/// The largest GNU sparse map, in bytes of tar headers (21 segments per 512-byte block, so
+/// about 21,000 segments). The tar crate walks the map with `Vec::remove(0)`, quadratic in the
+/// number of segments: at this size that is a few seconds, at the full entry budget minutes.
+pub const MAX_SPARSE_MAP_BYTES: u64 = 512 << 10;
 
 /// What a layer application did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,18 +85,77 @@ pub struct LayerStats {
 /// Applies the (decompressed) tar stream `tar` to `tree` as an OCI layer. On an empty
 /// filesystem this is a plain extraction (what `populate` does with a tar).
 pub fn apply(tree: &Tree, tar: impl Read) -> Result<LayerStats> {
-    let mut state = State { tree, written: HashSet::new(), whiteouts: Vec::new(), opaque: Vec::new(), dir_times: HashMap::new(), buf: vec![0; BUF], stats: LayerStats::default() };
-    let mut archive = tar::Archive::new(tar);
+    let budget = Rc::new(Budget { counting: Cell::new(true), ..Budget::default() });
+    let mut state = State { tree, written: HashSet::new(), whiteouts: Vec::new(), opaque: Vec::new(), dir_times: HashMap::new(), buf: vec![0; BUF], stats: LayerStats::default(), budget: budget.clone() };
+    let mut archive = tar::Archive::new(Guarded { inner: tar, budget: budget.clone() });
     let entries = archive.entries().ctx(|| "reading the layer's tar stream".to_string())?;
     for entry in entries {
-        let mut entry = entry.ctx(|| format!("reading tar entry {} of the layer (the stream is corrupt or truncated)", state.stats.entries + 1))?;
-        state.stats.entries += 1;
+        let n = state.stats.entries + 1;
+        let mut entry = match entry {
+            Ok(e) => e,
+            Err(_) if budget.tripped.get() => return Err(header_limit(n)),
+            Err(e) => return Err(e).ctx(|| format!("reading tar entry {n} of the layer (the stream is corrupt or truncated)")),
+        };
+        // The entry's own data is read by us, through it, and is not the reader's overhead.
+        budget.counting.set(false);
+        state.stats.entries = n;
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
         state.entry(&mut entry, Path::new(OsStr::from_bytes(&raw))).map_err(|e| in_entry(&name, e))?;
+        budget.used.set(0);
+        budget.counting.set(true);
     }
     state.finish()?;
     Ok(state.stats)
+}
+
+fn header_limit(entry: u64) -> Error {
+    Error::LimitExceeded {
+        what: format!("the tar stream, at entry {entry},"),
+        limit: format!("{} MiB of tar headers for one entry", MAX_ENTRY_HEADER_BYTES >> 20),
+        why: "its GNU long name or link, PAX records or GNU sparse map, or the data of an entry that is not a file, go on past it; \
+              real archives need a few KiB, and Go's archive/tar (Docker, containerd) refuses such records over 1 MiB"
+            .to_string(),
+    }
+}
+
+/// Shared between [`apply`] and the reader under the tar crate: while `counting`, the tar
+/// crate is reading on its own (headers and what it skips or keeps in memory), and at most
+/// [`MAX_ENTRY_HEADER_BYTES`] of that per entry.
+#[derive(Default)]
+struct Budget {
+    counting: Cell<bool>,
+    /// Bytes read while counting, since the last entry was handed over.
+    used: Cell<u64>,
+    /// Bytes read while not counting: an entry's data from the stream (a sparse file's holes
+    /// come from the tar crate itself and never pass here).
+    passed: Cell<u64>,
+    tripped: Cell<bool>,
+}
+
+struct Guarded<R> {
+    inner: R,
+    budget: Rc<Budget>,
+}
+
+impl<R: Read> Read for Guarded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let b = &self.budget;
+        if !b.counting.get() {
+            let n = self.inner.read(buf)?;
+            b.passed.set(b.passed.get() + n as u64);
+            return Ok(n);
+        }
+        let left = MAX_ENTRY_HEADER_BYTES.saturating_sub(b.used.get());
+        if left == 0 && !buf.is_empty() {
+            b.tripped.set(true);
+            return Err(std::io::Error::other(format!("over {MAX_ENTRY_HEADER_BYTES} bytes of tar headers for one entry")));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        b.used.set(b.used.get() + n as u64);
+        Ok(n)
+    }
 }
 
 struct State<'t> {
@@ -77,6 +170,7 @@ struct State<'t> {
     dir_times: HashMap<PathBuf, Times>,
     buf: Vec<u8>,
     stats: LayerStats,
+    budget: Rc<Budget>,
 }
 
 /// Tells which entry an error is about.
@@ -84,6 +178,7 @@ fn in_entry(name: &str, e: Error) -> Error {
     match e {
         Error::Io { context, source } => Error::Io { context: format!("layer entry '{name}': {context}"), source },
         Error::Invalid { what, why } if !why.contains(name) => Error::Invalid { what, why: format!("layer entry '{name}': {why}") },
+        Error::LimitExceeded { what, limit, why } if !what.contains(name) => Error::LimitExceeded { what: format!("layer entry '{name}': {what}"), limit, why },
         e => e,
     }
 }
@@ -104,8 +199,8 @@ impl<'t> State<'t> {
             return Ok(()); // archive-wide comments and defaults: nothing to write
         }
         let rel = tree::relative(path)?;
-        if let Some(name) = rel.file_name().and_then(OsStr::to_str) {
-            if let Some(marker) = self.marker(&rel, name)? {
+        if let Some(name) = rel.file_name() {
+            if let Some(marker) = self.marker(&rel, name.as_bytes())? {
                 self.stats.whiteouts += marker as u64;
                 return Ok(());
             }
@@ -142,13 +237,33 @@ impl<'t> State<'t> {
         }
         let kind = match ty {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let mut file = tree.create_file(&rel)?;
                 let want = entry.size();
-                let got = copy(entry, &mut file, &mut self.buf).ctx(|| "writing the file's data".to_string())?;
+                let sparse = ty == EntryType::GNUSparse;
+                if sparse && self.budget.used.get() > MAX_SPARSE_MAP_BYTES {
+                    return Err(Error::LimitExceeded {
+                        what: "a GNU sparse file".to_string(),
+                        limit: format!("{} KiB of sparse map, about 21,000 segments", MAX_SPARSE_MAP_BYTES >> 10),
+                        why: format!("its headers take {} bytes", self.budget.used.get()),
+                    });
+                }
+                if sparse && want > MAX_SPARSE_FILE_BYTES {
+                    return Err(Error::LimitExceeded {
+                        what: "a GNU sparse file".to_string(),
+                        limit: format!("{} TiB of apparent size", MAX_SPARSE_FILE_BYTES >> 40),
+                        why: format!("its header says {want} bytes"),
+                    });
+                }
+                let mut file = tree.create_file(&rel)?;
+                let (got, data) = if sparse {
+                    copy_sparse(entry, &file, &mut self.buf, &self.budget).ctx(|| "writing the sparse file's data".to_string())?
+                } else {
+                    let got = copy(entry, &mut file, &mut self.buf).ctx(|| "writing the file's data".to_string())?;
+                    (got, got)
+                };
                 if got != want {
                     return Err(Error::invalid("layer", format!("the file's data ends after {got} of {want} bytes: the archive is truncated")));
                 }
-                self.stats.bytes += got;
+                self.stats.bytes += data;
                 set_fd_meta(file.as_fd(), &meta).ctx(|| "setting the file's metadata".to_string())?;
                 Kind::File
             }
@@ -182,9 +297,15 @@ impl<'t> State<'t> {
                     EntryType::Block => Kind::BlockDev,
                     _ => Kind::Fifo,
                 };
-                let major = h.device_major().ctx(|| "reading the device major".to_string())?.unwrap_or(0);
-                let minor = h.device_minor().ctx(|| "reading the device minor".to_string())?.unwrap_or(0);
-                let rdev = if kind == Kind::Fifo { 0 } else { libc::makedev(major, minor) };
+                // GNU tar leaves a FIFO's device fields empty (found by fuzzing): read them only
+                // for devices.
+                let rdev = if kind == Kind::Fifo {
+                    0
+                } else {
+                    let major = h.device_major().ctx(|| "reading the device major".to_string())?.unwrap_or(0);
+                    let minor = h.device_minor().ctx(|| "reading the device minor".to_string())?.unwrap_or(0);
+                    libc::makedev(major, minor)
+                };
                 tree.mknod(&rel, kind, rdev)?;
                 tree.set_meta(&rel, kind, &meta)?;
                 kind
@@ -204,20 +325,21 @@ impl<'t> State<'t> {
     }
 
     /// Records a whiteout or opaque marker; Some(counted) if `name` is a marker.
-    fn marker(&mut self, rel: &Path, name: &str) -> Result<Option<bool>> {
-        let Some(hidden) = name.strip_prefix(WHITEOUT) else { return Ok(None) };
+    /// `name` is bytes: a whiteout of a name that is not UTF-8 is a whiteout all the same.
+    fn marker(&mut self, rel: &Path, name: &[u8]) -> Result<Option<bool>> {
+        let Some(hidden) = name.strip_prefix(WHITEOUT.as_bytes()) else { return Ok(None) };
         let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
-        if name == OPAQUE {
+        if name == OPAQUE.as_bytes() {
             self.opaque.push(parent);
             return Ok(Some(true));
         }
-        if name.starts_with(AUFS_META) {
+        if name.starts_with(AUFS_META.as_bytes()) {
             return Ok(Some(false));
         }
-        if hidden.is_empty() || hidden == "." {
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
             return Err(Error::invalid("layer", format!("whiteout '{}' names no entry", rel.display())));
         }
-        self.whiteouts.push(parent.join(hidden));
+        self.whiteouts.push(parent.join(OsStr::from_bytes(hidden)));
         Ok(Some(true))
     }
 
@@ -319,6 +441,32 @@ fn pax_time(v: &[u8]) -> Result<TimeSpec> {
     })
 }
 
+/// Copies a GNU sparse entry until it ends, leaving its holes as holes: the tar crate hands
+/// a hole over as zeros of its own, which never pass through the stream's reader (`budget.passed`
+/// does not move), so those runs are skipped and only the data is written, where the map puts
+/// it. (apparent size, data bytes written)
+fn copy_sparse(r: &mut impl Read, file: &File, buf: &mut [u8], budget: &Budget) -> std::io::Result<(u64, u64)> {
+    let (mut total, mut data) = (0u64, 0u64);
+    loop {
+        let before = budget.passed.get();
+        let n = match r.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        // One read is one piece of the map, all data or all hole.
+        if budget.passed.get() != before {
+            file.write_all_at(&buf[..n], total)?;
+            data += n as u64;
+        }
+        total += n as u64;
+    }
+    // Ending in a hole: the size alone makes it.
+    file.set_len(total)?;
+    Ok((total, data))
+}
+
 /// Copies until `r` ends; the count tells a truncated entry from a whole one.
 fn copy(r: &mut impl Read, w: &mut impl Write, buf: &mut [u8]) -> std::io::Result<u64> {
     let mut total = 0u64;
@@ -340,6 +488,7 @@ mod tests {
     use std::ffi::CString;
     use std::fs;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use std::os::unix::ffi::OsStringExt;
     use tar::Header;
 
     /// A tar made entry by entry with raw names, so tests can write what `tar::Builder`'s
@@ -449,6 +598,29 @@ mod tests {
         for p in all {
             assert!(!p.file_name().unwrap().to_string_lossy().starts_with(".wh."), "marker written: {}", p.display());
         }
+    }
+
+    /// Found by fuzzing: GNU tar (`mkfifo f; tar cf x.tar f`) leaves a FIFO's device number
+    /// fields all NUL, and the layer was refused reading them.
+    #[test]
+    fn a_gnu_tar_fifo_with_empty_device_fields_is_made() {
+        let (_tmp, root, tree) = scratch();
+        let mut h = tar::Header::new_gnu();
+        h.set_path("f").unwrap();
+        h.set_entry_type(EntryType::Fifo);
+        h.set_size(0);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        let g = h.as_gnu_mut().unwrap();
+        g.dev_major = [0; 8];
+        g.dev_minor = [0; 8];
+        h.set_cksum();
+        let mut bytes = h.as_bytes().to_vec();
+        bytes.extend([0u8; 1024]);
+        apply_bytes(&tree, bytes).unwrap();
+        assert!(fs::symlink_metadata(root.join("f")).unwrap().file_type().is_fifo());
     }
 
     #[test]
@@ -663,5 +835,269 @@ mod tests {
         assert_eq!(pax_time(b"7").unwrap(), TimeSpec::new(7, 0));
         assert_eq!(pax_time(b"-1.25").unwrap(), TimeSpec::new(-2, 750_000_000));
         assert!(pax_time(b"1e9").is_err());
+    }
+
+    // ---- hostile archives (issue 13, defects 8 and 11)
+
+    /// Counts the bytes a consumer took from the reader inside.
+    struct Counting<R> {
+        inner: R,
+        taken: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.taken.set(self.taken.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    /// A header block of type `ty` whose size field says `size`.
+    fn header_block(name: &str, ty: EntryType, size: u64) -> Vec<u8> {
+        let mut h = Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(ty);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(size);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    /// A stream of `head`, then `size` bytes of `fill` generated as they are read (never in
+    /// memory here), padding, then a small plain file and the end of the archive.
+    fn lazy_record(head: Vec<u8>, fill: u8, size: u64) -> impl Read {
+        let pad = (512 - size % 512) % 512;
+        let tail = Tar::new().file("after", b"a").bytes();
+        std::io::Cursor::new(head)
+            .chain(std::io::repeat(fill).take(size))
+            .chain(std::io::repeat(0).take(pad))
+            .chain(std::io::Cursor::new(tail))
+    }
+
+    /// Applies `r` and returns the error and how many bytes were taken from it.
+    fn apply_counted(r: impl Read) -> (String, u64) {
+        let (tmp, _root, tree) = scratch();
+        let taken = std::rc::Rc::new(std::cell::Cell::new(0));
+        let e = apply(&tree, Counting { inner: r, taken: taken.clone() }).expect_err("a bomb must be refused").to_string();
+        assert_eq!(names(tmp.path()), ["root"], "nothing written beside the tree");
+        (e, taken.get())
+    }
+
+    #[test]
+    fn long_name_and_pax_records_are_capped() {
+        // What a 3 MiB gzip or 100 KiB zstd layer decompresses to: the tar crate reads such a
+        // record whole into one Vec before it hands over the entry.
+        let big = 256u64 << 20;
+        for (what, ty) in [("GNU long name", EntryType::GNULongName), ("GNU long link", EntryType::GNULongLink), ("PAX", EntryType::XHeader)] {
+            let (e, taken) = apply_counted(lazy_record(header_block("././@LongLink", ty, big), b'a', big));
+            assert!(taken <= MAX_ENTRY_HEADER_BYTES + (1 << 20), "{what}: {taken} bytes read before the entry was refused");
+            assert!(e.contains("limit") && e.contains("4 MiB") && e.contains("refused"), "{what}: {e}");
+        }
+        // Data of an entry that is not written anywhere (a marker, a directory) is skipped by
+        // reading it: bounded the same way.
+        let (e, taken) = apply_counted(lazy_record(header_block("d/", EntryType::Directory, big), 0, big));
+        assert!(taken <= MAX_ENTRY_HEADER_BYTES + (1 << 20), "{taken}");
+        assert!(e.contains("limit"), "{e}");
+    }
+
+    /// `block` over and over, `total` bytes in all.
+    struct Cycle {
+        block: Vec<u8>,
+        at: usize,
+        left: u64,
+    }
+    impl Read for Cycle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.block.len() - self.at).min(self.left as usize);
+            buf[..n].copy_from_slice(&self.block[self.at..self.at + n]);
+            self.at = (self.at + n) % self.block.len();
+            self.left -= n as u64;
+            Ok(n)
+        }
+    }
+
+    /// A 12-byte numeric field: octal, or GNU base-256 when too large.
+    fn num_field(dst: &mut [u8; 12], v: u64) {
+        if v < 1 << 33 {
+            dst.copy_from_slice(format!("{v:011o}\0").as_bytes());
+        } else {
+            dst.fill(0);
+            dst[0] = 0x80;
+            dst[4..].copy_from_slice(&v.to_be_bytes());
+        }
+    }
+
+    /// A GNU sparse header: `segments` (offset, length) in the header itself, `real` the
+    /// apparent size, `extended` if extension blocks follow.
+    fn sparse_header(name: &str, segments: &[(u64, u64)], real: u64, extended: bool) -> Header {
+        let mut h = Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_600_000_000);
+        h.set_size(segments.iter().map(|s| s.1).sum());
+        let g = h.as_gnu_mut().unwrap();
+        for (i, (off, len)) in segments.iter().enumerate() {
+            num_field(&mut g.sparse[i].offset, *off);
+            num_field(&mut g.sparse[i].numbytes, *len);
+        }
+        g.isextended[0] = extended as u8;
+        g.set_real_size(real);
+        h.set_cksum();
+        h
+    }
+
+    #[test]
+    fn gnu_sparse_map_is_capped() {
+        // A sparse header whose extension blocks never end (each would hold 21 more segments).
+        let h = sparse_header("s", &[], 1 << 20, true);
+        let mut ext = tar::GnuExtSparseHeader::new();
+        ext.isextended[0] = 1;
+        let endless = std::io::Cursor::new(h.as_bytes().to_vec()).chain(Cycle { block: ext.as_bytes().to_vec(), at: 0, left: 256 << 20 });
+        let (e, taken) = apply_counted(endless);
+        assert!(taken <= MAX_ENTRY_HEADER_BYTES + (1 << 20), "{taken} bytes read");
+        assert!(e.contains("limit") && e.contains("refused"), "{e}");
+    }
+
+    #[test]
+    fn gnu_sparse_segment_count_is_capped() {
+        // 2000 extension blocks of 21 segments of 512 bytes each: under the entry budget, over
+        // the sparse map cap.
+        let blocks = 2000u64;
+        let per = 21u64;
+        let h = sparse_header("many", &[], 2 * 512 * per * blocks - 512, true);
+        let mut h = h;
+        h.set_size(512 * per * blocks);
+        h.set_cksum();
+        let mut exts = Vec::new();
+        for b in 0..blocks {
+            let mut ext = tar::GnuExtSparseHeader::new();
+            for i in 0..per {
+                let off = 2 * 512 * (b * per + i);
+                num_field(&mut ext.sparse[i as usize].offset, off);
+                num_field(&mut ext.sparse[i as usize].numbytes, 512);
+            }
+            ext.isextended[0] = (b + 1 < blocks) as u8;
+            exts.extend_from_slice(ext.as_bytes());
+        }
+        let r = std::io::Cursor::new(h.as_bytes().to_vec()).chain(std::io::Cursor::new(exts)).chain(std::io::repeat(b'd').take(512 * per * blocks));
+        let (tmp, root, tree) = scratch();
+        let t = std::time::Instant::now();
+        let e = apply(&tree, r).unwrap_err().to_string();
+        assert!(e.contains("limit") && e.contains("sparse map") && e.contains("many"), "{e}");
+        assert!(t.elapsed().as_secs() < 10, "{:?}", t.elapsed());
+        assert_eq!(names(tmp.path()), ["root"]);
+        assert!(names(&root).is_empty());
+    }
+
+    #[test]
+    fn gnu_sparse_holes_stay_holes() {
+        let (_tmp, root, tree) = scratch();
+        let mib = 1u64 << 20;
+        // 64 MiB apparent: 4 KiB of data at 32 MiB, 4 KiB at the end.
+        let h = sparse_header("sparse", &[(32 * mib, 4096), (64 * mib - 4096, 4096)], 64 * mib, false);
+        let mut data = vec![b'x'; 4096];
+        data.extend(vec![b'y'; 4096]);
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, &data[..]).unwrap();
+        let t = b.into_inner().unwrap();
+        let stats = apply_bytes(&tree, t).unwrap();
+        let p = root.join("sparse");
+        let m = fs::metadata(&p).unwrap();
+        assert_eq!(m.len(), 64 * mib);
+        assert_eq!((m.mode() & 0o7777, m.mtime()), (0o644, 1_600_000_000));
+        let all = fs::read(&p).unwrap();
+        assert!(all[..32 * mib as usize].iter().all(|&b| b == 0));
+        assert_eq!(&all[32 * mib as usize..32 * mib as usize + 4096], &data[..4096]);
+        assert_eq!(&all[64 * mib as usize - 4096..], &data[4096..]);
+        assert!(m.blocks() * 512 <= mib, "holes were written as zeros: {} bytes allocated", m.blocks() * 512);
+        assert_eq!(stats.bytes, 8192, "only the data counts as written");
+        // Ending in a hole: GNU tar's final zero-length segment at the apparent size.
+        let h = sparse_header("tail", &[(0, 512), (16 * mib, 0)], 16 * mib, false);
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, &[b'z'; 512][..]).unwrap();
+        apply_bytes(&tree, b.into_inner().unwrap()).unwrap();
+        let m = fs::metadata(root.join("tail")).unwrap();
+        assert_eq!(m.len(), 16 * mib);
+        assert!(m.blocks() * 512 <= mib, "{}", m.blocks());
+    }
+
+    #[test]
+    fn gnu_sparse_apparent_size_is_capped() {
+        // One byte of data, an apparent size past the cap: refused before anything is written
+        // (holes or zeros, producing them would take hours).
+        let h = sparse_header("huge", &[(MAX_SPARSE_FILE_BYTES, 512)], MAX_SPARSE_FILE_BYTES + 512, false);
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, &[b'z'; 512][..]).unwrap();
+        let (tmp, root, tree) = scratch();
+        let e = apply_bytes(&tree, b.into_inner().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("limit") && e.contains("huge") && e.contains("TiB"), "{e}");
+        assert_eq!(names(tmp.path()), ["root"]);
+        assert!(names(&root).is_empty(), "{:?}", names(&root));
+    }
+
+    /// A file named by raw bytes (not UTF-8).
+    fn raw_name_file(t: &mut Tar, name: &[u8]) {
+        let mut h = Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(1);
+        h.set_cksum();
+        t.0.append(&h, &b"x"[..]).unwrap();
+    }
+
+    #[test]
+    fn non_utf8_whiteouts_are_honoured() {
+        let (_tmp, root, tree) = scratch();
+        let mut t = Tar::new();
+        raw_name_file(&mut t, b"d/caf\xe9");
+        raw_name_file(&mut t, b"d/keep\xff");
+        apply_bytes(&tree, t.bytes()).unwrap();
+        let mut t = Tar::new();
+        raw_name_file(&mut t, b"d/.wh.caf\xe9");
+        raw_name_file(&mut t, b".wh.\xfe\xfe");
+        let stats = apply_bytes(&tree, t.bytes()).unwrap();
+        assert_eq!(stats.whiteouts, 2);
+        let left: Vec<Vec<u8>> = fs::read_dir(root.join("d")).unwrap().map(|e| e.unwrap().file_name().into_vec()).collect();
+        assert_eq!(left, [b"keep\xff".to_vec()], "the whited-out file goes, no marker is written");
+        assert_eq!(names(&root), ["d"]);
+    }
+
+    #[test]
+    fn whiteouts_under_looping_symlinks_are_no_ops() {
+        let (_tmp, root, tree) = scratch();
+        apply_bytes(&tree, Tar::new().symlink("self", "self").symlink("a", "b").symlink("b", "a").file("f", b"f").bytes()).unwrap();
+        let mut t = Tar::new();
+        t.file("self/.wh.x", b"").file("a/sub/.wh.y", b"").file("b/.wh..wh..opq", b"").file("g", b"g");
+        let stats = apply_bytes(&tree, t.bytes()).unwrap();
+        assert_eq!(stats.whiteouts, 3);
+        assert_eq!(names(&root), ["a", "b", "f", "g", "self"]);
+        assert_eq!(fs::read_link(root.join("self")).unwrap(), Path::new("self"));
+        assert_eq!(fs::read_link(root.join("a")).unwrap(), Path::new("b"));
+    }
+
+    #[test]
+    fn whiteouts_through_symlinks_stay_inside_the_root() {
+        let (tmp, root, tree) = scratch();
+        fs::write(tmp.path().join("sibling"), b"host").unwrap();
+        let mut t = Tar::new();
+        t.symlink("up", "..").symlink("abs", "/").symlink("far", "../../../..").file("sibling", b"in the tree");
+        apply_bytes(&tree, t.bytes()).unwrap();
+        let mut t = Tar::new();
+        t.file("up/.wh.sibling", b"").file("abs/.wh.sibling", b"").file("far/.wh.sibling", b"").file("far/.wh..wh..opq", b"");
+        apply_bytes(&tree, t.bytes()).unwrap();
+        assert_eq!(fs::read(tmp.path().join("sibling")).unwrap(), b"host", "a host file was whited out");
+        // Followed inside the root (as containerd's applier does): the tree's own sibling goes.
+        assert!(!root.join("sibling").exists());
+        assert_eq!(names(tmp.path()), ["root", "sibling"]);
     }
 }

@@ -6,11 +6,17 @@
 //! they are parsed, and a layer is verified as it is streamed ([`LayerReader::finish`]), both
 //! its compressed bytes against the manifest's digest and its uncompressed tar against the
 //! config's diff_id.
+//!
+//! The layout directory is untrusted too: `oci-layout`, `index.json` and blobs are opened only
+//! as regular files ([`open_regular`]: no FIFO that would block the import forever, no device,
+//! no symlink out of the layout), an image has at most [`MAX_LAYERS`] layers, and a layer's
+//! tar stream may run on past its end-of-archive marker by at most [`MAX_TRAILING_BYTES`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -25,6 +31,17 @@ const MAX_JSON_BYTES: u64 = 32 << 20;
 
 /// Index -> index -> ... -> manifest: real images use at most two levels; the cap stops a cycle.
 const MAX_INDEX_DEPTH: usize = 8;
+
+/// Layers of one image. Docker's overlay2 driver refuses images deeper than 128 layers and the
+/// kernel's overlayfs stacks at most 500; every layer here is a thin snapshot volume built with
+/// its own mount, so an unchecked manifest could make thousands of them.
+pub const MAX_LAYERS: usize = 256;
+
+/// Decompressed bytes a layer may hold after its tar stream's end-of-archive marker. Tar
+/// writers pad to a whole record at most (GNU tar's default is 10 KiB, `-b 2048` 1 MiB; Go's
+/// archive/tar writes none), and the rest must be read only to check the diff_id: without a
+/// cap a small zstd blob could expand to terabytes of zeros, read while `images.lock` is held.
+pub const MAX_TRAILING_BYTES: u64 = 16 << 20;
 
 pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -353,6 +370,8 @@ pub struct Layer {
     /// This layer and all below it; see [`chain_ids`].
     pub chain_id: Digest,
     path: PathBuf,
+    /// The layout directory the blob is in (it is opened beneath it, see [`open_regular`]).
+    layout: PathBuf,
     compression: LayerCompression,
     /// "layer 2/5 (sha256:..) of image /x:tag", for messages.
     label: String,
@@ -364,11 +383,15 @@ impl Layer {
         &self.path
     }
 
+    /// "layer 2/5 (sha256:..) of image /x:tag", for messages.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
     /// Start reading the layer: the reader yields the uncompressed tar stream. Call
     /// [`LayerReader::finish`] after consuming it; only then is the content known to be right.
     pub fn open(&self) -> Result<LayerReader> {
-        let file =
-            File::open(&self.path).ctx(|| format!("opening {} at {}", self.label, self.path.display()))?;
+        let file = Layout { dir: self.layout.clone() }.open_blob(&self.digest, self.size, &self.label)?;
         let raw = Hashing::new(file);
         let decoder = match self.compression {
             // Tar readers read 512 bytes at a time; the decoders buffer for themselves.
@@ -478,9 +501,17 @@ impl LayerReader {
     /// stream's diff_id. Only when this succeeds may what was read be kept.
     pub fn finish(mut self) -> Result<()> {
         let l = &self.layer;
+        let mut over_limit = false;
         let decode_error = match self.decode_error.take() {
             Some(e) => Some(e),
-            None => io::copy(&mut self.decoded, &mut io::sink()).err().map(|e| e.to_string()),
+            // Bounded: past the cap the layer is refused without decompressing the rest.
+            None => match io::copy(&mut (&mut self.decoded).take(MAX_TRAILING_BYTES + 1), &mut io::sink()) {
+                Ok(n) => {
+                    over_limit = n > MAX_TRAILING_BYTES;
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            },
         };
         // Bytes after the compressed stream, or all of it when decoding failed part way.
         let raw = self.decoded.inner.raw();
@@ -496,6 +527,15 @@ impl LayerReader {
         }
         if raw_digest != l.digest {
             return Err(corrupt(&l.label, format!("digest mismatch (blob has {raw_digest})")));
+        }
+        if over_limit {
+            return Err(Error::LimitExceeded {
+                what: l.label.clone(),
+                limit: format!("{} MiB of data after the end-of-archive marker", MAX_TRAILING_BYTES >> 20),
+                why: "its tar stream goes on past its end; tar writers pad to a record at most (10 KiB for GNU tar), \
+                      so the blob is a decompression bomb or was built wrong"
+                    .to_string(),
+            });
         }
         if let Some(e) = decode_error {
             return Err(Error::invalid(
@@ -553,7 +593,7 @@ fn open_for(layout_dir: &Path, reference: Option<&str>, arch: &str) -> Result<Im
     let l = Layout { dir: layout_dir.to_owned() };
     l.check_version()?;
     let index_path = layout_dir.join("index.json");
-    let index_bytes = read_json_file(&index_path, "the layout's index.json")?;
+    let index_bytes = l.read_json_file("index.json", "the layout's index.json")?;
     let index: IndexDoc = serde_json::from_slice(&index_bytes).map_err(|e| {
         Error::invalid("OCI image layout", format!("{}: {e}; re-export the image", index_path.display()))
     })?;
@@ -598,6 +638,16 @@ fn open_for(layout_dir: &Path, reference: Option<&str>, arch: &str) -> Result<Im
         desc = select(&nested.manifests, None, arch, &what)?;
     };
     let what = format!("manifest {manifest_digest} of image {image_name}");
+    if manifest.layers.len() > MAX_LAYERS {
+        return Err(Error::LimitExceeded {
+            what,
+            limit: format!("{MAX_LAYERS} layers"),
+            why: format!(
+                "it lists {} layers; Docker's overlay2 stops at 128, and each layer here is a volume of its own: squash the image",
+                manifest.layers.len()
+            ),
+        });
+    }
     if let Some(mt) = &manifest.media_type {
         if mt != MEDIA_TYPE_MANIFEST && mt != MEDIA_TYPE_DOCKER_MANIFEST {
             return Err(Error::invalid(
@@ -657,7 +707,7 @@ fn open_for(layout_dir: &Path, reference: Option<&str>, arch: &str) -> Result<Im
             )
         })?;
         let path = l.blob_path(&digest);
-        l.check_blob_file(&path, d.size, &label)?;
+        l.open_blob(&digest, d.size, &label)?;
         layers.push(Layer {
             digest,
             media_type: d.media_type.clone(),
@@ -665,6 +715,7 @@ fn open_for(layout_dir: &Path, reference: Option<&str>, arch: &str) -> Result<Im
             diff_id,
             chain_id,
             path,
+            layout: layout_dir.to_owned(),
             compression,
             label,
         });
@@ -690,7 +741,7 @@ struct Layout {
 impl Layout {
     fn check_version(&self) -> Result<()> {
         let path = self.dir.join("oci-layout");
-        if !path.exists() {
+        let Some((file, _)) = open_regular(&self.dir, Path::new("oci-layout"), "the layout's oci-layout file")? else {
             return Err(Error::invalid(
                 "OCI image layout",
                 format!(
@@ -698,8 +749,8 @@ impl Layout {
                     self.dir.display()
                 ),
             ));
-        }
-        let bytes = read_json_file(&path, "the layout's oci-layout file")?;
+        };
+        let bytes = read_json(file, &path, "the layout's oci-layout file")?;
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct OciLayout {
@@ -726,32 +777,24 @@ impl Layout {
         self.dir.join("blobs").join(digest.algorithm()).join(digest.hex())
     }
 
-    /// The blob must be a regular file (a FIFO or device would hang or never end) of the size
-    /// its descriptor gives.
-    fn check_blob_file(&self, path: &Path, size: u64, what: &str) -> Result<()> {
-        let meta = match std::fs::metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::invalid(
-                    "OCI image",
-                    format!(
-                        "{what}: blob {} is missing; the layout is incomplete (a non-distributable layer is not copied by default), re-export it",
-                        path.display()
-                    ),
-                ))
-            }
-            Err(e) => return Err(e).ctx(|| format!("reading {what} at {}", path.display())),
-        };
-        if !meta.is_file() {
-            return Err(corrupt(what, format!("blob {} is not a regular file", path.display())));
-        }
-        if meta.len() != size {
-            return Err(corrupt(
-                what,
-                format!("blob {} is {} bytes but its descriptor says {size}", path.display(), meta.len()),
+    /// The blob, opened as a regular file (see [`open_regular`]: a FIFO or device would hang or
+    /// never end) of the size its descriptor gives.
+    fn open_blob(&self, digest: &Digest, size: u64, what: &str) -> Result<File> {
+        let path = self.blob_path(digest);
+        let rel = Path::new("blobs").join(digest.algorithm()).join(digest.hex());
+        let Some((file, len)) = open_regular(&self.dir, &rel, what)? else {
+            return Err(Error::invalid(
+                "OCI image",
+                format!(
+                    "{what}: blob {} is missing; the layout is incomplete (a non-distributable layer is not copied by default), re-export it",
+                    path.display()
+                ),
             ));
+        };
+        if len != size {
+            return Err(corrupt(what, format!("blob {} is {len} bytes but its descriptor says {size}", path.display())));
         }
-        Ok(())
+        Ok(file)
     }
 
     /// A manifest, index or config blob: size and digest are checked before the caller
@@ -764,11 +807,9 @@ impl Layout {
             ));
         }
         let path = self.blob_path(digest);
-        self.check_blob_file(&path, size, what)?;
+        let file = self.open_blob(digest, size, what)?;
         let mut bytes = Vec::with_capacity(size as usize);
-        File::open(&path)
-            .and_then(|f| f.take(size + 1).read_to_end(&mut bytes))
-            .ctx(|| format!("reading {what} at {}", path.display()))?;
+        file.take(size + 1).read_to_end(&mut bytes).ctx(|| format!("reading {what} at {}", path.display()))?;
         // The file may have changed since it was stat'ed.
         if bytes.len() as u64 != size {
             return Err(corrupt(
@@ -782,13 +823,23 @@ impl Layout {
         }
         Ok(bytes)
     }
+
+    /// A layout file at `rel` (oci-layout, index.json), at most MAX_JSON_BYTES.
+    fn read_json_file(&self, rel: &str, what: &str) -> Result<Vec<u8>> {
+        let path = self.dir.join(rel);
+        let Some((file, _)) = open_regular(&self.dir, Path::new(rel), what)? else {
+            return Err(Error::invalid(
+                "OCI image layout",
+                format!("{} has no {rel}; the layout is incomplete, re-export the image", self.dir.display()),
+            ));
+        };
+        read_json(file, &path, what)
+    }
 }
 
-fn read_json_file(path: &Path, what: &str) -> Result<Vec<u8>> {
+fn read_json(file: File, path: &Path, what: &str) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|f| f.take(MAX_JSON_BYTES + 1).read_to_end(&mut bytes))
-        .ctx(|| format!("reading {what} {}", path.display()))?;
+    file.take(MAX_JSON_BYTES + 1).read_to_end(&mut bytes).ctx(|| format!("reading {what} {}", path.display()))?;
     if bytes.len() as u64 > MAX_JSON_BYTES {
         return Err(Error::invalid(
             "OCI image layout",
@@ -799,6 +850,83 @@ fn read_json_file(path: &Path, what: &str) -> Result<Vec<u8>> {
         ));
     }
     Ok(bytes)
+}
+
+/// Opens `rel` under the layout directory `dir` for reading, only as a regular file, and
+/// gives it with its size; None if there is nothing there. The directory is untrusted input:
+/// the final component is never followed (O_NOFOLLOW), parents are resolved beneath `dir`
+/// (RESOLVE_BENEATH, no magic links), the type is checked on a descriptor that cannot read
+/// (O_PATH: opening a device can have effects of its own) and again, with the same inode, on the
+/// one that reads, which is opened O_NONBLOCK (a FIFO would wait for a writer forever).
+fn open_regular(dir: &Path, rel: &Path, what: &str) -> Result<Option<(File, u64)>> {
+    use nix::errno::Errno;
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::{fstat, Mode};
+    let full = dir.join(rel);
+    let ctx = || format!("opening {what} at {}", full.display());
+    let retry = |f: &mut dyn FnMut() -> nix::Result<std::os::fd::OwnedFd>| {
+        let mut again = 0;
+        loop {
+            match f() {
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) if again < 16 => again += 1,
+                r => return r,
+            }
+        }
+    };
+    let dirfd = retry(&mut || nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()))
+        .map_err(io::Error::from)
+        .ctx(|| format!("opening the image layout directory {}", dir.display()))?;
+    let resolve = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+    let how = |flags: OFlag| OpenHow::new().flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).resolve(resolve);
+    let kind = |mode: u32| match mode & libc::S_IFMT {
+        libc::S_IFREG => None,
+        libc::S_IFLNK => Some("a symbolic link"),
+        libc::S_IFIFO => Some("a FIFO"),
+        libc::S_IFCHR => Some("a character device"),
+        libc::S_IFBLK => Some("a block device"),
+        libc::S_IFDIR => Some("a directory"),
+        libc::S_IFSOCK => Some("a socket"),
+        _ => Some("of an unknown type"),
+    };
+    let refuse = |k: &str| {
+        Error::invalid(
+            "OCI image layout",
+            format!(
+                "{what} {} is {k}, not a regular file; an image layout holds only regular files (copy it with `cp -rL`, or re-export the image)",
+                full.display()
+            ),
+        )
+    };
+    let probe = match retry(&mut || openat2(dirfd.as_fd(), rel, how(OFlag::O_PATH))) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::EXDEV) => {
+            return Err(Error::invalid(
+                "OCI image layout",
+                format!("{what} {} resolves outside the layout directory (a symlinked parent); re-export the image", full.display()),
+            ))
+        }
+        Err(e) => return Err(io::Error::from(e)).ctx(ctx),
+    };
+    let st = fstat(probe.as_fd()).map_err(io::Error::from).ctx(ctx)?;
+    if let Some(k) = kind(st.st_mode) {
+        return Err(refuse(k));
+    }
+    let fd = retry(&mut || openat2(dirfd.as_fd(), rel, how(OFlag::O_RDONLY | OFlag::O_NONBLOCK)))
+        .map_err(io::Error::from)
+        .ctx(ctx)?;
+    let st2 = fstat(fd.as_fd()).map_err(io::Error::from).ctx(ctx)?;
+    if let Some(k) = kind(st2.st_mode) {
+        return Err(refuse(k));
+    }
+    if (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino) {
+        return Err(Error::invalid(
+            "OCI image layout",
+            format!("{what} {} was replaced while it was being opened; import the layout when nothing writes to it", full.display()),
+        ));
+    }
+    Ok(Some((File::from(fd), st2.st_size as u64)))
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T> {
@@ -1466,5 +1594,99 @@ mod tests {
         fn send<T: Send>() {}
         send::<LayerReader>();
         send::<Image>();
+    }
+
+    // ---- hostile layouts (issue 13, defect 8)
+
+    #[test]
+    fn layer_count_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = fake_tar(1, 10);
+        let l = put_blob(dir.path(), "application/vnd.oci.image.layer.v1.tar", &tar);
+        let n = MAX_LAYERS + 1;
+        let config = json!({ "rootfs": { "type": "layers", "diff_ids": vec![sha(&tar); n] } });
+        put_index(dir.path(), vec![put_manifest(dir.path(), &config, vec![l.clone(); n], None)]);
+        let e = err_text(open(dir.path(), None));
+        assert!(e.contains(&format!("{n} layers")) && e.contains(&format!("limit of {MAX_LAYERS}")) && e.contains("refused"), "{e}");
+        // At the limit: accepted.
+        let config = json!({ "rootfs": { "type": "layers", "diff_ids": vec![sha(&tar); MAX_LAYERS] } });
+        put_index(dir.path(), vec![put_manifest(dir.path(), &config, vec![l; MAX_LAYERS], None)]);
+        assert_eq!(open(dir.path(), None).unwrap().layers.len(), MAX_LAYERS);
+    }
+
+    /// Reads the layer as a tar reader does (up to the end-of-archive marker), then finishes.
+    fn read_tar_then_finish(layer: &Layer, tar_len: usize) -> Result<()> {
+        let mut r = layer.open()?;
+        let mut head = vec![0u8; tar_len];
+        r.read_exact(&mut head).ctx(|| "reading".into())?;
+        r.finish()
+    }
+
+    #[test]
+    fn data_after_the_end_of_archive_is_capped() {
+        let tar = fake_tar(6, 5000);
+        for c in [LayerCompression::Gzip, LayerCompression::Zstd] {
+            // What the tar stream holds past its end: some padding is normal, a bomb is not.
+            let mut padded = tar.clone();
+            padded.extend(vec![0u8; 1 << 20]);
+            let (dir, _) = layout(vec![(padded, c)]);
+            read_tar_then_finish(&open(dir.path(), None).unwrap().layers[0], tar.len()).unwrap();
+            let mut bomb = tar.clone();
+            bomb.extend(vec![0u8; MAX_TRAILING_BYTES as usize + (1 << 20)]);
+            let (dir, _) = layout(vec![(bomb, c)]);
+            let e = err_text(read_tar_then_finish(&open(dir.path(), None).unwrap().layers[0], tar.len()));
+            assert!(e.contains("end-of-archive") && e.contains("limit") && e.contains("MiB") && e.contains("refused"), "{c:?}: {e}");
+        }
+    }
+
+    /// `open` on another thread: a FIFO would block it forever.
+    fn open_within(dir: &Path, secs: u64) -> Result<Image> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(open(&d, None));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(secs)).expect("oci::open hung (a FIFO opened for reading)")
+    }
+
+    fn mkfifo(p: &Path) {
+        let _ = std::fs::remove_file(p);
+        nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    }
+
+    #[test]
+    fn layout_files_must_be_regular_files() {
+        for name in ["oci-layout", "index.json"] {
+            let (dir, _) = layout(one_layer().layers);
+            mkfifo(&dir.path().join(name));
+            let e = err_text(open_within(dir.path(), 10));
+            assert!(e.contains(name) && e.contains("FIFO") && e.contains("not a regular file"), "{name}: {e}");
+
+            let (dir, _) = layout(one_layer().layers);
+            let outside = tempfile::NamedTempFile::new().unwrap();
+            std::fs::copy(dir.path().join(name), outside.path()).unwrap();
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+            std::os::unix::fs::symlink(outside.path(), dir.path().join(name)).unwrap();
+            let e = err_text(open_within(dir.path(), 10));
+            assert!(e.contains(name) && e.contains("symbolic link"), "{name}: {e}");
+        }
+        // A layer blob that is a symlink (to a copy of itself outside the layout) or a FIFO.
+        let (dir, m) = layout(one_layer().layers);
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob_file(dir.path(), &m)).unwrap()).unwrap();
+        let blob = blob_file(dir.path(), &manifest["layers"][0]);
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::copy(&blob, outside.path()).unwrap();
+        std::fs::remove_file(&blob).unwrap();
+        std::os::unix::fs::symlink(outside.path(), &blob).unwrap();
+        let e = err_text(open_within(dir.path(), 10));
+        assert!(e.contains("layer 1/1") && e.contains("symbolic link"), "{e}");
+        mkfifo(&blob);
+        let e = err_text(open_within(dir.path(), 10));
+        assert!(e.contains("layer 1/1") && e.contains("FIFO"), "{e}");
+        // The manifest blob too.
+        let (dir, m) = layout(one_layer().layers);
+        mkfifo(&blob_file(dir.path(), &m));
+        let e = err_text(open_within(dir.path(), 10));
+        assert!(e.contains("manifest") && e.contains("FIFO"), "{e}");
     }
 }

@@ -219,7 +219,11 @@ pub fn fill(pool: &Pool, dev: &Path, fs: Fs, source: &Source, progress: Progress
 /// fails here, before anything is published.
 pub fn apply_layer(tree: &Tree, l: &oci::Layer, progress: Progress) -> Result<layer::LayerStats> {
     let mut r = l.open()?;
-    let s = layer::apply(tree, Counted { inner: &mut r, progress })?;
+    let s = layer::apply(tree, Counted { inner: &mut r, progress }).map_err(|e| match e {
+        // Which layer of which image: the tar reader only knows its entry.
+        Error::LimitExceeded { what, limit, why } => Error::LimitExceeded { what: format!("{}: {what}", l.label()), limit, why },
+        e => e,
+    })?;
     r.finish()?;
     Ok(s)
 }

@@ -392,9 +392,11 @@ impl Tree {
         let Some(name) = rel.file_name() else {
             return Err(Error::invalid("path", "the root directory itself cannot be removed; remove its entries"));
         };
+        // A parent that cannot be resolved (missing, not a directory, a symlink loop) holds
+        // nothing: a whiteout under it is a no-op.
         let pfd = match self.open_dir(parent) {
             Ok(fd) => fd,
-            Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(false),
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(false),
             Err(e) => return Err(io(e)).ctx(|| format!("opening directory {}", self.show(parent))),
         };
         match fstatat(pfd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
