@@ -265,7 +265,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Snap { new, origin, name, size } => {
             let id = id_arg(Some(&new))?;
             let p = open()?;
-            let origin = rootfs::volume_or_image(&p, origin);
+            let origin = rootfs::volume_or_image(&p, origin)?;
             let v = p.snapshot(id, &origin, size, name.as_deref())?;
             println!("created snapshot {} of {origin}", v.id);
             print_device(&v)
@@ -279,7 +279,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Run(mut a) => {
             let p = open();
             if let Ok(p) = &p {
-                a.volume = rootfs::volume_or_image(p, a.volume);
+                a.volume = rootfs::volume_or_image(p, a.volume)?;
             }
             run::run(p, a)
         }

@@ -203,14 +203,15 @@ pub fn commit(pool: &Pool, a: CommitArgs) -> Result<()> {
     Ok(())
 }
 
-/// A volume argument that names no volume but an image means the image's top volume.
-pub fn volume_or_image(pool: &Pool, v: VolRef) -> VolRef {
+/// A volume argument that names no volume but an image means the image's top volume (an image
+/// whose top is gone or is another volume now is an error, not a fall-back).
+pub fn volume_or_image(pool: &Pool, v: VolRef) -> Result<VolRef> {
     if let VolRef::Name(n) = &v {
         if pool.resolve(&v).is_err() {
-            if let Ok(Some(top)) = image::top_volume(pool, n) {
-                return VolRef::Id(top);
+            if let Some(top) = image::top_volume(pool, n)? {
+                return Ok(VolRef::Id(top));
             }
         }
     }
-    v
+    Ok(v)
 }

@@ -4,9 +4,18 @@
 //! filesystem and size it was built for), so a second image that shares layers finds them
 //! and shares their blocks. `commit` makes a stopped container's volume an image.
 //!
-//! State: `<pool>/images/<name>.json`, one durable file per image. A layer volume is complete
-//! once it is marked read-only (the last step of building it); one found unfinished (a crash
-//! mid-import) is deleted and built again by the next import that needs it.
+//! State: `<pool>/images/<name>.json`, one durable file per image, and
+//! `<pool>/images/layers/<volume id>.json`, the full chain id a layer volume was built for. A
+//! layer volume is complete once it is marked read-only (the last step of building it); one
+//! found unfinished (a crash mid-import) is deleted and built again by the next import that
+//! needs it, unless something holds it.
+//!
+//! Identity: a volume name keeps only 16 hex digits of the chain id, and a volume id is a bare
+//! number, so neither is trusted alone. A layer is reused only when its record holds the full
+//! chain id and it sits on the expected parent; a volume of that name that is another layer
+//! (the base was re-created, or a prefix collides) is left alone and the layer is built under the
+//! next free name (`...-2`, `...-3`). Image records keep each layer's volume name, and
+//! `image rm` / `run IMAGE` act on a layer's id only while the volume there still has that name.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -43,6 +52,35 @@ pub struct LayerEntry {
     pub volume: u32,
     /// False when an identical layer volume already existed and was shared.
     pub created: bool,
+    /// The layer volume's name when it was recorded (None in records made before names were
+    /// kept): an id whose volume no longer has it is not this layer any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_name: Option<String>,
+}
+
+/// Which layer a layer volume was built as (`images/layers/<id>.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct LayerRecord {
+    volume_name: String,
+    chain_id: String,
+    parent: u32,
+}
+
+/// How many names one chain id may take (`-2` ... when other layers hold the first).
+const LAYER_NAME_TRIES: u32 = 16;
+
+fn layer_record_path(pool: &Pool, id: u32) -> PathBuf {
+    images_dir(pool).join("layers").join(format!("{id}.json"))
+}
+
+/// Is volume `id` still the one `entry` recorded? Old records (no name) are taken as they are.
+fn still_layer(pool: &Pool, id: u32, volume_name: Option<&str>) -> Result<bool> {
+    let Some(want) = volume_name else { return Ok(true) };
+    match pool.resolve(&VolRef::Id(id)) {
+        Ok(r) => Ok(r.name.as_deref() == Some(want)),
+        Err(Error::NoSuchVolume { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Image names follow volume names, shorter: layer and commit volumes derive theirs from them.
@@ -132,15 +170,16 @@ pub fn import(pool: &Pool, layout: &Path, name: &str, opts: &ImportOptions, prog
     let mut parent = base.id;
     let mut layers = Vec::new();
     for l in &img.layers {
-        let vname = layer_volume_name(&l.chain_id, opts.fs, opts.size_bytes);
-        let (volume, created) = match existing_layer(pool, &vname, parent)? {
-            Some(id) => {
+        let base_name = layer_volume_name(&l.chain_id, opts.fs, opts.size_bytes);
+        let chain = l.chain_id.to_string();
+        let (volume, created, vname) = match existing_layer(pool, &base_name, &chain, parent)? {
+            Found::Layer(id, vname) => {
                 progress(l.size);
-                (id, false)
+                (id, false, vname)
             }
-            None => (build_layer(pool, &vname, parent, opts.fs, l, progress.clone())?, true),
+            Found::FreeName(vname) => (build_layer(pool, &vname, &chain, parent, opts.fs, l, progress.clone())?, true, vname),
         };
-        layers.push(LayerEntry { chain_id: Some(l.chain_id.to_string()), volume, created });
+        layers.push(LayerEntry { chain_id: Some(chain), volume, created, volume_name: Some(vname) });
         parent = volume;
     }
     let rec = ImageRecord {
@@ -157,23 +196,53 @@ pub fn import(pool: &Pool, layout: &Path, name: &str, opts: &ImportOptions, prog
     Ok(rec)
 }
 
-/// A complete layer volume of that name on top of `parent`, if there is one. An unfinished
-/// one (not read-only: the import building it died) is deleted.
-fn existing_layer(pool: &Pool, vname: &str, parent: u32) -> Result<Option<u32>> {
-    let r = match pool.resolve(&VolRef::Name(vname.to_string())) {
-        Ok(r) => r,
-        Err(Error::NoSuchVolume { .. }) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if r.read_only && r.parent == Some(parent) {
-        return Ok(Some(r.id));
-    }
-    tracing::warn!(volume = r.id, name = vname, "deleting an unfinished layer volume left by an interrupted import");
-    pool.delete(&VolRef::Id(r.id), true)?;
-    Ok(None)
+enum Found {
+    /// The complete layer volume (id, name) for this chain id on this parent.
+    Layer(u32, String),
+    /// No such volume: build it under this name.
+    FreeName(String),
 }
 
-fn build_layer(pool: &Pool, vname: &str, parent: u32, fs: Fs, l: &oci::Layer, progress: Progress) -> Result<u32> {
+/// The complete layer volume for `chain` on top of `parent`, or a free name to build it under.
+/// Under each candidate name: the layer itself is reused; an unfinished volume (not read-only:
+/// the import building it died) that nothing holds is deleted and its name taken; anything else
+/// (another layer, something held) is left alone and the next name is tried.
+fn existing_layer(pool: &Pool, base_name: &str, chain: &str, parent: u32) -> Result<Found> {
+    for n in 1..=LAYER_NAME_TRIES {
+        let vname = if n == 1 { base_name.to_string() } else { format!("{base_name}-{n}") };
+        let r = match pool.resolve(&VolRef::Name(vname.clone())) {
+            Ok(r) => r,
+            Err(Error::NoSuchVolume { .. }) => return Ok(Found::FreeName(vname)),
+            Err(e) => return Err(e),
+        };
+        let built_as: Option<LayerRecord> = read_json(&layer_record_path(pool, r.id))?;
+        let same = match &built_as {
+            Some(b) => b.chain_id == chain && b.volume_name == vname && b.parent == parent,
+            // Built before layer records were kept: the images that use it say what it is.
+            None => {
+                let uses: Vec<Option<String>> =
+                    images(pool)?.into_iter().flat_map(|i| i.layers).filter(|l| l.volume == r.id).map(|l| l.chain_id).collect();
+                !uses.is_empty() && uses.iter().all(|c| c.as_deref() == Some(chain))
+            }
+        };
+        if r.read_only && r.parent == Some(parent) && same {
+            return Ok(Found::Layer(r.id, vname));
+        }
+        let held = !crate::refs::holders(pool, r.id)?.is_empty() || pool.volumes()?.iter().any(|v| v.parent == Some(r.id));
+        if !r.read_only && !held {
+            tracing::warn!(volume = r.id, name = vname, "deleting an unfinished layer volume left by an interrupted import");
+            pool.delete(&VolRef::Id(r.id), true)?;
+            remove_durable(&layer_record_path(pool, r.id))?;
+            return Ok(Found::FreeName(vname));
+        }
+        tracing::info!(volume = r.id, name = vname, "a layer volume of this name is another layer; trying the next name");
+    }
+    Err(Error::Exists(format!(
+        "{LAYER_NAME_TRIES} layer volumes named {base_name}[-N], none of them this layer ({chain}); remove unused images (`rcx-dm image rm`)"
+    )))
+}
+
+fn build_layer(pool: &Pool, vname: &str, chain: &str, parent: u32, fs: Fs, l: &oci::Layer, progress: Progress) -> Result<u32> {
     let v = pool.snapshot_internal(None, &VolRef::Id(parent), None, Some(vname))?;
     let id = VolRef::Id(v.id);
     let built = (|| {
@@ -182,6 +251,11 @@ fn build_layer(pool: &Pool, vname: &str, parent: u32, fs: Fs, l: &oci::Layer, pr
         mount::with_mounted(&dev, fs, &mnt, |root| apply_layer(&Tree::open(root)?, l, progress))?;
         crate::pool::fault::point("import.layer")?;
         pool.deactivate_volume(&id)?;
+        // What it was built as, before the read-only mark that makes it complete.
+        let dir = images_dir(pool).join("layers");
+        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let rec = LayerRecord { volume_name: vname.to_string(), chain_id: chain.to_string(), parent };
+        write_durable(&layer_record_path(pool, v.id), &crate::pool::store::json(&rec)?)?;
         pool.set_read_only(&id, true)
     })();
     if let Err(e) = built {
@@ -204,8 +278,20 @@ pub fn commit(pool: &Pool, v: &VolRef, name: &str) -> Result<ImageRecord> {
     let rec = pool.resolve(v)?;
     let fs = super::populate::volume_fs(pool, &rec)?; // also refuses a volume in use
     let vname = format!("commit-{name}");
-    match pool.delete(&VolRef::Name(vname.clone()), true) {
-        Ok(()) => tracing::info!(volume = %vname, "removed a commit volume left by an interrupted commit"),
+    match pool.resolve(&VolRef::Name(vname.clone())) {
+        Ok(left) => {
+            // Left by an interrupted commit, or kept by `image rm` because something was made
+            // from it: only the first may go.
+            let mut held = crate::refs::holders(pool, left.id)?;
+            if pool.volumes()?.iter().any(|v| v.parent == Some(left.id)) {
+                held.push("volumes made from it".into());
+            }
+            if !held.is_empty() {
+                return Err(Error::Referenced { vol: vname, holders: held });
+            }
+            pool.delete(&VolRef::Id(left.id), true)?;
+            tracing::info!(volume = %vname, "removed a commit volume left by an interrupted commit");
+        }
         Err(Error::NoSuchVolume { .. }) => {}
         Err(e) => return Err(e),
     }
@@ -216,7 +302,7 @@ pub fn commit(pool: &Pool, v: &VolRef, name: &str) -> Result<ImageRecord> {
         return Err(e);
     }
     let mut layers = inherited_layers(pool, rec.parent)?;
-    layers.push(LayerEntry { chain_id: None, volume: snap.id, created: true });
+    layers.push(LayerEntry { chain_id: None, volume: snap.id, created: true, volume_name: Some(vname) });
     let img = ImageRecord {
         name: name.to_string(),
         fs,
@@ -259,12 +345,15 @@ pub fn remove(pool: &Pool, name: &str) -> Result<Removed> {
         Error::invalid("image", format!("no image '{name}' in pool '{}'; `rcx-dm image list` shows them", pool.name()))
     })?;
     remove_durable(&image_path(pool, name))?;
-    let others = images(pool)?;
-    let used_elsewhere = |id: u32| others.iter().any(|i| i.top == id || i.layers.iter().any(|l| l.volume == id));
     let mut out = Removed { image: name.to_string(), deleted_volumes: Vec::new(), kept_volumes: Vec::new() };
     for l in rec.layers.iter().rev() {
+        if !still_layer(pool, l.volume, l.volume_name.as_deref())? {
+            // Deleted behind the image's back, and the id perhaps given to another volume.
+            tracing::warn!(volume = l.volume, name = ?l.volume_name, "image layer volume is gone or is another volume now; left alone");
+            continue;
+        }
         let has_children = pool.volumes()?.iter().any(|v| v.parent == Some(l.volume));
-        if used_elsewhere(l.volume) || has_children {
+        if has_children || !crate::refs::holders(pool, l.volume)?.is_empty() {
             out.kept_volumes.push(l.volume);
             continue;
         }
@@ -272,6 +361,7 @@ pub fn remove(pool: &Pool, name: &str) -> Result<Removed> {
             Ok(()) | Err(Error::NoSuchVolume { .. }) => out.deleted_volumes.push(l.volume),
             Err(e) => return Err(e),
         }
+        remove_durable(&layer_record_path(pool, l.volume))?;
     }
     Ok(out)
 }
@@ -281,7 +371,17 @@ pub fn top_volume(pool: &Pool, name: &str) -> Result<Option<u32>> {
     if validate_image_name(name).is_err() {
         return Ok(None);
     }
-    Ok(image(pool, name)?.map(|i| i.top))
+    let Some(i) = image(pool, name)? else { return Ok(None) };
+    let top_name = i.layers.last().and_then(|l| l.volume_name.as_deref());
+    if !still_layer(pool, i.top, top_name)? {
+        return Err(Error::Inconsistent(format!(
+            "image '{name}' records volume {} ({}) as its top, but that volume is gone or is another one now; \
+             remove the image (`rcx-dm image rm {name}`) and import it again",
+            i.top,
+            top_name.unwrap_or("?")
+        )));
+    }
+    Ok(Some(i.top))
 }
 
 #[cfg(test)]
@@ -307,7 +407,7 @@ mod tests {
             name: "a".into(),
             fs: Fs::Xfs,
             size_bytes: 1 << 30,
-            layers: vec![LayerEntry { chain_id: Some(oci::Digest::of(b"x").to_string()), volume: 3, created: true }],
+            layers: vec![LayerEntry { chain_id: Some(oci::Digest::of(b"x").to_string()), volume: 3, created: true, volume_name: Some("layer-x".into()) }],
             top: 3,
             manifest: None,
             committed_from: Some(1),
