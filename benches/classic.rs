@@ -108,7 +108,7 @@ fn main() {
     let root = scratch.join("cbench-root");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
-    let pool = Pool::create(&root, POOL, &PoolOptions { data_size: Some(4 << 30), ..Default::default() }).expect("pool");
+    let pool = Pool::create(&root, POOL, &PoolOptions { data_size: Some(4 << 30), overcommit: true, ..Default::default() }).expect("pool");
     let c = Classic::new(&pool);
 
     // Every configuration once per round, rounds repeated: a slow spell on a shared machine

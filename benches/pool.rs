@@ -73,7 +73,7 @@ impl Env {
 
     /// Run; stdout on success, else the command line and its stderr.
     fn run(&self, exe: &Path, pool: &str, args: &[&str]) -> Result<String, String> {
-        let out = self.cmd(exe).env("RCX_DM_POOL", pool).args(args).output().map_err(|e| format!("spawn {}: {e}", exe.display()))?;
+        let out = self.cmd(exe).env("RCX_DM_POOL", pool).env("RCX_DM_OVERCOMMIT", "1").args(args).output().map_err(|e| format!("spawn {}: {e}", exe.display()))?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -335,7 +335,7 @@ fn main() {
                     sleep(Duration::from_millis(500));
                     // What auto-extend runs: `pool monitor` and serve call the library in-process.
                     let lib = window(epoch, || {
-                        let req = ExtendRequest { data: Some(SizeChange::By(G)), meta: None };
+                        let req = ExtendRequest { data: Some(SizeChange::By(G)), meta: None, overcommit: true };
                         lib_pool.extend(&req).expect("Pool::extend +1G");
                     });
                     vec![noflush, flush, lib]

@@ -35,7 +35,7 @@ impl Env {
         let out = Command::new(&self.rcx)
             .env("LD_LIBRARY_PATH", &self.lib)
             .env("RCX_DM_ROOT", &self.root)
-            .env("RCX_DM_POOL", POOL)
+            .env("RCX_DM_POOL", POOL).env("RCX_DM_OVERCOMMIT", "1")
             .args(args)
             .output()
             .expect("spawn rcx-dm");

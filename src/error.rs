@@ -59,6 +59,9 @@ pub enum Error {
     #[error("volume {vol} is still used by {}; remove those first (nothing was deleted)", holders.join(", "))]
     Referenced { vol: String, holders: Vec<String> },
 
+    #[error("the pool's sparse files would need {need} at full size but the host filesystem under {dir} has {free} free: a pool that outgrows its host gets EIO and the kernel fails it. Ask for less ({hint}; auto-extend grows the pool as it fills), free some space, or pass --overcommit (RCX_DM_OVERCOMMIT=1) to accept the risk and watch the host's free space in `rcx-dm pool status`")]
+    HostOvercommit { need: String, free: String, dir: PathBuf, hint: String },
+
     #[error("state store and kernel disagree: {0}")]
     Inconsistent(String),
 

@@ -144,3 +144,21 @@ fn day2_arguments_that_make_no_sense_are_refused_before_touching_anything() {
     assert_refused(&["trim", "0", "--all"], "cannot be used with");
     assert_refused(&["thin", "resize", "0", "--size", "1000"], "multiple of 512");
 }
+
+/// `RCX_DM_OVERCOMMIT` takes what scripts write (1/0, true/false), like the flag itself; a
+/// value clap refuses would be a usage error (exit 2) before anything else is looked at.
+#[test]
+fn overcommit_from_the_environment_parses_like_the_flag() {
+    let root = tempfile::tempdir().unwrap();
+    for v in ["1", "0", "true", "false", "yes", "no"] {
+        let o = Command::new(BIN)
+            // A block size the kernel refuses: stopped before device-mapper is touched.
+            .args(["pool", "create", "--data-size", "1G", "--block-size", "96K"])
+            .env("RCX_DM_ROOT", root.path())
+            .env("RCX_DM_OVERCOMMIT", v)
+            .output()
+            .unwrap();
+        assert_ne!(o.status.code(), Some(2), "RCX_DM_OVERCOMMIT={v}: {}", stderr(&o));
+        assert!(stderr(&o).contains("block size"), "RCX_DM_OVERCOMMIT={v}: {}", stderr(&o));
+    }
+}

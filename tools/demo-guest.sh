@@ -50,7 +50,7 @@ mkdir -p "$mnt"
 cleanup() { umount "$mnt" 2>/dev/null || true; "$RCX_DM" pool destroy --force 2>/dev/null || true; }
 trap 'cleanup; [[ -n "${demo_tmp:-}" ]] && rm -rf "$demo_tmp"' EXIT
 step "a thin pool: 100G sparse data, 1G metadata, loop devices, thin-pool target" \
-  "$RCX_DM" pool create --data-size 100G --meta-size 1G
+  "$RCX_DM" pool create --data-size 100G --meta-size 1G --overcommit
 step "a 1G thin volume, id 0" "$RCX_DM" thin create 0 --size 1G
 step "an ext4 filesystem on it, and a file" bash -c \
   "mkfs.ext4 -q /dev/mapper/demo-0 && mount /dev/mapper/demo-0 $mnt && echo 'written in 0' > $mnt/first && umount $mnt"

@@ -73,7 +73,8 @@ impl Scenario {
 
     pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut c = Command::new(bin());
-        c.args(args).env("RCX_DM_ROOT", &self.root).env("RCX_DM_POOL", &self.pool);
+        // Test pools are sparse files far larger than the VM's small scratch tmpfs, on purpose.
+        c.args(args).env("RCX_DM_ROOT", &self.root).env("RCX_DM_POOL", &self.pool).env("RCX_DM_OVERCOMMIT", "1");
         for (k, v) in env {
             c.env(k, v);
         }

@@ -40,7 +40,7 @@ impl Ctrd {
         let serve = Command::new(tools.bin("rcx-dm"))
             .args(["serve", "--socket", serve_sock.to_str().unwrap(), "--size", &g.base_bytes.to_string()])
             .env("RCX_DM_ROOT", root)
-            .env("RCX_DM_POOL", pool)
+            .env("RCX_DM_POOL", pool).env("RCX_DM_OVERCOMMIT", "1")
             .env("LD_LIBRARY_PATH", &tools.lib_dir)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())

@@ -158,6 +158,7 @@ fn main() {
         data_size: Some(g.data_bytes),
         meta_size: Some(g.meta_bytes),
         block_size: g.block_bytes,
+        overcommit: true,
         ..Default::default()
     };
     let pool = Pool::create(&root, POOL, &opts).expect("pool create");

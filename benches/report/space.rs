@@ -62,7 +62,7 @@ pub fn rcx(cli: &RcxCli, tools: &Tools, root: &Path, pool: &str, img: &Image, n:
     let out = Command::new(tools.bin("rcx-dm"))
         .args(["image", "import", img.layout.to_str().unwrap(), "--name", "rcxbench", "--size", "1G"])
         .env("RCX_DM_ROOT", root)
-        .env("RCX_DM_POOL", pool)
+        .env("RCX_DM_POOL", pool).env("RCX_DM_OVERCOMMIT", "1")
         .env("LD_LIBRARY_PATH", &tools.lib_dir)
         .output()
         .unwrap();
@@ -176,7 +176,7 @@ pub fn run(tools: &Tools, root: &Path, pool: &str, c: &Ctrd, ctrs: &[&CtrSystem]
         let out = Command::new(tools.bin("rcx-dm"))
             .args(["run", "--rm", "--timings", "rcxbench", "--", "/bin/true"])
             .env("RCX_DM_ROOT", root)
-            .env("RCX_DM_POOL", pool)
+            .env("RCX_DM_POOL", pool).env("RCX_DM_OVERCOMMIT", "1")
             .env("LD_LIBRARY_PATH", &tools.lib_dir)
             .output()
             .unwrap();

@@ -78,7 +78,7 @@ impl RcxCli {
             .args(args)
             .env("LD_LIBRARY_PATH", &self.tools.lib_dir)
             .env("RCX_DM_ROOT", &self.root)
-            .env("RCX_DM_POOL", &self.pool)
+            .env("RCX_DM_POOL", &self.pool).env("RCX_DM_OVERCOMMIT", "1")
             .output()
             .expect("spawn rcx-dm");
         let ms = ms_since(t);

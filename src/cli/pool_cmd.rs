@@ -40,6 +40,10 @@ pub(crate) enum PoolCmd {
         /// Queue writes for up to 60 s when the pool is full instead of failing them at once.
         #[arg(long)]
         queue_if_no_space: bool,
+        /// Allow sparse files larger than the host filesystem's free space (writes past it fail
+        /// and the kernel fails the pool).
+        #[arg(long, env = "RCX_DM_OVERCOMMIT", value_parser = clap::builder::FalseyValueParser::new())]
+        overcommit: bool,
         #[command(flatten)]
         auto: AutoextendArgs,
     },
@@ -58,6 +62,9 @@ pub(crate) enum PoolCmd {
         /// New metadata size, or +SIZE to add (a multiple of 4K, at most the kernel's ~16G).
         #[arg(long, value_parser = change_arg)]
         meta_size: Option<SizeChange>,
+        /// Allow sparse files larger than the host filesystem's free space.
+        #[arg(long, env = "RCX_DM_OVERCOMMIT", value_parser = clap::builder::FalseyValueParser::new())]
+        overcommit: bool,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -179,14 +186,14 @@ fn duration_arg(s: &str) -> std::result::Result<std::time::Duration, String> {
         (t, 1000)
     };
     match num.trim().parse::<u64>() {
-        Ok(n) if n > 0 => Ok(std::time::Duration::from_millis(n * scale)),
+        Ok(n) if n > 0 => n.checked_mul(scale).map(std::time::Duration::from_millis).ok_or_else(|| format!("'{s}' is too long")),
         _ => Err(format!("'{s}'; use e.g. 10s, 500ms, 1m")),
     }
 }
 
 pub(crate) fn run(root: &Path, name: &str, cmd: PoolCmd) -> Result<()> {
     match cmd {
-        PoolCmd::Create { data_size, meta_size, block_size, low_water, data_dev, meta_dev, no_zero, queue_if_no_space, auto } => {
+        PoolCmd::Create { data_size, meta_size, block_size, low_water, data_dev, meta_dev, no_zero, queue_if_no_space, overcommit, auto } => {
             let meta_size = match meta_size.as_str() {
                 "auto" => None,
                 s => Some(parse_size(s).context("--meta-size")?),
@@ -201,6 +208,7 @@ pub(crate) fn run(root: &Path, name: &str, cmd: PoolCmd) -> Result<()> {
                 zero_new_blocks: !no_zero,
                 error_if_no_space: !queue_if_no_space,
                 autoextend: auto.apply(Autoextend::default()),
+                overcommit,
             };
             let p = Pool::create(root, name, &opts)?;
             let c = p.config();
@@ -235,9 +243,9 @@ pub(crate) fn run(root: &Path, name: &str, cmd: PoolCmd) -> Result<()> {
             classic::deactivate(&p)?;
             Ok(p.deactivate()?)
         }
-        PoolCmd::Extend { data_size, meta_size, out } => {
+        PoolCmd::Extend { data_size, meta_size, overcommit, out } => {
             let p = Pool::open(root, name)?;
-            let r = p.extend(&ExtendRequest { data: data_size, meta: meta_size })?;
+            let r = p.extend(&ExtendRequest { data: data_size, meta: meta_size, overcommit })?;
             if out.json {
                 return print_json(&r);
             }
@@ -329,6 +337,11 @@ fn status(root: &Path, name: &str, o: JsonFlag) -> Result<()> {
     println!("active:      {}", s.active);
     println!("volumes:     {}", s.volumes);
     println!("block size:  {}", format_size(s.block_bytes));
+    if let (Some(free), Some(used)) = (s.host_free_bytes, s.host_allocated_bytes) {
+        let full = s.data_bytes + s.meta_bytes;
+        let short = if full.saturating_sub(used) > free { " (overcommitted: the files cannot reach full size)" } else { "" };
+        println!("host:        {} free; the sparse files use {} of their {}{short}", format_size(free), format_size(used), format_size(full));
+    }
     if let Some(w) = &s.kernel_failed {
         println!("mode:        FAILED (the kernel reports '{w}'): fix the device, then `rcx-dm pool deactivate`, `pool check`, `pool repair`");
     }

@@ -12,6 +12,8 @@
 //! sizes last; until then the intent's sizes win (`activate` finishes the extend before it loads
 //! the table, because the kernel refuses a table shorter than its metadata's data size).
 
+use std::path::Path;
+
 use serde::Serialize;
 
 use super::store::{Backing, ExtendIntent, PoolConfig};
@@ -47,6 +49,8 @@ impl std::str::FromStr for SizeChange {
 pub struct ExtendRequest {
     pub data: Option<SizeChange>,
     pub meta: Option<SizeChange>,
+    /// Allow sparse files larger than the host filesystem can back (see `HostOvercommit`).
+    pub overcommit: bool,
 }
 
 /// Sizes before and after.
@@ -96,7 +100,9 @@ impl Pool {
         if new_data == c.data_bytes && new_meta == c.meta_bytes {
             return Ok(out);
         }
-        warn_if_host_short(&c, new_data, new_meta);
+        if !req.overcommit {
+            self.check_host_room_for(&c, new_data, new_meta)?;
+        }
         let intent = ExtendIntent { old_data_bytes: c.data_bytes, new_data_bytes: new_data, old_meta_bytes: c.meta_bytes, new_meta_bytes: new_meta };
         self.store.put_extend_intent(&intent)?;
         if let Err(e) = fault::point("extend.intent").and_then(|_| self.extend_steps(&dm, &intent, true)) {
@@ -274,21 +280,49 @@ fn target_size(b: &Backing, current: u64, change: Option<SizeChange>, default_al
 }
 
 /// A sparse file promises space the host filesystem must deliver later: say so when it cannot.
-fn warn_if_host_short(c: &PoolConfig, new_data: u64, new_meta: u64) {
-    for (b, new) in [(&c.data, new_data), (&c.meta, new_meta)] {
-        if let Backing::File(p) = b {
-            if let Some(h) = host_space(p) {
-                if new.saturating_sub(h.allocated) > h.available {
-                    tracing::warn!(
-                        file = %p.display(),
-                        "{} is more than the host filesystem can back ({} free); writes will fail with ENOSPC on the host before the pool is full",
-                        format_size(new),
-                        format_size(h.available)
-                    );
-                }
+impl Pool {
+    /// Refuse sizes the host filesystem cannot back: both files (they share the pool's
+    /// directory) at full size, less what they already occupy, must fit in its free space.
+    fn check_host_room_for(&self, c: &PoolConfig, new_data: u64, new_meta: u64) -> Result<()> {
+        let (mut need, mut allocated) = (0, 0);
+        for (b, new) in [(&c.data, new_data), (&c.meta, new_meta)] {
+            if let Backing::File(p) = b {
+                need += new;
+                allocated += host_space(p).map_or(0, |h| h.allocated);
             }
         }
+        check_host_room(self.dir(), need, allocated, new_data, c.block_bytes)
     }
+}
+
+/// `need` bytes of sparse files, `allocated` of which the host already holds, against the free
+/// space of the filesystem holding `dir` (or its nearest existing parent).
+pub(crate) fn check_host_room(dir: &Path, need: u64, allocated: u64, data_bytes: u64, block: u64) -> Result<()> {
+    if need == 0 {
+        return Ok(());
+    }
+    let Some(free) = host_free(dir) else { return Ok(()) };
+    if need.saturating_sub(allocated) <= free {
+        return Ok(());
+    }
+    // A data size that would fit, keeping a quarter of the free space for the metadata and
+    // everything else on that filesystem.
+    let fits = (free.saturating_add(allocated) / 4 * 3).saturating_sub(need - data_bytes) / block * block;
+    let hint = if fits >= block { format!("e.g. --data-size {}", format_size(fits)) } else { "no size fits".into() };
+    Err(Error::HostOvercommit { need: format_size(need), free: format_size(free), dir: dir.to_path_buf(), hint })
+}
+
+/// Free bytes (f_bavail, what df shows) of the filesystem holding `dir` or its nearest
+/// existing ancestor.
+pub(crate) fn host_free(dir: &Path) -> Option<u64> {
+    let mut d = Some(dir);
+    while let Some(p) = d {
+        if let Ok(v) = nix::sys::statvfs::statvfs(p) {
+            return Some(v.blocks_available() as u64 * v.fragment_size() as u64);
+        }
+        d = p.parent();
+    }
+    None
 }
 
 /// A sparse backing file's host-side figures.

@@ -58,6 +58,8 @@ pub struct PoolOptions {
     pub zero_new_blocks: bool,
     pub error_if_no_space: bool,
     pub autoextend: Autoextend,
+    /// Allow sparse files larger than the host filesystem's free space (see `HostOvercommit`).
+    pub overcommit: bool,
 }
 
 impl Default for PoolOptions {
@@ -72,6 +74,7 @@ impl Default for PoolOptions {
             zero_new_blocks: true,
             error_if_no_space: true,
             autoextend: Autoextend::default(),
+            overcommit: false,
         }
     }
 }
@@ -130,6 +133,10 @@ pub struct PoolStatus {
     pub kernel: Option<ThinPoolStatus>,
     /// Set when the kernel failed the live pool (`Fail` or `Error`); `kernel` is then None.
     pub kernel_failed: Option<String>,
+    /// Free space of the host filesystem holding the sparse files (None for block devices).
+    pub host_free_bytes: Option<u64>,
+    /// What the sparse files occupy on the host now (they grow up to data + metadata size).
+    pub host_allocated_bytes: Option<u64>,
 }
 
 pub struct Pool {
@@ -500,6 +507,10 @@ impl Pool {
             None => (None, None),
         };
         let c = &self.fresh_config()?;
+        let files: Vec<&Path> = [&c.data, &c.meta].into_iter().filter_map(|b| if let Backing::File(p) = b { Some(p.as_path()) } else { None }).collect();
+        let host_free_bytes = files.first().and_then(|p| extend::host_free(p));
+        let host_allocated_bytes =
+            (!files.is_empty()).then(|| files.iter().map(|p| extend::host_space(p).map_or(0, |h| h.allocated)).sum());
         let free = |used: u64, total: u64| if total == 0 { 0.0 } else { ((total - used.min(total)) as f64 * 1000.0 / total as f64).round() / 10.0 };
         Ok(PoolStatus {
             name: self.name.clone(),
@@ -515,6 +526,8 @@ impl Pool {
             discard_on_delete: c.discard_on_delete,
             kernel,
             kernel_failed,
+            host_free_bytes,
+            host_allocated_bytes,
         })
     }
 }
@@ -560,6 +573,11 @@ fn plan(name: &str, dir: &Path, opts: &PoolOptions) -> Result<PoolConfig> {
         Backing::File(_) => Backing::File(dir.join("meta.img")),
         m => m,
     };
+    if !opts.overcommit {
+        let files = [(&data, data_bytes), (&meta, meta_bytes)];
+        let need: u64 = files.iter().filter(|(b, _)| matches!(b, Backing::File(_))).map(|(_, n)| *n).sum();
+        extend::check_host_room(dir, need, 0, data_bytes, opts.block_size)?;
+    }
     let blocks = data_bytes / opts.block_size;
     Ok(PoolConfig {
         name: name.into(),

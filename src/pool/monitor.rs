@@ -143,7 +143,9 @@ impl Pool {
             return Ok(Decision::Idle);
         }
         let (data_cap, meta_cap) = caps(&c)?;
-        let mut req = ExtendRequest::default();
+        // The host-space rule here is `caps` (free space less --host-reserve, past what is
+        // promised already), not extend's own check.
+        let mut req = ExtendRequest { overcommit: true, ..Default::default() };
         let mut at_limit = false;
         for (hot, what, cur, cap, unit, slot) in [
             (data_hot, "data", c.data_bytes, data_cap, c.block_bytes, &mut req.data),
