@@ -864,17 +864,8 @@ fn open_regular(dir: &Path, rel: &Path, what: &str) -> Result<Option<(File, u64)
     use nix::sys::stat::{fstat, Mode};
     let full = dir.join(rel);
     let ctx = || format!("opening {what} at {}", full.display());
-    let retry = |f: &mut dyn FnMut() -> nix::Result<std::os::fd::OwnedFd>| {
-        let mut again = 0;
-        loop {
-            match f() {
-                Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) if again < 16 => again += 1,
-                r => return r,
-            }
-        }
-    };
-    let dirfd = retry(&mut || nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()))
+    use super::tree::retry;
+    let dirfd = retry(|| nix::fcntl::open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()))
         .map_err(io::Error::from)
         .ctx(|| format!("opening the image layout directory {}", dir.display()))?;
     let resolve = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS;
@@ -898,7 +889,7 @@ fn open_regular(dir: &Path, rel: &Path, what: &str) -> Result<Option<(File, u64)
             ),
         )
     };
-    let probe = match retry(&mut || openat2(dirfd.as_fd(), rel, how(OFlag::O_PATH))) {
+    let probe = match retry(|| openat2(dirfd.as_fd(), rel, how(OFlag::O_PATH))) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(None),
         Err(Errno::EXDEV) => {
@@ -913,7 +904,7 @@ fn open_regular(dir: &Path, rel: &Path, what: &str) -> Result<Option<(File, u64)
     if let Some(k) = kind(st.st_mode) {
         return Err(refuse(k));
     }
-    let fd = retry(&mut || openat2(dirfd.as_fd(), rel, how(OFlag::O_RDONLY | OFlag::O_NONBLOCK)))
+    let fd = retry(|| openat2(dirfd.as_fd(), rel, how(OFlag::O_RDONLY | OFlag::O_NONBLOCK)))
         .map_err(io::Error::from)
         .ctx(ctx)?;
     let st2 = fstat(fd.as_fd()).map_err(io::Error::from).ctx(ctx)?;

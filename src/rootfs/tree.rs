@@ -119,7 +119,7 @@ pub fn relative(path: &Path) -> Result<PathBuf> {
 
 /// Retries a syscall interrupted by a signal, and openat2's EAGAIN (a concurrent rename
 /// raced an in-root lookup).
-fn retry<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
+pub(crate) fn retry<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
     let mut again = 0;
     loop {
         match f() {
