@@ -162,6 +162,10 @@ fn integrity_dm_names_are_unique_across_pools_and_foreign_devices_are_never_adop
     assert!(err.contains("1 volume(s), but 1 could not be activated") && err.contains("volume 1"), "{err}");
     assert_eq!(thin_target(2), "thin", "volume 2 was left down");
     assert_eq!(thin_target(1), "error");
+    // Listing still works, showing volume 1 inactive.
+    let vols = volume_list(&a);
+    let one = vols.as_array().unwrap().iter().find(|v| v["id"] == 1).unwrap();
+    assert_eq!(one["active"], false, "{one}");
     dm.remove(&a.dm_name(1)).unwrap();
     a.ok(&["activate", "1"]);
     assert_eq!(thin_target(1), "thin");

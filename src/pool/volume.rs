@@ -311,6 +311,7 @@ impl Pool {
     pub(crate) fn remove_thin_device(&self, dm: &Dm, id: u32) -> Result<()> {
         let name = self.thin_dm_name(id);
         if self.thin_device(dm, id)?.is_none() {
+            dm::node::remove(&name); // a stale link, if any
             return Ok(());
         }
         dm.remove(&name).map_err(|e| busy_or(e, &format!("volume {id} ({})", dm::node::mapper_path(&name).display())))?;
@@ -477,7 +478,16 @@ impl Pool {
     /// (activation makes it).
     fn volume_view(&self, dm: &Dm, r: &VolumeRecord) -> Result<Volume> {
         let name = self.thin_dm_name(r.id);
-        let Some(info) = self.thin_device(dm, r.id)? else { return Ok(inactive_view(r)) };
+        let info = match self.thin_device(dm, r.id) {
+            Ok(Some(i)) => i,
+            Ok(None) => return Ok(inactive_view(r)),
+            // Listing still works: the volume is not active; `activate` says why.
+            Err(e @ Error::ForeignDevice { .. }) => {
+                tracing::warn!(id = r.id, "{e}");
+                return Ok(inactive_view(r));
+            }
+            Err(e) => return Err(e),
+        };
         let lines = match dm.status_if_present(&name)? {
             Some(l) if info.live_table && !l.is_empty() => l,
             _ => return Ok(inactive_view(r)),
