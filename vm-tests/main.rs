@@ -17,3 +17,7 @@ mod space;
 mod health;
 mod integrity;
 mod hostile;
+mod logwrites;
+mod powerloss;
+mod grpc;
+mod soak;

@@ -407,6 +407,11 @@ impl Pool {
             }
         };
         self.recover_locked(&dm)?;
+        // A crash or power cut between a temp file's write and its rename leaves the temp.
+        let stale = store::remove_stale_temps(self.dir())?;
+        if stale > 0 {
+            tracing::info!(stale, "removed the temp files of interrupted writes");
+        }
         let mut n = 0;
         // One volume that cannot come up (a foreign device at its name, a bad table) does not
         // keep the others down; damaged metadata does (`activate_thin_error` tears down).

@@ -36,6 +36,23 @@ impl Pool {
         self.recover_locked(dm)
     }
 
+    /// Like `recover_if_pending`, but an interrupted volume operation that cannot be recovered
+    /// now (the pool is inactive) is an error (PoolInactive): for callers that must see its
+    /// outcome before they look volumes up by name.
+    pub(crate) fn recover_pending_or_fail(&self, dm: &Dm) -> Result<()> {
+        if self.store.intent()?.is_none() {
+            return Ok(());
+        }
+        let _l = self.lock()?;
+        if self.pool_device(dm)?.is_none() {
+            return match self.store.intent()? {
+                Some(_) => Err(Error::PoolInactive(self.name.clone())),
+                None => Ok(()),
+            };
+        }
+        self.recover_locked(dm)
+    }
+
     fn recover_steps(&self, dm: &Dm, faults: bool) -> Result<()> {
         let point = |step: &str| if faults { fault::point(step) } else { Ok(()) };
         if let Some(e) = self.store.extend_intent()? {

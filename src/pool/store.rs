@@ -299,6 +299,56 @@ pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new("/")))
 }
 
+/// Remove the temp files (`*.tmp.<pid>`: `write_durable`, `claim_name`) of writes that a crash
+/// or a power cut interrupted, in `dir` and below: those whose process is gone. A live
+/// process's temp is a write in progress and stays. Returns how many went.
+pub(crate) fn remove_stale_temps(dir: &Path) -> Result<usize> {
+    use std::os::unix::fs::MetadataExt;
+    match fs::metadata(dir) {
+        Ok(m) => remove_stale_temps_on(dir, m.dev()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).ctx(|| format!("reading {}", dir.display())),
+    }
+}
+
+/// The walk stays on `dev`: a filesystem mounted inside the store (a volume being populated
+/// or trimmed) is not the store's.
+fn remove_stale_temps_on(dir: &Path, dev: u64) -> Result<usize> {
+    use std::os::unix::fs::MetadataExt;
+    let mut n = 0;
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).ctx(|| format!("reading {}", dir.display())),
+    };
+    for e in entries {
+        let e = e.ctx(|| format!("reading {}", dir.display()))?;
+        let p = e.path();
+        // file_type does not follow symlinks: a link out of the store is never walked.
+        if e.file_type().ctx(|| format!("reading {}", p.display()))?.is_dir() {
+            if e.metadata().is_ok_and(|m| m.dev() == dev) {
+                n += remove_stale_temps_on(&p, dev)?;
+            }
+            continue;
+        }
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.rsplit_once(".tmp.")).map(|(_, pid)| pid.to_string()) else {
+            continue;
+        };
+        let alive = pid.parse::<u32>().is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            match fs::remove_file(&p) {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e).ctx(|| format!("removing {}", p.display())),
+            }
+        }
+    }
+    if n > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(n)
+}
+
 pub(crate) fn remove_durable(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("/"))),
@@ -317,6 +367,32 @@ mod tests {
 
     fn rec(id: u32) -> VolumeRecord {
         VolumeRecord { id, name: None, parent: None, size_bytes: 1 << 30, txid: 1, autoactivate: true, read_only: false }
+    }
+
+    /// Issue 13, power loss: a cut between a temp file's fsync and its rename leaves
+    /// `*.tmp.<pid>` files that no later command removed.
+    #[test]
+    fn stale_temps_of_dead_processes_go_at_any_depth_and_live_ones_stay() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path().join("p"));
+        s.init().unwrap();
+        s.put_volume(&rec(1)).unwrap();
+        let dead_top = d.path().join("p/intent.tmp.4294967295");
+        let dead_deep = d.path().join("p/volumes/2.tmp.4294967295");
+        let live = d.path().join(format!("p/volumes/3.tmp.{}", std::process::id()));
+        for f in [&dead_top, &dead_deep, &live] {
+            fs::write(f, b"{").unwrap();
+        }
+        // A link out of the store is not walked.
+        let outside = tempfile::tempdir().unwrap();
+        let foreign = outside.path().join("x.tmp.4294967295");
+        fs::write(&foreign, b"").unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("p/elsewhere")).unwrap();
+        assert_eq!(remove_stale_temps(&d.path().join("p")).unwrap(), 2);
+        assert!(!dead_top.exists() && !dead_deep.exists());
+        assert!(live.exists() && foreign.exists());
+        assert_eq!(s.volumes().unwrap(), vec![rec(1)]);
+        assert_eq!(remove_stale_temps(&d.path().join("missing")).unwrap(), 0);
     }
 
     #[test]

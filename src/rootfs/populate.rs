@@ -124,6 +124,12 @@ pub fn mountpoint(pool: &Pool) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// The scratch volume a populate of volume `id` fills (left behind if it is killed; the next
+/// populate of the volume, or its delete, removes it).
+pub fn scratch_name(id: u32) -> String {
+    format!("populate-{id}")
+}
+
 /// `rcx-dm populate`: make the volume's content equal to `source`, all or nothing (see the
 /// module comment). The volume must hold a filesystem and not be in use.
 pub fn populate(pool: &Pool, v: &VolRef, source: &Source, progress: Progress) -> Result<PopulateReport> {
@@ -133,7 +139,7 @@ pub fn populate(pool: &Pool, v: &VolRef, source: &Source, progress: Progress) ->
     writable(&rec, v)?;
     let fs = volume_fs(pool, &rec)?;
     phase("probed");
-    let scratch_name = format!("populate-{}", rec.id);
+    let scratch_name = scratch_name(rec.id);
     match pool.delete(&VolRef::Name(scratch_name.clone()), true) {
         Ok(()) => tracing::info!(scratch = %scratch_name, "removed a scratch volume left by an interrupted populate"),
         Err(Error::NoSuchVolume { .. }) => {}

@@ -147,6 +147,13 @@ pub fn cleanup(pool: &Pool, rec: &RunRecord, dir: &Path) -> Result<()> {
     if rootfs::mountinfo()?.iter().any(|m| m.mount_point == root) {
         let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
     }
+    // A run killed while its snapshot was being made leaves that snapshot to the pool's
+    // pending intent: recover it first, or the snapshot would be recorded after this cleanup
+    // (found by name: not yet) and never deleted (the soak found such `run-*` volumes). While
+    // the pool is inactive the record waits for `pool activate`.
+    if rec.snapshot.is_some() {
+        pool.recover_pending_or_fail(&crate::dm::Dm::open()?)?;
+    }
     // Only a snapshot of the run's volume is the run's (a name alone could be someone else's).
     let ours = |name: &str| pool.resolve(&VolRef::Name(name.to_string())).is_ok_and(|v| v.parent == Some(rec.volume));
     if let Some(name) = rec.snapshot.as_deref().filter(|n| ours(n)) {

@@ -286,9 +286,19 @@ impl Service {
         match self.pool.delete(&VolRef::Name(rec.volume.clone()), true) {
             Ok(()) | Err(Error::NoSuchVolume { .. }) => {}
             Err(e) => {
-                let _g = self.lock();
-                let _ = self.store.put(&Record { state: State::Ready, ..rec });
-                return Err(status(e));
+                // A delete that fails after its intent was recorded is still finished (rolled
+                // forward before the error returns): then the snapshot is gone, and a record put
+                // back to ready would name a volume that no longer exists.
+                match self.pool.resolve(&VolRef::Name(rec.volume.clone())) {
+                    Err(Error::NoSuchVolume { .. }) => {
+                        tracing::warn!(key, error = %e, "the volume's delete reported an error but went through; the snapshot is removed");
+                    }
+                    _ => {
+                        let _g = self.lock();
+                        let _ = self.store.put(&Record { state: State::Ready, ..rec });
+                        return Err(status(e));
+                    }
+                }
             }
         }
         let _g = self.lock();

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::pool::store::{read_json, remove_durable, write_durable};
+use crate::pool::store::{read_json, remove_durable, remove_stale_temps, write_durable};
 use crate::rootfs::fs::Fs;
 
 /// Pool volume names made by serve start with this; a volume with it and no record is an orphan.
@@ -130,19 +130,7 @@ impl SnapStore {
     /// Remove the temp files of writes a crash interrupted: those of processes that are gone
     /// (`write_durable` names them `*.tmp.<pid>`). Called by serve at start-up, under its lock.
     pub fn remove_stale_temps(&self) -> Result<usize> {
-        let dir = self.dir.join("snapshots");
-        let mut n = 0;
-        for e in std::fs::read_dir(&dir).ctx(|| format!("reading {}", dir.display()))? {
-            let p = e.ctx(|| format!("reading {}", dir.display()))?.path();
-            let Some(pid) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.rsplit_once(".tmp.")).map(|(_, pid)| pid.to_string()) else {
-                continue;
-            };
-            let alive = pid.parse::<u32>().is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-            if !alive && std::fs::remove_file(&p).is_ok() {
-                n += 1;
-            }
-        }
-        Ok(n)
+        remove_stale_temps(&self.dir.join("snapshots"))
     }
 
     /// Every record (reads the whole directory: List, Remove's child check, reconcile).

@@ -1,0 +1,409 @@
+//! Power loss, the xfstests way: the state store (RCX_DM_ROOT, an ext4) and with it the pool's
+//! metadata and data files sit on one dm-log-writes device, so the log holds every write of a
+//! run of operations in the order it reached stable storage. The log is then replayed onto a
+//! fresh file, and at every FLUSH/FUA entry (each a moment the power could have gone with all
+//! logged writes durable) the replayed disk is checked through a throwaway snapshot: it mounts,
+//! thin_check is clean, `pool activate` succeeds, the store and the kernel agree, nothing
+//! half-made is left, and every operation that returned before the moment is there with its
+//! content. One log device for everything gives one global order; two logs could not be cut
+//! at the same instant.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::common::*;
+use crate::logwrites::Log;
+
+const STORE_BYTES: u64 = 1 << 30;
+const LOG_BYTES: u64 = 3 << 30;
+const COW_BYTES: u64 = 1 << 30;
+const DATA0_LEN: usize = 4 << 20;
+
+/// What a volume must hold once the operation that gave it that content has returned.
+#[derive(Clone, PartialEq, Debug)]
+enum Content {
+    /// sha256 of the first `len` bytes of the device.
+    Bytes { len: usize, sha: [u8; 32] },
+    /// The volume's filesystem holds `path` with these bytes.
+    File { path: &'static str, data: Vec<u8> },
+}
+
+fn bytes(data: &[u8]) -> Content {
+    Content::Bytes { len: data.len(), sha: Sha256::digest(data).into() }
+}
+
+/// The store after an operation returned: volume id -> name, and the contents known.
+#[derive(Clone, Debug, Default)]
+struct State {
+    op: String,
+    volumes: BTreeMap<u32, String>,
+    contents: BTreeMap<u32, Content>,
+}
+
+/// Everything the test set up outside a Scenario, torn down in reverse on drop, pass or fail.
+struct Rig {
+    tag: String,
+    files: Vec<PathBuf>,
+    dms: Vec<String>,
+    mounts: Vec<PathBuf>,
+}
+
+impl Rig {
+    fn file(&mut self, name: &str, bytes: u64) -> (PathBuf, PathBuf) {
+        let file = scratch().join(format!("{}-{name}.img", self.tag));
+        let _ = std::fs::remove_file(&file);
+        rcx_dm::loopback::create_sparse(&file, bytes).expect("sparse file");
+        let dev = rcx_dm::loopback::attach(&file).expect("attach loop");
+        self.files.push(file.clone());
+        (file, dev)
+    }
+
+    fn dm_create(&mut self, name: &str, table: &str) -> PathBuf {
+        // No udev in the guest: dmsetup makes the /dev/mapper node itself (--verifyudev).
+        sh(&format!("dmsetup create --verifyudev {name} --table '{table}'"));
+        self.dms.push(name.to_string());
+        PathBuf::from(format!("/dev/mapper/{name}"))
+    }
+
+    fn dm_remove(&mut self, name: &str) {
+        sh(&format!("dmsetup remove --verifyudev {name}"));
+        self.dms.retain(|d| d != name);
+    }
+
+    fn mount(&mut self, dev: &Path, dir: &Path, flags: nix::mount::MsFlags, data: Option<&str>) -> Result<(), String> {
+        std::fs::create_dir_all(dir).expect("mount point");
+        nix::mount::mount(Some(dev), dir, Some("ext4"), flags, data).map_err(|e| format!("mounting {} on {}: {e}", dev.display(), dir.display()))?;
+        self.mounts.push(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn umount(&mut self, dir: &Path) {
+        umount(dir).unwrap_or_else(|e| panic!("umount {}: {e}", dir.display()));
+        self.mounts.retain(|m| m != dir);
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for m in self.mounts.drain(..).rev() {
+            let _ = umount(&m);
+        }
+        for d in self.dms.drain(..).rev() {
+            let _ = Command::new("dmsetup").args(["remove", &d]).output();
+        }
+        for f in self.files.drain(..).rev() {
+            let _ = rcx_dm::loopback::detach(&f);
+            let _ = std::fs::remove_file(&f);
+        }
+    }
+}
+
+/// Run one operation, then record the store's state after it and mark the log.
+fn step(s: &Scenario, lw: &str, states: &mut Vec<State>, op: &str, contents: &[(u32, Content)], f: &dyn Fn()) {
+    f();
+    let list = s.json(&["list", "--json"]);
+    let volumes = list
+        .as_array()
+        .expect("list --json gives an array")
+        .iter()
+        .map(|v| (v["id"].as_u64().expect("id") as u32, v["name"].as_str().unwrap_or("").to_string()))
+        .collect::<BTreeMap<_, _>>();
+    let mut contents_now = states.last().map(|p| p.contents.clone()).unwrap_or_default();
+    contents_now.retain(|id, _| volumes.contains_key(id));
+    contents_now.extend(contents.iter().cloned());
+    states.push(State { op: op.to_string(), volumes, contents: contents_now });
+    mark(lw, &format!("op:{op}"));
+}
+
+fn mark(lw: &str, text: &str) {
+    sh(&format!("dmsetup message {lw} 0 mark {text}"));
+}
+
+/// Write `data` at the start of `dev` and make it durable (a flush through the thin device
+/// commits the pool's metadata too), as an application's write + fsync would.
+fn write_durably(dev: &Path, data: &[u8]) {
+    let f = std::fs::OpenOptions::new().write(true).open(dev).expect("open device for writing");
+    f.write_all_at(data, 0).expect("write the device");
+    f.sync_all().expect("fsync the device");
+}
+
+fn populate_tar(path: &Path, hello: &[u8]) {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(hello.len() as u64);
+    h.set_mtime(1_700_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    b.append_data(&mut h, "hello.txt", hello).expect("tar entry");
+    let big = pattern(77, 256 << 10);
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o600);
+    h.set_size(big.len() as u64);
+    h.set_mtime(1_700_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    b.append_data(&mut h, "big.bin", &big[..]).expect("tar entry");
+    std::fs::write(path, b.into_inner().expect("tar")).expect("write tar");
+}
+
+// Not in the plain vm-test run yet: its second full run (checks through the library) did not
+// finish within the VM's 50 minutes, cause not found. Run it with
+// `tools/test --vm-only -- --include-ignored powerloss --nocapture`.
+#[test]
+#[ignore = "power-loss replay: ~15 min, a hang under investigation"]
+fn powerloss_replay_every_flush_of_a_run_of_operations() {
+    let dm = dm();
+    let pid = std::process::id();
+    let tag = format!("pl{pid}");
+    let mut rig = Rig { tag: tag.clone(), files: vec![], dms: vec![], mounts: vec![] };
+    let sectors = STORE_BYTES / 512;
+
+    // The logged disk: an ext4 on log-writes over a loop; the log on another loop.
+    let (_, base_dev) = rig.file("base", STORE_BYTES);
+    let (log_file, log_dev) = rig.file("log", LOG_BYTES);
+    // The rig's own dm names stay off the pool's prefix (`<pool>-`).
+    let lw = format!("x{tag}-lw");
+    let lw_dev = rig.dm_create(&lw, &format!("0 {sectors} log-writes {} {}", base_dev.display(), log_dev.display()));
+    // nodiscard: mkfs would log a discard of the whole disk; no lazy init: no background
+    // writes from ext4lazyinit in the log.
+    sh(&format!("mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 {}", lw_dev.display()));
+    let root = scratch().join(format!("{tag}-root"));
+    rig.mount(&lw_dev, &root, nix::mount::MsFlags::empty(), None).expect("mount the logged ext4");
+    let s = Scenario { root: root.clone(), pool: tag.clone() };
+
+    // The run: every operation, then its state as the store reports it, then a mark.
+    let mut states: Vec<State> = vec![State { op: "mkfs".into(), ..Default::default() }];
+    mark(&lw, "op:mkfs");
+    let hello = b"written before the power went\n".to_vec();
+    let tarball = scratch().join(format!("{tag}-pop.tar"));
+    populate_tar(&tarball, &hello);
+    let data0 = pattern(1, DATA0_LEN);
+    let mut data0b = data0.clone();
+    data0b[..1 << 20].copy_from_slice(&pattern(2, 1 << 20));
+    step(&s, &lw, &mut states, "pool-create", &[], &|| {
+        s.ok(&["pool", "create", "--data-size", "256M"]);
+    });
+    step(&s, &lw, &mut states, "create-0", &[(0, bytes(&data0))], &|| {
+        let d = s.device(&["thin", "create", "0", "--size", "16M"]);
+        write_durably(&d, &data0);
+    });
+    step(&s, &lw, &mut states, "snap-1", &[(1, bytes(&data0))], &|| {
+        s.ok(&["snap", "1", "0"]);
+    });
+    step(&s, &lw, &mut states, "write-0", &[(0, bytes(&data0b))], &|| {
+        write_durably(&s.device(&["activate", "0"]), &data0b);
+    });
+    step(&s, &lw, &mut states, "create-web", &[], &|| {
+        s.ok(&["thin", "create", "--fs", "ext4", "--size", "32M", "--name", "web"]);
+    });
+    let web = lib_pool(&s).resolve(&"web".parse().expect("volref")).expect("web in the store").id;
+    step(&s, &lw, &mut states, "populate-web", &[(web, Content::File { path: "hello.txt", data: hello.clone() })], &|| {
+        s.ok(&["populate", "web", "--from", path_str(&tarball)]);
+    });
+    step(&s, &lw, &mut states, "snap-10", &[(10, bytes(&data0b))], &|| {
+        s.ok(&["snap", "10", "0"]);
+    });
+    step(&s, &lw, &mut states, "revert-0", &[(0, bytes(&data0))], &|| {
+        s.ok(&["deactivate", "0"]);
+        s.ok(&["revert", "0", "1"]);
+    });
+    step(&s, &lw, &mut states, "delete-1", &[], &|| {
+        s.ok(&["delete", "--force", "1"]);
+    });
+    step(&s, &lw, &mut states, "delete-web", &[], &|| {
+        s.ok(&["delete", "--force", "web"]);
+    });
+    step(&s, &lw, &mut states, "deactivate", &[], &|| {
+        s.ok(&["pool", "deactivate"]);
+    });
+    rig.umount(&root);
+    rig.dm_remove(&lw);
+
+    // The replay.
+    let log = Log::open(&log_file);
+    let n = log.entries.len();
+    let first = log.mark("op:pool-create").expect("the log holds the pool-create mark");
+    let replay_path = scratch().join(format!("{tag}-replay.img"));
+    rcx_dm::loopback::create_sparse(&replay_path, STORE_BYTES).expect("replay file");
+    rig.files.push(replay_path.clone());
+    let replay = std::fs::OpenOptions::new().write(true).open(&replay_path).expect("open replay file");
+    let replay_dev = rcx_dm::loopback::attach(&replay_path).expect("loop over the replay file");
+    let (_, cow_dev) = rig.file("cow", COW_BYTES);
+    let (mut barriers, mut checked, mut identical) = (0usize, 0usize, 0usize);
+    let mut violations: Vec<String> = Vec::new();
+    let mut done = 0usize; // index into `states` of the last operation whose mark was replayed
+    let mut dirty = true;
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        log.apply(i, &replay);
+        let e = &log.entries[i];
+        if let Some(m) = &e.mark {
+            if let Some(op) = m.strip_prefix("op:") {
+                done = states.iter().position(|s| s.op == op).unwrap_or_else(|| panic!("unknown mark {m}"));
+            }
+        }
+        dirty |= e.changes_data();
+        if !e.is_barrier() || i < first {
+            continue;
+        }
+        barriers += 1;
+        if !dirty {
+            identical += 1;
+            continue;
+        }
+        dirty = false;
+        checked += 1;
+        let chk = format!("x{tag}-chk");
+        let chk_dev = rig.dm_create(&chk, &format!("0 {sectors} snapshot {} {} N 8", replay_dev.display(), cow_dev.display()));
+        let cands: Vec<&State> = states[done..(done + 2).min(states.len())].iter().collect();
+        let r = check_point(&mut rig, &dm, &s, &chk_dev, &cands);
+        if let Err(why) = r {
+            violations.push(format!("entry {i} of {n} (after '{}'): {why}", states[done].op));
+            // Whatever the failed check left behind goes before the next one.
+            let _ = s.cli(&["pool", "deactivate"]);
+            for m in rig.mounts.clone().iter().rev() {
+                rig.umount(m);
+            }
+        }
+        rig.dm_remove(&chk);
+    }
+    let _ = rcx_dm::loopback::detach(&replay_path);
+    eprintln!(
+        "powerloss: {n} log entries, {barriers} flush/FUA points after pool create, {checked} distinct states checked \
+         ({identical} identical to the one before), {} violations, replay+checks {:.0} s",
+        violations.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(checked >= states.len() - 2, "too few points checked ({checked}) for {} operations", states.len());
+    assert!(violations.is_empty(), "{} of {checked} power-loss points violated:\n{}", violations.len(), violations.join("\n"));
+}
+
+/// One replayed moment, mounted through the snapshot `dev`: `cands` are the state of the last
+/// operation that returned before it and, if there is one, that of the operation under way.
+fn check_point(rig: &mut Rig, dm: &rcx_dm::dm::Dm, s: &Scenario, dev: &Path, cands: &[&State]) -> Result<(), String> {
+    rig.mount(dev, &s.root, nix::mount::MsFlags::empty(), None)?;
+    let meta = s.pool_dir().join("meta.img");
+    thin_check(&meta).map_err(|e| format!("as the power left it: {e}"))?;
+    // What `rcx-dm pool activate` runs, in-process: a spawn of the debug binary costs more
+    // than the rest of a check under emulation.
+    let pool = lib_pool(s);
+    pool.activate().map_err(|e| format!("pool activate failed: {e}"))?;
+    for f in ["intent.json", "extend.json"] {
+        if s.pool_dir().join(f).exists() {
+            return Err(format!("{f} left after pool activate"));
+        }
+    }
+    if let Some(t) = find_temp(&s.pool_dir()) {
+        return Err(format!("temporary file left after pool activate: {}", t.display()));
+    }
+    let vols: BTreeMap<u32, String> = pool
+        .volumes()
+        .map_err(|e| format!("listing volumes: {e}"))?
+        .into_iter()
+        .map(|v| (v.id, v.name.unwrap_or_default()))
+        .collect();
+    let matching: Vec<&&State> = cands.iter().filter(|c| c.volumes == vols).collect();
+    if matching.is_empty() {
+        let want: Vec<String> = cands.iter().map(|c| format!("after {}: {:?}", c.op, c.volumes)).collect();
+        return Err(format!("volumes {vols:?}, expected {}", want.join(" or ")));
+    }
+    // No device of this pool that the store does not know.
+    let prefix = s.dm_prefix();
+    for d in dm.list().map_err(|e| format!("dm list: {e}"))? {
+        if let Some(id) = rcx_dm::pool::names::thin_id_of(&s.pool, &d) {
+            if !vols.contains_key(&id) {
+                return Err(format!("device {d} of volume {id}, which is not in the store"));
+            }
+        } else if d.starts_with(&prefix) && d != pool.pool_dm_name() {
+            return Err(format!("device {d} of this pool that is neither the pool nor a volume"));
+        }
+    }
+    // Contents: what every candidate that matches the volumes allows.
+    for id in vols.keys() {
+        let allowed: Vec<&Content> = matching.iter().filter_map(|c| c.contents.get(id)).collect();
+        if allowed.is_empty() {
+            continue;
+        }
+        let dev = pool.activate_volume(&rcx_dm::VolRef::Id(*id)).map_err(|e| format!("activate volume {id}: {e}"))?;
+        let mut ok = false;
+        for c in &allowed {
+            ok |= holds(rig, &dev, c)?;
+        }
+        if !ok {
+            return Err(format!("volume {id} does not hold its content (allowed: {} candidates)", allowed.len()));
+        }
+    }
+    pool.deactivate().map_err(|e| format!("pool deactivate: {e}"))?;
+    thin_check(&meta).map_err(|e| format!("after pool activate: {e}"))?;
+    let ids = thin_ls(&meta)?;
+    let want: Vec<u32> = vols.keys().copied().collect();
+    if ids != want {
+        return Err(format!("thin ids in the kernel's metadata {ids:?}, in the store {want:?}"));
+    }
+    rig.umount(&s.root);
+    Ok(())
+}
+
+fn holds(rig: &mut Rig, dev: &Path, c: &Content) -> Result<bool, String> {
+    match c {
+        Content::Bytes { len, sha } => Ok(<[u8; 32]>::from(Sha256::digest(read_direct(dev, *len))) == *sha),
+        Content::File { path, data } => {
+            let dir = scratch().join(format!("{}-look", rig.tag));
+            rig.mount(dev, &dir, nix::mount::MsFlags::MS_RDONLY, Some("noload"))?;
+            let got = std::fs::read(dir.join(path));
+            rig.umount(&dir);
+            Ok(got.as_ref().map(|g| g == data).unwrap_or(false))
+        }
+    }
+}
+
+fn find_temp(dir: &Path) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.contains(".tmp") {
+            return Some(p);
+        }
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            if let Some(t) = find_temp(&p) {
+                return Some(t);
+            }
+        }
+    }
+    None
+}
+
+/// Run a thin tool on `meta` through a loop (Debian's thin tools open with O_DIRECT), attached
+/// by ioctl rather than a losetup spawn.
+fn thin_tool(meta: &Path, args: &[&str]) -> std::process::Output {
+    let dev = rcx_dm::loopback::attach(meta).expect("loop over meta.img");
+    let out = Command::new(args[0]).args(&args[1..]).arg(&dev).output().expect("spawn a thin tool");
+    let _ = rcx_dm::loopback::detach(meta);
+    out
+}
+
+fn thin_check(meta: &Path) -> Result<(), String> {
+    let out = thin_tool(meta, &["thin_check"]);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("thin_check: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+fn thin_ls(meta: &Path) -> Result<Vec<u32>, String> {
+    let out = thin_tool(meta, &["thin_ls", "--no-headers", "-o", "DEV"]);
+    if !out.status.success() {
+        return Err(format!("thin_ls: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let mut ids: Vec<u32> = String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
