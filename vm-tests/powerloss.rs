@@ -133,23 +133,16 @@ fn write_durably(dev: &Path, data: &[u8]) {
 
 fn populate_tar(path: &Path, hello: &[u8]) {
     let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o644);
-    h.set_size(hello.len() as u64);
-    h.set_mtime(1_700_000_000);
-    h.set_uid(0);
-    h.set_gid(0);
-    b.append_data(&mut h, "hello.txt", hello).expect("tar entry");
-    let big = pattern(77, 256 << 10);
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o600);
-    h.set_size(big.len() as u64);
-    h.set_mtime(1_700_000_000);
-    h.set_uid(0);
-    h.set_gid(0);
-    b.append_data(&mut h, "big.bin", &big[..]).expect("tar entry");
+    for (name, mode, data) in [("hello.txt", 0o644, hello.to_vec()), ("big.bin", 0o600, pattern(77, 256 << 10))] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, name, &data[..]).expect("tar entry");
+    }
     std::fs::write(path, b.into_inner().expect("tar")).expect("write tar");
 }
 
