@@ -947,14 +947,7 @@ impl<'a> Client<'a> {
         let script = format!("echo {name} > /soak-run");
         let (o, _) = self.run("run-name", &["run", "--name", &name, &img, "--", "/bin/sh", "-c", &script], f);
         let base = self.images[&img].alts.clone();
-        let with_run: Alts = base
-            .iter()
-            .map(|c| {
-                let mut files = c.files().cloned().unwrap_or_default();
-                files.insert("soak-run".into(), name.clone());
-                Content::Fs { files, runnable: true }
-            })
-            .collect();
+        let with_run = with_soak_run(&base, &name);
         if o == Outcome::Ok {
             self.vols.insert(name, Vol { id: None, size: FS_BYTES, alts: with_run, scratch_may_remain: false });
         } else if self.exists(&name) == Some(true) {
@@ -968,14 +961,7 @@ impl<'a> Client<'a> {
         let script = format!("{} ; echo {gen} > /soak-run", Self::print_tracked());
         let (o, out) = self.run("run-in-place", &["run", &v, "--", "/bin/sh", "-c", &script], None);
         let old = self.vols[&v].alts.clone();
-        let new: Alts = old
-            .iter()
-            .map(|c| {
-                let mut files = c.files().cloned().unwrap_or_default();
-                files.insert("soak-run".into(), gen.clone());
-                Content::Fs { files, runnable: true }
-            })
-            .collect();
+        let new = with_soak_run(&old, &gen);
         if o == Outcome::Ok {
             if let Some(i) = self.judge_files(&format!("run {v}"), &out.stdout, &old) {
                 self.vols.get_mut(&v).unwrap().alts = vec![new[i].clone()];
@@ -1873,4 +1859,15 @@ fn soak_randomized_operations_with_kills() {
         println!("serve.log (tail):\n{}", tail_file(&serve_log(&sh), 40));
     }
     assert!(viol.is_empty(), "{} soak violations (seed {seed}):\n{}", viol.len(), viol.join("\n"));
+}
+
+/// Each alternative after a run wrote `/soak-run` with `text`.
+fn with_soak_run(alts: &Alts, text: &str) -> Alts {
+    alts.iter()
+        .map(|c| {
+            let mut files = c.files().cloned().unwrap_or_default();
+            files.insert("soak-run".into(), text.to_string());
+            Content::Fs { files, runnable: true }
+        })
+        .collect()
 }
