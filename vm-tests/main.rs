@@ -21,3 +21,4 @@ mod logwrites;
 mod powerloss;
 mod grpc;
 mod soak;
+mod watchdog;

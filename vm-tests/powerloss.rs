@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::common::*;
 use crate::logwrites::Log;
+use crate::watchdog::Watchdog;
 
 const STORE_BYTES: u64 = 1 << 30;
 const LOG_BYTES: u64 = 3 << 30;
@@ -234,6 +235,7 @@ fn powerloss_replay_every_flush_of_a_run_of_operations() {
     let mut done = 0usize; // index into `states` of the last operation whose mark was replayed
     let mut dirty = true;
     let started = std::time::Instant::now();
+    let wd = Watchdog::start("powerloss", std::time::Duration::from_secs(240));
     for i in 0..n {
         log.apply(i, &replay);
         let e = &log.entries[i];
@@ -254,9 +256,11 @@ fn powerloss_replay_every_flush_of_a_run_of_operations() {
         dirty = false;
         checked += 1;
         let chk = format!("x{tag}-chk");
+        wd.beat(format!("create the check snapshot at entry {i}"));
         let chk_dev = rig.dm_create(&chk, &format!("0 {sectors} snapshot {} {} N 8", replay_dev.display(), cow_dev.display()));
         let cands: Vec<&State> = states[done..(done + 2).min(states.len())].iter().collect();
-        let r = check_point(&mut rig, &dm, &s, &chk_dev, &cands);
+        eprintln!("powerloss: point {checked}: entry {i} of {n}, after '{}', {:.0} s", states[done].op, started.elapsed().as_secs_f64());
+        let r = check_point(&mut rig, &wd, &dm, &s, &chk_dev, &cands);
         if let Err(why) = r {
             violations.push(format!("entry {i} of {n} (after '{}'): {why}", states[done].op));
             // Whatever the failed check left behind goes before the next one.
@@ -265,6 +269,7 @@ fn powerloss_replay_every_flush_of_a_run_of_operations() {
                 rig.umount(m);
             }
         }
+        wd.beat(format!("remove the check snapshot at entry {i}"));
         rig.dm_remove(&chk);
     }
     let _ = rcx_dm::loopback::detach(&replay_path);
@@ -280,10 +285,13 @@ fn powerloss_replay_every_flush_of_a_run_of_operations() {
 
 /// One replayed moment, mounted through the snapshot `dev`: `cands` are the state of the last
 /// operation that returned before it and, if there is one, that of the operation under way.
-fn check_point(rig: &mut Rig, dm: &rcx_dm::dm::Dm, s: &Scenario, dev: &Path, cands: &[&State]) -> Result<(), String> {
+fn check_point(rig: &mut Rig, wd: &Watchdog, dm: &rcx_dm::dm::Dm, s: &Scenario, dev: &Path, cands: &[&State]) -> Result<(), String> {
+    wd.beat("mount the replayed store");
     rig.mount(dev, &s.root, nix::mount::MsFlags::empty(), None)?;
     let meta = s.pool_dir().join("meta.img");
+    wd.beat("thin_check as the power left it");
     thin_check(&meta).map_err(|e| format!("as the power left it: {e}"))?;
+    wd.beat("pool activate");
     // What `rcx-dm pool activate` runs, in-process: a spawn of the debug binary costs more
     // than the rest of a check under emulation.
     let pool = lib_pool(s);
@@ -324,22 +332,27 @@ fn check_point(rig: &mut Rig, dm: &rcx_dm::dm::Dm, s: &Scenario, dev: &Path, can
         if allowed.is_empty() {
             continue;
         }
+        wd.beat(format!("activate volume {id}"));
         let dev = pool.activate_volume(&rcx_dm::VolRef::Id(*id)).map_err(|e| format!("activate volume {id}: {e}"))?;
         let mut ok = false;
         for c in &allowed {
+            wd.beat(format!("volume {id}: check {c:?}"));
             ok |= holds(rig, &dev, c)?;
         }
         if !ok {
             return Err(format!("volume {id} does not hold its content (allowed: {} candidates)", allowed.len()));
         }
     }
+    wd.beat("pool deactivate");
     pool.deactivate().map_err(|e| format!("pool deactivate: {e}"))?;
+    wd.beat("thin_check and thin_ls after pool activate");
     thin_check(&meta).map_err(|e| format!("after pool activate: {e}"))?;
     let ids = thin_ls(&meta)?;
     let want: Vec<u32> = vols.keys().copied().collect();
     if ids != want {
         return Err(format!("thin ids in the kernel's metadata {ids:?}, in the store {want:?}"));
     }
+    wd.beat("umount the replayed store");
     rig.umount(&s.root);
     Ok(())
 }
