@@ -204,6 +204,8 @@ struct Shared {
     serve: Mutex<ServeState>,
     stats: Mutex<Stats>,
     violations: Mutex<Vec<String>>,
+    /// Every command's start and end, in the order they happened, for explaining a violation.
+    journal: Mutex<Vec<String>>,
     started: Instant,
     /// OCI layouts to import (and populate from) and the soak-img each holds.
     layouts: Vec<(PathBuf, String)>,
@@ -220,7 +222,28 @@ impl Shared {
         let at = self.started.elapsed().as_secs_f64();
         let msg = format!("[{at:7.1}s {who}] {what}");
         eprintln!("SOAK VIOLATION {msg}");
+        eprintln!("{}", self.history_of(&what));
         self.violations.lock().unwrap().push(msg);
+    }
+
+    fn journal(&self, line: String) {
+        let at = self.started.elapsed().as_secs_f64();
+        self.journal.lock().unwrap().push(format!("{at:7.1}s {line}"));
+    }
+
+    /// The journal's lines that name a soak object (`c1-v275`, `c0-img12`) named in `what`.
+    fn history_of(&self, what: &str) -> String {
+        let names: BTreeSet<&str> = what
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.len() > 3 && w.starts_with('c') && w[1..].split_once('-').is_some_and(|(n, r)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !r.is_empty()))
+            .collect();
+        let j = self.journal.lock().unwrap();
+        let lines: Vec<&str> = j
+            .iter()
+            .filter(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).any(|w| names.contains(w)))
+            .map(String::as_str)
+            .collect();
+        format!("history of {names:?}:\n  {}", lines[lines.len().saturating_sub(40)..].join("\n  "))
     }
 
     fn note(&self, what: String) {
@@ -306,6 +329,8 @@ fn cli(sh: &Shared, who: &str, args: &[&str], env: &[(&str, &str)], kill_after: 
             Err(e) => panic!("spawn rcx-dm: {e}"),
             Ok(ch) => {
                 let kill_at = kill_after.map(|d| Instant::now() + d);
+                let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+                sh.journal(format!("{who} #{n} start: {}rcx-dm {}", env.concat(), args.join(" ")));
                 procs.insert(ch.id(), Proc { label: format!("{who}: {}", args.join(" ")), killed: false, kill_at });
                 child = Some(ch);
                 break;
@@ -340,6 +365,8 @@ fn cli(sh: &Shared, who: &str, args: &[&str], env: &[(&str, &str)], kill_after: 
     };
     let _ = std::fs::remove_file(&of);
     let _ = std::fs::remove_file(&ef);
+    let last_err = out.stderr.lines().last().unwrap_or("");
+    sh.journal(format!("{who} #{n} end: {}{} {last_err}", out.status.map_or("no status".into(), |s| s.to_string()), if chaos { " (chaos kill)" } else { "" }));
     if timed_out {
         sh.violation(who, format!("rcx-dm {} hung for more than {} s and was killed: {}", args.join(" "), CMD_TIMEOUT.as_secs(), out.describe()));
     }
@@ -1740,6 +1767,7 @@ fn soak_randomized_operations_with_kills() {
         serve: Mutex::new(ServeState { child: None, generation: 0, armed: None, started: Instant::now() }),
         stats: Mutex::new(Stats::default()),
         violations: Mutex::new(Vec::new()),
+        journal: Mutex::new(Vec::new()),
         started: Instant::now(),
         layouts,
         seq: AtomicU64::new(0),

@@ -3,6 +3,7 @@
 //! memory, the scratch filesystem) and then aborts the test binary, so a hang ends as a failure
 //! with evidence instead of as the VM's timeout with none.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct Watchdog {
     last: Arc<Mutex<(Instant, String)>>,
     stop: Arc<AtomicBool>,
+    /// Time spent per step (the label without its digits): count, total.
+    spent: Mutex<BTreeMap<String, (u32, Duration)>>,
 }
 
 impl Watchdog {
@@ -32,12 +35,28 @@ impl Watchdog {
                 std::process::abort();
             }
         });
-        Watchdog { last, stop }
+        Watchdog { last, stop, spent: Mutex::new(BTreeMap::new()) }
     }
 
     /// Progress: `doing` is what the test starts now (shown if it stalls there).
     pub fn beat(&self, doing: impl Into<String>) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), doing.into());
+        let now = Instant::now();
+        let (then, prev) = std::mem::replace(&mut *self.last.lock().unwrap_or_else(|p| p.into_inner()), (now, doing.into()));
+        let key: String = prev.chars().filter(|c| !c.is_ascii_digit()).collect();
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        let e = spent.entry(key).or_default();
+        e.0 += 1;
+        e.1 += now - then;
+    }
+
+    /// Where the time went, the costliest step first.
+    pub fn report(&self) -> String {
+        let spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows: Vec<_> = spent.iter().collect();
+        rows.sort_by(|a, b| b.1 .1.cmp(&a.1 .1));
+        rows.iter()
+            .map(|(k, (n, d))| format!("  {:8.1} s {n:6}x {:7.3} s each  {k}\n", d.as_secs_f64(), d.as_secs_f64() / f64::from(*n)))
+            .collect()
     }
 }
 

@@ -396,8 +396,8 @@ impl Pool {
         }
         let loaded_here = self.pool_device(&dm)?.is_none();
         self.load_pool(&dm)?;
-        let status = match self.kernel_state(&dm)? {
-            ThinPoolState::Working(s) if !s.needs_check => s,
+        match self.kernel_state(&dm)? {
+            ThinPoolState::Working(s) if !s.needs_check => {}
             ThinPoolState::Working(s) => {
                 let found = format!("the kernel put the pool in {} mode with needs_check", s.mode);
                 return Err(self.damaged_on_activate(&dm, loaded_here, found));
@@ -407,6 +407,11 @@ impl Pool {
             }
         };
         self.recover_locked(&dm)?;
+        // Recovery may move the transaction id on (a revert rolled forward commits up to four
+        // steps and records the volume at the new id): judge the records against the kernel's
+        // id after it, or the volume just recovered looks uncommitted and is dropped (found by
+        // the power-loss replay: a cut during revert or populate lost the volume).
+        let kernel_txid = self.kernel_status(&dm)?.transaction_id;
         // A crash or power cut between a temp file's write and its rename leaves the temp.
         let stale = store::remove_stale_temps(self.dir())?;
         if stale > 0 {
@@ -417,10 +422,10 @@ impl Pool {
         // keep the others down; damaged metadata does (`activate_thin_error` tears down).
         let mut failed = Vec::new();
         for v in self.store.volumes()? {
-            if v.txid > status.transaction_id {
+            if v.txid > kernel_txid {
                 // Committed in the store but not in the kernel's metadata (lost with a power cut
                 // before the kernel's commit): the volume never durably existed.
-                tracing::warn!(id = v.id, txid = v.txid, kernel = status.transaction_id, "dropping volume the kernel never committed");
+                tracing::warn!(id = v.id, txid = v.txid, kernel = kernel_txid, "dropping volume the kernel never committed");
                 self.store.remove_volume(v.id)?;
                 if let Some(name) = &v.name {
                     self.store.release_name(name, v.id)?;
