@@ -85,8 +85,19 @@ impl Rig {
         rcx_dm::dm::node::ensure(name, info.dev).expect("/dev/mapper node")
     }
 
+    /// Remove a device of the rig. Another test's short-lived mount namespace (a populate's,
+    /// a container's before its pivot_root) may hold a copy of a mount we just unmounted and so
+    /// keep the device open for a moment: EBUSY is retried for a while.
     fn dm_remove(&mut self, dm: &rcx_dm::dm::Dm, name: &str) {
-        dm.remove(name).unwrap_or_else(|e| panic!("removing {name}: {e}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match dm.remove(name) {
+                Err(e) if e.errno() == Some(nix::errno::Errno::EBUSY) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                r => break r.unwrap_or_else(|e| panic!("removing {name}: {e}")),
+            }
+        }
         rcx_dm::dm::node::remove(name);
         self.dms.retain(|d| d != name);
     }

@@ -26,10 +26,13 @@ pub fn with_mounted<T: Send>(
             unshare(CloneFlags::CLONE_NEWNS)
                 .map_err(std::io::Error::from)
                 .ctx(|| "creating a private mount namespace (needs root)".to_string())?;
-            // Without this, a mount under a shared mount would propagate back to the host.
-            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+            // Slave, not private: our mount never propagates back to the host, while the host's
+            // unmounts still reach the copies this namespace holds. A private copy would pin
+            // every filesystem mounted at this moment until the work ends, and another
+            // process's umount + dm remove would meet EBUSY meanwhile (as runc uses rslave).
+            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
                 .map_err(std::io::Error::from)
-                .ctx(|| "making the private mount namespace private".to_string())?;
+                .ctx(|| "making the private mount namespace a slave of the host's".to_string())?;
             mount(Some(dev), mountpoint, Some(fs.kernel_name()), MsFlags::MS_NOATIME, fs.mount_data(false))
                 .map_err(std::io::Error::from)
                 .ctx(|| format!("mounting {} ({fs}) on {}", dev.display(), mountpoint.display()))?;
