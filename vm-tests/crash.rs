@@ -306,3 +306,61 @@ fn crash_at_pool_create_loaded_then_pool_create_starts_over() {
         assert!(read_direct(&s.device(&["activate", "0"]), MIB) == data);
     }
 }
+
+/// What an activation killed between its DM_DEV_CREATE and the resume of its table leaves: a
+/// device of ours (name and uuid) with no table. The soak found that one wedges the pool:
+/// `activate` returned it (every open ENXIO), and a revert from it suspended it, met EINVAL on
+/// the resume, and left an intent whose recovery resumed it again on every later command.
+/// No fault point sits between those two ioctls, so the test makes the device as the kill would.
+#[test]
+fn crash_between_device_create_and_resume_a_tableless_device_is_replaced() {
+    let s = Scenario::new("notable");
+    s.ok(&["pool", "create", "--data-size", "128M"]);
+    let data = pattern(ORIGIN_SEED, DATA_LEN);
+    write_direct(&s.device(&["thin", "create", "0", "--size", "16M"]), &data);
+    s.ok(&["snap", "1", "0"]);
+    s.ok(&["thin", "create", "2", "--size", "16M"]);
+    s.ok(&["deactivate", "0"]);
+    s.ok(&["deactivate", "1"]);
+    let tableless = |id: u32| {
+        let d = rcx_dm::pool::names::thin(&s.pool, id);
+        sh(&format!("dmsetup create {} --notable -u {}", d.name, d.uuid));
+        let info = dm().info(&d.name).expect("dm info").expect("the table-less device exists");
+        assert!(!info.live_table, "dmsetup --notable made a device with a live table");
+    };
+
+    // activate: a working device with the volume's content, not the empty shell.
+    tableless(0);
+    let dev = s.device(&["activate", "0"]);
+    assert_eq!(read_direct(&dev, DATA_LEN), data, "volume 0 through the activated device");
+    let listed = volume_list(&s);
+    assert!(listed.as_array().expect("list").iter().any(|v| v["id"] == 0 && v["active"] == true), "list: {listed}");
+
+    // revert from a volume whose device is a shell: succeeds, nothing left suspended or pending.
+    tableless(1);
+    s.ok(&["deactivate", "2"]);
+    s.ok(&["revert", "2", "1"]);
+    assert!(!s.pool_dir().join("intent.json").exists(), "an intent was left after the revert");
+    let dev2 = s.device(&["activate", "2"]);
+    assert_eq!(read_direct(&dev2, DATA_LEN), data, "volume 2 after the revert from 1");
+    assert!(dm().info(&s.dm_name(1)).expect("dm info").is_none(), "the shell of volume 1 is still there");
+
+    // snap of an origin whose device is a shell, then delete of one.
+    s.ok(&["deactivate", "0"]);
+    tableless(0);
+    s.ok(&["snap", "3", "0"]);
+    assert_eq!(read_direct(&s.device(&["activate", "3"]), DATA_LEN), data, "snapshot 3 of 0");
+    tableless(1);
+    s.ok(&["delete", "1"]);
+    assert!(dm().info(&s.dm_name(1)).expect("dm info").is_none(), "the shell of deleted volume 1 is still there");
+
+    // pool activate over a pool device that is a shell.
+    s.ok(&["pool", "deactivate"]);
+    let p = rcx_dm::pool::names::thin_pool(&s.pool);
+    sh(&format!("dmsetup create {} --notable -u {}", p.name, p.uuid));
+    s.ok(&["pool", "activate"]);
+    let st = pool_status(&s);
+    assert_eq!(st["active"], true, "pool status after activating over a shell: {st}");
+    assert_eq!(read_direct(&s.device(&["activate", "0"]), DATA_LEN), data, "volume 0 after pool activate");
+    assert_eq!(s.store_ids(), vec![0, 2, 3]);
+}

@@ -297,7 +297,7 @@ impl Pool {
     /// Load the thin device for a committed volume if it is not live; return its path.
     pub(crate) fn activate_thin(&self, dm: &Dm, v: &VolumeRecord) -> Result<PathBuf> {
         let dmid = names::thin(&self.name, v.id);
-        let info = match names::owned(dm, &dmid)? {
+        let info = match self.thin_device(dm, v.id)? {
             Some(i) => i,
             None => {
                 let pool = self.pool_device(dm)?.ok_or_else(|| Error::PoolInactive(self.name.clone()))?;
@@ -478,7 +478,8 @@ impl Pool {
     /// (activation makes it).
     fn volume_view(&self, dm: &Dm, r: &VolumeRecord) -> Result<Volume> {
         let name = self.thin_dm_name(r.id);
-        let info = match self.thin_device(dm, r.id) {
+        // Not thin_device: that one repairs under the lock, and reads take none.
+        let info = match names::owned(dm, &names::thin(&self.name, r.id)) {
             Ok(Some(i)) => i,
             Ok(None) => return Ok(inactive_view(r)),
             // Listing still works: the volume is not active; `activate` says why.
