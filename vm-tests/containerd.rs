@@ -676,3 +676,68 @@ fn containerd_serve_reconciles_every_interrupted_state_and_prepares_in_parallel(
     svc.create(Kind::View, "v", "C", BTreeMap::new()).unwrap();
     assert_eq!(svc.mounts("v").unwrap()[0].options[0], "ro");
 }
+
+/// A record serve cannot settle at start-up (here its delete fails: an injected error after the
+/// delete's intent) must not keep serve down, which would take every container of containerd
+/// with it: serve logs it, serves, hides the record from List, and the next start settles it.
+/// The soak found serve exiting 1 at start-up instead.
+#[test]
+fn containerd_serve_starts_when_a_record_cannot_be_settled_and_settles_it_next_time() {
+    use rcx_dm::serve::store::{Kind, State};
+    use rcx_dm::serve::{Options, Service};
+    use std::collections::BTreeMap;
+
+    let s = Scenario::new("srvfail");
+    s.ok(&["pool", "create", "--data-size", "1G"]);
+    let opts = Options { size_bytes: 64 << 20, ..Options::default() };
+    let svc = Service::new(lib_pool(&s), opts).unwrap();
+    svc.create(Kind::Active, "kept", "", BTreeMap::new()).unwrap();
+    svc.create(Kind::Active, "dying", "", BTreeMap::new()).unwrap();
+    // A remove SIGKILLed before its delete.
+    let mut r = svc.store().get("dying").unwrap().unwrap();
+    let dying_vol = r.volume.clone();
+    r.state = State::Removing;
+    svc.store().put(&r).unwrap();
+    drop(svc);
+
+    let sock = s.root.join("serve.sock");
+    let log = s.root.join("serve.log");
+    let spawn = |fault: Option<&str>| {
+        let mut c = Command::new(bin());
+        c.args(["serve", "--no-monitor", "--size", "64M", "--socket", path_str(&sock)])
+            .env("RCX_DM_ROOT", &s.root)
+            .env("RCX_DM_POOL", &s.pool)
+            .env("RUST_LOG", "rcx_dm=info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap());
+        if let Some(f) = fault {
+            c.env("RCX_DM_FAIL_AT", f).env("RCX_DM_FAIL_MODE", "error");
+        }
+        c.spawn().expect("spawn rcx-dm serve")
+    };
+
+    let mut serve = spawn(Some("delete.recorded"));
+    let mut client = crate::grpc::Snapshotter::connect_within(&sock, 120).unwrap_or_else(|e| {
+        panic!("serve did not come up: {e}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+    });
+    assert!(serve.try_wait().unwrap().is_none(), "serve exited:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("could not settle this snapshot") && logged.contains("dying"), "serve's log:\n{logged}");
+    let names: BTreeSet<String> = client.list().unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, BTreeSet::from(["kept".to_string()]), "List while the remove is unsettled");
+    client.prepare("fresh", "").expect("a prepare while one record is unsettled");
+    let _ = serve.kill();
+    let _ = serve.wait();
+
+    let mut serve = spawn(None);
+    let mut client = crate::grpc::Snapshotter::connect_within(&sock, 120).unwrap();
+    let names: BTreeSet<String> = client.list().unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, BTreeSet::from(["kept".to_string(), "fresh".to_string()]));
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let svc = Service::new(lib_pool(&s), Options::default()).unwrap();
+    assert!(svc.store().get("dying").unwrap().is_none(), "the unsettled remove was not finished by the next start");
+    let vols: BTreeSet<String> = lib_pool(&s).volumes().unwrap().into_iter().filter_map(|v| v.name).collect();
+    assert!(!vols.contains(&dying_vol), "the removed snapshot's volume is still there: {vols:?}");
+}

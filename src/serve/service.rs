@@ -338,51 +338,58 @@ impl Service {
 
     /// Make records and pool agree after a crash or kill: prepares in flight are rolled back
     /// (their volume deleted), commits and removes rolled forward, records whose volume is gone
-    /// dropped, and serve's volumes that no record names deleted.
+    /// dropped, and serve's volumes that no record names deleted. A record that cannot be
+    /// settled now is logged and left for the next start: one failing delete must not keep
+    /// serve (and so every container of containerd) down. Only a store that cannot be read
+    /// fails the start.
     pub fn reconcile(&self) -> crate::Result<()> {
         let stale = self.store.remove_stale_temps()?;
         if stale > 0 {
             tracing::info!(stale, "removed temp files of record writes a crash interrupted");
         }
         for r in self.store.all()? {
-            match r.state.clone() {
-                State::Ready => {}
-                State::Preparing => {
-                    tracing::warn!(key = r.key, volume = r.volume, "rolling back a prepare that did not finish");
-                    self.delete_volume(&r.volume)?;
-                    self.store.remove(&r.key)?;
-                    continue;
-                }
-                State::Removing => {
-                    tracing::warn!(key = r.key, "finishing a remove that did not finish");
-                    self.delete_volume(&r.volume)?;
-                    self.store.remove(&r.key)?;
-                    continue;
-                }
-                State::Committing { from } => {
-                    tracing::warn!(key = r.key, from, "finishing a commit that did not finish");
-                    match self.pool.resolve(&VolRef::Name(r.volume.clone())) {
-                        Ok(_) => self.finish_commit(r.clone()).map_err(|s| Error::Inconsistent(s.message().to_string()))?,
-                        Err(Error::NoSuchVolume { .. }) => {
-                            self.store.remove(&r.key)?;
-                            self.store.remove(&from)?;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                    continue;
-                }
-            }
-            if let Err(Error::NoSuchVolume { .. }) = self.pool.resolve(&VolRef::Name(r.volume.clone())) {
-                tracing::warn!(key = r.key, volume = r.volume, "dropping a snapshot whose volume is gone");
-                self.store.remove(&r.key)?;
+            if let Err(e) = self.reconcile_record(&r) {
+                tracing::error!(key = r.key, volume = r.volume, error = %e, "could not settle this snapshot; it is left as it is (List shows only ready ones) and the next start tries again");
             }
         }
-        self.remove_orphans()?;
+        if let Err(e) = self.remove_orphans() {
+            tracing::error!(error = %e, "could not delete every volume no snapshot owns; the next start tries again");
+        }
         Ok(())
     }
 
-    /// Delete serve's volumes that no record names (Cleanup, and the end of reconcile).
-    /// Volumes are listed before records: a volume is only made after its record is written.
+    fn reconcile_record(&self, r: &Record) -> crate::Result<()> {
+        match r.state.clone() {
+            State::Ready => {}
+            State::Preparing => {
+                tracing::warn!(key = r.key, volume = r.volume, "rolling back a prepare that did not finish");
+                self.delete_volume(&r.volume)?;
+                return self.store.remove(&r.key);
+            }
+            State::Removing => {
+                tracing::warn!(key = r.key, "finishing a remove that did not finish");
+                self.delete_volume(&r.volume)?;
+                return self.store.remove(&r.key);
+            }
+            State::Committing { from } => {
+                tracing::warn!(key = r.key, from, "finishing a commit that did not finish");
+                return match self.pool.resolve(&VolRef::Name(r.volume.clone())) {
+                    Ok(_) => self.finish_commit(r.clone()).map_err(|s| Error::Inconsistent(s.message().to_string())),
+                    Err(Error::NoSuchVolume { .. }) => {
+                        self.store.remove(&r.key)?;
+                        self.store.remove(&from)
+                    }
+                    Err(e) => Err(e),
+                };
+            }
+        }
+        if let Err(Error::NoSuchVolume { .. }) = self.pool.resolve(&VolRef::Name(r.volume.clone())) {
+            tracing::warn!(key = r.key, volume = r.volume, "dropping a snapshot whose volume is gone");
+            self.store.remove(&r.key)?;
+        }
+        Ok(())
+    }
+
     pub fn remove_orphans(&self) -> crate::Result<usize> {
         let vols = self.pool.volumes()?;
         let named: HashSet<String> = {

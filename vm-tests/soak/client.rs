@@ -30,6 +30,22 @@ pub(crate) const REVERT_FAULTS: &[&str] = &[
 pub(crate) const EXTEND_FAULTS: &[&str] = &["extend.intent", "extend.grown", "extend.capacity", "extend.loaded", "extend.suspended", "extend.resumed", "extend.recorded"];
 
 impl<'a> Client<'a> {
+    pub(crate) fn new(sh: &'a Shared, id: usize, who: String, seed: u64) -> Client<'a> {
+        Client {
+            sh,
+            id,
+            who,
+            rng: Rng::new(seed),
+            vols: BTreeMap::new(),
+            images: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            n: 0,
+            snap: None,
+            snap_gen: 0,
+            must_recover: false,
+        }
+    }
+
     pub(crate) fn name(&mut self, what: &str) -> String {
         self.n += 1;
         format!("c{}-{what}{}", self.id, self.n)

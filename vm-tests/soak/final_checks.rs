@@ -7,19 +7,7 @@ use super::*;
 pub(crate) fn final_checks(sh: &Shared, clients: Vec<Client>, initial_data: u64, initial_meta: u64) {
     let who = "final";
     let v = |what: String| sh.violation(who, what);
-    let mut c = Client {
-        sh,
-        id: 99,
-        who: who.into(),
-        rng: Rng::new(1),
-        vols: BTreeMap::new(),
-        images: BTreeMap::new(),
-        keys: BTreeMap::new(),
-        n: 0,
-        snap: None,
-        snap_gen: 0,
-        must_recover: false,
-    };
+    let mut c = Client::new(sh, 99, who.into(), 1);
     let mut vols = BTreeMap::new();
     let mut images = BTreeMap::new();
     let mut keys = BTreeMap::new();

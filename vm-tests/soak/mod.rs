@@ -185,19 +185,7 @@ fn soak_randomized_operations_with_kills() {
         let handles: Vec<_> = (0..nclients)
             .map(|i| {
                 scope.spawn(move || {
-                    let mut c = Client {
-                        sh: shr,
-                        id: i,
-                        who: format!("c{i}"),
-                        rng: Rng::new(seed.wrapping_add(1 + i as u64).wrapping_mul(0x9E37_79B9)),
-                        vols: BTreeMap::new(),
-                        images: BTreeMap::new(),
-                        keys: BTreeMap::new(),
-                        n: 0,
-                        snap: None,
-                        snap_gen: 0,
-                        must_recover: false,
-                    };
+                    let mut c = Client::new(shr, i, format!("c{i}"), seed.wrapping_add(1 + i as u64).wrapping_mul(0x9E37_79B9));
                     let mut last_report = Instant::now();
                     while Instant::now() < deadline {
                         // A panic in the soak's own code (e.g. a write the pool refused) is
