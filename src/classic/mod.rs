@@ -206,6 +206,22 @@ impl<'p> Classic<'p> {
         names::owned(dm, &self.dm_id(dev))
     }
 
+    /// Like `info`, under the lock: a device of ours without a live table (a create killed
+    /// before its table went live) is removed and reported absent, as the thin side does
+    /// (`Pool::thin_device`); kept, it would pass for a live part of the stack, and an origin
+    /// shell would send `settle` into a resume the kernel refuses on every command.
+    fn live_info(&self, dm: &Dm, dev: &str) -> Result<Option<DevInfo>> {
+        match self.info(dm, dev)? {
+            Some(i) if !i.live_table => {
+                tracing::warn!(device = dev, "removing a device an interrupted command left without a table");
+                dm.remove(dev)?;
+                dm::node::remove(dev);
+                Ok(None)
+            }
+            other => Ok(other),
+        }
+    }
+
     /// The dm device name of origin or snapshot `name` (`<pool>-<name>`).
     pub fn dm_name(&self, name: &str) -> String {
         self.dev_name(name)
@@ -607,7 +623,7 @@ impl<'p> Classic<'p> {
     /// The snapshot device of `c`, loaded with its origin suspended (when the origin exists).
     fn ensure_snapshot_device(&self, dm: &Dm, o: &OriginRecord, c: &CowRecord, real: DevNum, cow: DevNum, live: bool) -> Result<()> {
         let sdev = self.dev_name(&c.name);
-        if let Some(i) = self.info(dm, &sdev)? {
+        if let Some(i) = self.live_info(dm, &sdev)? {
             dm::node::ensure(&sdev, i.dev)?;
             return Ok(());
         }
@@ -631,7 +647,7 @@ impl<'p> Classic<'p> {
 
     /// Create a one-target device unless it exists; returns its info (and makes its link).
     fn ensure(&self, dm: &Dm, name: &str, line: TargetLine) -> Result<DevInfo> {
-        let info = match self.info(dm, name)? {
+        let info = match self.live_info(dm, name)? {
             Some(i) => i,
             None => dm.create(name, Some(&self.dm_id(name).uuid), &[line], false)?,
         };
@@ -724,7 +740,7 @@ impl<'p> Classic<'p> {
         self.recover_intent(dm, false)?;
         for o in self.store.origins()? {
             let dev = self.dev_name(&o.name);
-            if self.info(dm, &dev)?.is_some_and(|i| i.suspended) {
+            if self.live_info(dm, &dev)?.is_some_and(|i| i.suspended) {
                 tracing::warn!(origin = %o.name, "resuming an origin an interrupted command left suspended");
                 dm.resume(&dev)?;
             }

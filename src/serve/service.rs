@@ -390,6 +390,8 @@ impl Service {
         Ok(())
     }
 
+    /// Delete serve's volumes that no record names (Cleanup, and the end of reconcile).
+    /// Volumes are listed before records: a volume is only made after its record is written.
     pub fn remove_orphans(&self) -> crate::Result<usize> {
         let vols = self.pool.volumes()?;
         let named: HashSet<String> = {

@@ -245,7 +245,17 @@ impl<'a> Client<'a> {
         let vol = self.vols.get_mut(&v).unwrap();
         vol.alts = if o == Outcome::Ok { new } else { union(&vol.alts, &new) };
         if o != Outcome::Ok {
-            self.list();
+            self.still_there(&v, "revert");
+        }
+    }
+
+    /// After an interrupted revert or populate (which reverts): the volume must still be there,
+    /// with its old or its new content. Said here, a loss names its cause; otherwise it shows
+    /// later as "no such volume" on an unrelated operation.
+    pub(crate) fn still_there(&mut self, v: &str, op: &str) {
+        if self.list().is_some_and(|l| !l.contains_key(v)) {
+            self.sh.violation(&self.who, format!("volume {v} is gone after an interrupted {op}"));
+            self.vols.remove(v);
         }
     }
 
@@ -271,10 +281,18 @@ impl<'a> Client<'a> {
         };
         let f = self.maybe_fault(&[&["populate.filled"], SNAP_FAULTS, REVERT_FAULTS, DELETE_FAULTS]);
         let (o, _) = self.run("populate", &["populate", &v, "--from", path_str(&src)], f);
-        if o != Outcome::Ok {
-            self.list();
+        // The sources made for this populate (not the shared OCI layouts).
+        if src.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("pop-")) {
+            if src.is_dir() {
+                let _ = std::fs::remove_dir_all(&src);
+            } else {
+                let _ = std::fs::remove_file(&src);
+            }
         }
-        let vol = self.vols.get_mut(&v).unwrap();
+        if o != Outcome::Ok {
+            self.still_there(&v, "populate");
+        }
+        let Some(vol) = self.vols.get_mut(&v) else { return };
         if o == Outcome::Ok {
             vol.alts = vec![content];
             vol.scratch_may_remain = false;
@@ -289,14 +307,6 @@ impl<'a> Client<'a> {
                     self.sh.scratch_allowed.lock().unwrap().insert(id);
                 }
                 None => self.sh.violation(&self.who, format!("volume {v}: no id known after an interrupted populate")),
-            }
-        }
-        // The sources made for this populate (not the shared OCI layouts).
-        if src.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("pop-")) {
-            if src.is_dir() {
-                let _ = std::fs::remove_dir_all(&src);
-            } else {
-                let _ = std::fs::remove_file(&src);
             }
         }
     }
