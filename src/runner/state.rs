@@ -68,7 +68,9 @@ impl RunState {
     pub fn create(pool: &Pool, record: RunRecord) -> Result<RunState> {
         let runs = runs_dir(pool);
         fs::create_dir_all(&runs).ctx(|| format!("creating {}", runs.display()))?;
-        let tmp = runs.join(format!(".new-{}", record.id));
+        // The creator's pid in the name: mkdir and flock are two calls, and a reaper must not
+        // take the directory for a dead run's in between (see `reap_dead_runs`).
+        let tmp = runs.join(format!(".new-{}-{}", record.id, std::process::id()));
         fs::create_dir(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
         let lock = lock_dir(&tmp)?.ok_or_else(|| Error::Inconsistent(format!("{} is locked by another process", tmp.display())))?;
         write_durable(&tmp.join(RECORD), &crate::pool::store::json(&record)?)?;
@@ -173,6 +175,14 @@ pub fn cleanup(pool: &Pool, rec: &RunRecord, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether the process that made the run directory `.new-<id>-<pid>` is alive. A name without
+/// a pid (older rcx-dm) counts as dead, as before.
+fn new_dir_creator_alive(name: &str) -> bool {
+    name.rsplit_once('-')
+        .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
 fn ignore_missing(r: Result<()>) -> Result<()> {
     match r {
         Err(Error::NoSuchVolume { .. }) => Ok(()),
@@ -207,6 +217,10 @@ pub fn reap_dead_runs(pool: &Pool) -> Result<usize> {
         if !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
+        if name.starts_with('.') && new_dir_creator_alive(name) {
+            // Made but maybe not locked yet (the soak caught a reaper removing it there).
+            continue;
+        }
         let lock = match lock_dir(&dir) {
             Ok(Some(l)) => l,
             Ok(None) => continue, // alive
@@ -236,5 +250,18 @@ pub fn reap_dead_runs(pool: &Pool) -> Result<usize> {
     match first_err {
         Some(e) => Err(e),
         None => Ok(cleaned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_dir_creator_alive;
+
+    #[test]
+    fn a_new_run_dir_is_its_living_creators() {
+        assert!(new_dir_creator_alive(&format!(".new-22f6651d-{}", std::process::id())));
+        // pid_max is at most 2^22: this pid never exists.
+        assert!(!new_dir_creator_alive(".new-22f6651d-4294967295"));
+        assert!(!new_dir_creator_alive(".new-22f6651d"));
     }
 }
