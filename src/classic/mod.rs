@@ -822,7 +822,9 @@ impl<'p> Classic<'p> {
 /// path, whatever `f` returned. A table loaded by `f` goes live with the resume; when the load
 /// failed, the old table stays live.
 pub(crate) fn with_suspended<T>(dm: &Dm, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let suspend = matches!(dm.info(name)?, Some(i) if !i.suspended);
+    // A device without a live table (a create killed half-way) has no I/O to quiesce, and the
+    // kernel refuses its resume (EINVAL): leave it to whoever makes it again.
+    let suspend = matches!(dm.info(name)?, Some(i) if !i.suspended && i.live_table);
     if suspend {
         dm.suspend(name)?;
     }
