@@ -206,20 +206,10 @@ impl<'p> Classic<'p> {
         names::owned(dm, &self.dm_id(dev))
     }
 
-    /// Like `info`, under the lock: a device of ours without a live table (a create killed
-    /// before its table went live) is removed and reported absent, as the thin side does
-    /// (`Pool::thin_device`); kept, it would pass for a live part of the stack, and an origin
-    /// shell would send `settle` into a resume the kernel refuses on every command.
+    /// Like `info`, under the lock: a device left without a table is removed and reported
+    /// absent (`names::owned_live`), never taken for a live part of the stack.
     fn live_info(&self, dm: &Dm, dev: &str) -> Result<Option<DevInfo>> {
-        match self.info(dm, dev)? {
-            Some(i) if !i.live_table => {
-                tracing::warn!(device = dev, "removing a device an interrupted command left without a table");
-                dm.remove(dev)?;
-                dm::node::remove(dev);
-                Ok(None)
-            }
-            other => Ok(other),
-        }
+        names::owned_live(dm, &self.dm_id(dev))
     }
 
     /// The dm device name of origin or snapshot `name` (`<pool>-<name>`).

@@ -221,22 +221,10 @@ impl Pool {
     }
 
     /// The live device of volume `id`, if any; a foreign device of its name is an error.
-    /// Call with the pool lock held: a device of ours without a live table is what an
-    /// activation killed between its create and its resume left (activations run under the
-    /// lock, so none is under way). It is removed and reported absent; kept, it would be
-    /// taken for active (opens fail with ENXIO) and its "suspended" state would send every
-    /// recovery into a resume the kernel refuses (EINVAL), wedging the pool (the soak found it).
+    /// Call with the pool lock held: a device left without a table is removed
+    /// (`names::owned_live`; the soak found one wedging the pool in a resume loop).
     pub(crate) fn thin_device(&self, dm: &Dm, id: u32) -> Result<Option<DevInfo>> {
-        let dmid = names::thin(&self.name, id);
-        match names::owned(dm, &dmid)? {
-            Some(i) if !i.live_table => {
-                tracing::warn!(id, device = %dmid.name, "removing a device an interrupted activation left without a table");
-                dm.remove(&dmid.name)?;
-                dm::node::remove(&dmid.name);
-                Ok(None)
-            }
-            other => Ok(other),
-        }
+        names::owned_live(dm, &names::thin(&self.name, id))
     }
 
     /// Create backing storage, zeroed metadata and the thin-pool device.
@@ -311,14 +299,9 @@ impl Pool {
     fn load_pool_with(&self, dm: &Dm, c: &PoolConfig) -> Result<PathBuf> {
         let dmid = names::thin_pool(&self.name);
         let name = &dmid.name;
-        let info = match names::owned(dm, &dmid)? {
-            Some(i) if i.live_table => i,
-            other => {
-                if other.is_some() {
-                    // A `pool activate` killed between the create and the resume (see thin_device).
-                    tracing::warn!(device = %name, "removing a pool device an interrupted activation left without a table");
-                    dm.remove(name)?;
-                }
+        let info = match names::owned_live(dm, &dmid)? {
+            Some(i) => i,
+            None => {
                 let line = self.pool_table(c)?;
                 dm.create(name, Some(&dmid.uuid), &[line], false).map_err(|e| self.load_error(e))?
             }

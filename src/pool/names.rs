@@ -96,6 +96,22 @@ pub fn owned(dm: &Dm, want: &DmId) -> Result<Option<DevInfo>> {
     }
 }
 
+/// Like `owned`, for callers holding their pool's lock (every create runs under it, so none is
+/// under way): a device of ours without a live table is what a create killed between its
+/// DM_DEV_CREATE and its resume left. It is removed and reported absent; kept, it would pass for
+/// live (opens fail with ENXIO), and a resume of it is EINVAL for ever.
+pub fn owned_live(dm: &Dm, want: &DmId) -> Result<Option<DevInfo>> {
+    match owned(dm, want)? {
+        Some(i) if !i.live_table => {
+            tracing::warn!(device = %want.name, "removing a device an interrupted command left without a table");
+            dm.remove(&want.name)?;
+            crate::dm::node::remove(&want.name);
+            Ok(None)
+        }
+        other => Ok(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
