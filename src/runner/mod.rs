@@ -410,14 +410,19 @@ pub fn run_container(
             });
         }
     }
-    let times = match namespaces::collect(&started) {
-        Report::Running(t) => t,
-        Report::Failed { kind, errno, what } => {
-            let _ = nix::sys::wait::waitpid(started.pid, None);
-            return Err(start_error(&plan, &env, &kind, errno, &what));
-        }
+    let (times, status) = match namespaces::collect(&started) {
+        Report::Running(t) => (t, init::supervise(started.pid)?),
+        Report::Failed { kind, errno, what } => match (errno, nix::sys::wait::waitpid(started.pid, None)) {
+            // Killed before it could say anything (a SIGKILL from outside, the OOM killer): the
+            // container was killed, and says so with 128+signal like any killed container
+            // rather than as a setup failure.
+            (0, Ok(s @ nix::sys::wait::WaitStatus::Signaled(..))) => {
+                tracing::warn!(status = ?s, "the container process was killed before its command started");
+                (namespaces::ChildTimes::default(), s)
+            }
+            _ => return Err(start_error(&plan, &env, &kind, errno, &what)),
+        },
     };
-    let status = init::supervise(started.pid)?;
     let t_end = namespaces::monotonic_ns();
     let ms = |a: u64, b: u64| Duration::from_nanos(b.saturating_sub(a));
     timings.push(("mount", ms(times.start, times.mounted)));
