@@ -10,6 +10,7 @@
 //! volume: images, serve records, classic stacks) sits over all three for front ends' deletes.
 
 pub mod dm;
+pub mod durable;
 pub mod error;
 pub mod loopback;
 pub mod pool;

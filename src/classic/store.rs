@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dm::Persistence;
 use crate::error::{IoContext, Result};
-use crate::pool::store::{json, read_json, remove_durable, write_durable};
+use crate::durable::{json, read_json, remove_durable, write_durable};
 
 /// What an origin's `-real` linear device maps.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -218,6 +218,30 @@ impl Dm {
             .map_err(|e| dm_err("resume", name, e))
     }
 
+    /// Run `f` with device `name` suspended when it exists, is live and is not suspended
+    /// already, and resume it on every path, whatever `f` returned (`f`'s error wins over the
+    /// resume's). The kernel needs this around a message that must see all of a device's
+    /// writes (a thin snapshot's `create_snap`) and around a table swap; a table `f` loaded goes
+    /// live with the resume, and when the load failed the old table stays live. A device
+    /// without a live table (a create killed half-way) has no I/O to quiesce and the kernel
+    /// refuses its resume (EINVAL): it is left to whoever makes it again.
+    pub fn with_suspended<T>(&self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let suspend = matches!(self.info(name)?, Some(i) if !i.suspended && i.live_table);
+        if suspend {
+            self.suspend(name)?;
+        }
+        let r = f();
+        if suspend {
+            if let Err(e) = self.resume(name) {
+                return Err(match r {
+                    Err(first) => first,
+                    Ok(_) => e,
+                });
+            }
+        }
+        r
+    }
+
     /// Remove a device. A device that does not exist is already removed (Ok).
     pub fn remove(&self, name: &str) -> Result<()> {
         match self.dm.device_remove(&DevId::Name(dm_name(name)?), DmOptions::default()) {

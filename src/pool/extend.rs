@@ -69,7 +69,7 @@ impl Pool {
         let dm = Dm::open()?;
         let _l = self.lock()?;
         let live = self.pool_device(&dm)?.is_some();
-        if let Some(i) = self.store.extend_intent()? {
+        if let Some(i) = self.store.extend_intent().get()? {
             self.finish_extend(&dm, &i)?;
         }
         if live {
@@ -104,7 +104,7 @@ impl Pool {
             self.check_host_room_for(&c, new_data, new_meta)?;
         }
         let intent = ExtendIntent { old_data_bytes: c.data_bytes, new_data_bytes: new_data, old_meta_bytes: c.meta_bytes, new_meta_bytes: new_meta };
-        self.store.put_extend_intent(&intent)?;
+        self.store.extend_intent().put(&intent)?;
         if let Err(e) = fault::point("extend.intent").and_then(|_| self.extend_steps(&dm, &intent, true)) {
             // An error, not a crash: whatever ran is a prefix of the roll-forward, so try to
             // finish; if that fails too the intent stays for the next command.
@@ -188,7 +188,7 @@ impl Pool {
         }
         self.put_config(&c)?;
         point("extend.recorded")?;
-        self.store.clear_extend_intent()
+        self.store.extend_intent().clear()
     }
 
     /// Reload the live pool's table from `c` (length, low-water mark) and make it live:

@@ -23,7 +23,8 @@ use std::process::Command;
 use loopdev::{LoopControl, LoopDevice};
 use serde::Serialize;
 
-use super::store::{remove_durable, sync_dir, Backing};
+use super::store::Backing;
+use crate::durable::{remove_durable, sync_dir};
 use super::{fault, Pool};
 use crate::dm::Dm;
 use crate::error::{Errno, Error, IoContext, Result};

@@ -23,10 +23,8 @@ pub use autoextend::{Autoextend, Step};
 pub use extend::{ExtendOutcome, ExtendRequest, SizeChange};
 pub use health::{CheckReport, RepairReport};
 pub use monitor::{MonitorOptions, MonitorStop};
-pub use volume::{
-    parse_id as parse_thin_id, validate_name as validate_volume_name, validate_user_name as validate_user_volume_name, VolRef, Volume,
-    RESERVED_PREFIXES,
-};
+pub use names::{validate_pool_name, validate_user_volume_name, validate_volume_name, RESERVED_PREFIXES};
+pub use volume::{parse_id as parse_thin_id, VolRef, Volume};
 
 use crate::dm::{self, DevInfo, Dm, PoolMode, Target, ThinPoolState, ThinPoolStatus, ThinPoolTarget};
 use crate::error::{Error, IoContext, Result};
@@ -97,21 +95,6 @@ pub fn validate_block_size(bytes: u64) -> Result<()> {
     Ok(())
 }
 
-pub fn validate_pool_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        && !name.starts_with(['.', '-'])
-        && names::escape_pool(name).len() <= names::MAX_ESCAPED_POOL;
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "pool name",
-            format!("'{name}'; use 1-64 letters, digits, '_', '.', '-', not starting with '.' or '-' (each '-' counts twice: dm names double it)"),
-        ))
-    }
-}
 
 /// `pool status`: the store's view plus the kernel's status line when the pool is live.
 #[derive(Debug, Clone, Serialize)]
@@ -338,6 +321,14 @@ impl Pool {
         PoolLock::acquire(self.store.dir())
     }
 
+    /// The prologue of every change to volumes: the pool lock, then whatever operation a crash
+    /// interrupted finished or undone, so the change starts from a consistent pool.
+    fn lock_and_recover(&self, dm: &Dm) -> Result<PoolLock> {
+        let lock = self.lock()?;
+        self.recover_locked(dm)?;
+        Ok(lock)
+    }
+
     /// What the kernel says of the live pool, or PoolInactive.
     fn kernel_state(&self, dm: &Dm) -> Result<ThinPoolState> {
         let name = self.pool_dm_name();
@@ -391,7 +382,7 @@ impl Pool {
     pub fn activate(&self) -> Result<usize> {
         let dm = Dm::open()?;
         let _l = self.lock()?;
-        if let Some(i) = self.store.extend_intent()? {
+        if let Some(i) = self.store.extend_intent().get()? {
             // Before the load: the kernel refuses a table shorter than the data size its
             // metadata may already record.
             self.finish_extend(&dm, &i)?;
@@ -415,7 +406,7 @@ impl Pool {
         // the power-loss replay: a cut during revert or populate lost the volume).
         let kernel_txid = self.kernel_status(&dm)?.transaction_id;
         // A crash or power cut between a temp file's write and its rename leaves the temp.
-        let stale = store::remove_stale_temps(self.dir())?;
+        let stale = crate::durable::remove_stale_temps(self.dir())?;
         if stale > 0 {
             tracing::info!(stale, "removed the temp files of interrupted writes");
         }

@@ -21,12 +21,67 @@
 //! at most [`MAX_ESCAPED_POOL`] (checked at `pool create`), a classic name at most 48, so the
 //! longest name is 64 + 1 + 48 + 5 = 118 and the longest uuid 6 + 4 + 1 + 64 + 1 + 48 = 124.
 //!
+//! User-given names (pools, volumes) are checked here too: one rule of characters for all,
+//! each kind's extra limits on top.
+//!
 //! A device is reused or removed only when its uuid is exactly the one rcx-dm gives that name:
 //! a device of another tool, or of an rcx-dm before this scheme, is refused
 //! ([`Error::ForeignDevice`]), never adopted.
 
 use crate::dm::{DevInfo, Dm};
 use crate::error::{Error, Result};
+
+/// The rule every name a user gives shares (pools, volumes; classic stacks and images add
+/// their own limits on top): 1 to 64 ASCII letters, digits, `_`, `.`, `-`, not starting with
+/// `.` or `-` (never a hidden file, never an option).
+fn is_plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && !s.starts_with(['.', '-'])
+}
+
+/// A pool name: plain, and short enough once escaped for every dm name built from it.
+pub fn validate_pool_name(name: &str) -> Result<()> {
+    if is_plain_name(name) && escape_pool(name).len() <= MAX_ESCAPED_POOL {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "pool name",
+            format!("'{name}'; use 1-64 letters, digits, '_', '.', '-', not starting with '.' or '-' (each '-' counts twice: dm names double it)"),
+        ))
+    }
+}
+
+/// A volume name: plain and not all digits (it would read as an id).
+pub fn validate_volume_name(s: &str) -> Result<()> {
+    if is_plain_name(s) && !s.chars().all(|c| c.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(Error::invalid("volume name", format!("'{s}'; use 1-64 letters, digits, '_', '.', '-', not only digits")))
+    }
+}
+
+/// Prefixes of the names rcx-dm gives its own volumes (populate's scratch, commits, formatted
+/// bases, image layers, serve's snapshots, runs' snapshots). Its cleanup deletes volumes by these
+/// names, so users may not create them.
+pub const RESERVED_PREFIXES: &[&str] = &["populate-", "commit-", "base-", "layer-", "ctrd-", "run-"];
+
+/// A volume name a user chose: [`validate_volume_name`], and not one of rcx-dm's own names
+/// ([`RESERVED_PREFIXES`]).
+pub fn validate_user_volume_name(s: &str) -> Result<()> {
+    validate_volume_name(s)?;
+    match RESERVED_PREFIXES.iter().find(|p| s.starts_with(**p)) {
+        Some(p) => Err(Error::invalid(
+            "volume name",
+            format!(
+                "'{s}' starts with '{p}', which rcx-dm reserves for its own volumes ({}); pick another name",
+                RESERVED_PREFIXES.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
 
 /// The longest pool name once its hyphens are doubled.
 pub const MAX_ESCAPED_POOL: usize = 64;

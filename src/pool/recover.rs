@@ -26,7 +26,7 @@ impl Pool {
     /// interrupted operation before reporting. Only where there is one, and only on a live pool
     /// (an inactive pool is recovered by `pool activate`).
     pub(crate) fn recover_if_pending(&self, dm: &Dm) -> Result<()> {
-        if self.store.intent()?.is_none() && self.store.extend_intent()?.is_none() {
+        if self.store.intent().get()?.is_none() && self.store.extend_intent().get()?.is_none() {
             return Ok(());
         }
         let _l = self.lock()?;
@@ -40,12 +40,12 @@ impl Pool {
     /// now (the pool is inactive) is an error (PoolInactive): for callers that must see its
     /// outcome before they look volumes up by name.
     pub(crate) fn recover_pending_or_fail(&self, dm: &Dm) -> Result<()> {
-        if self.store.intent()?.is_none() {
+        if self.store.intent().get()?.is_none() {
             return Ok(());
         }
         let _l = self.lock()?;
         if self.pool_device(dm)?.is_none() {
-            return match self.store.intent()? {
+            return match self.store.intent().get()? {
                 Some(_) => Err(Error::PoolInactive(self.name.clone())),
                 None => Ok(()),
             };
@@ -55,10 +55,10 @@ impl Pool {
 
     fn recover_steps(&self, dm: &Dm, faults: bool) -> Result<()> {
         let point = |step: &str| if faults { fault::point(step) } else { Ok(()) };
-        if let Some(e) = self.store.extend_intent()? {
+        if let Some(e) = self.store.extend_intent().get()? {
             self.finish_extend(dm, &e)?;
         }
-        let Some(intent) = self.store.intent()? else { return Ok(()) };
+        let Some(intent) = self.store.intent().get()? else { return Ok(()) };
         tracing::info!(?intent, "recovering interrupted operation");
         let kernel = self.kernel_status(dm)?.transaction_id;
         match &intent {
@@ -123,7 +123,7 @@ impl Pool {
                 point("delete.recorded")?;
             }
         }
-        self.store.clear_intent()
+        self.store.intent().clear()
     }
 
     fn mismatch(&self, intent: &Intent, kernel: u64) -> Error {

@@ -26,8 +26,7 @@ impl Pool {
         }
         let dm = Dm::open()?;
         let rec = {
-            let _l = self.lock()?;
-            self.recover_locked(&dm)?;
+            let _l = self.lock_and_recover(&dm)?;
             let old = self.resolve(v)?;
             if old.read_only {
                 return Err(Error::VolumeReadOnly { vol: v.to_string(), op: "resized" });
@@ -97,8 +96,7 @@ impl Pool {
     ) -> Result<T> {
         let dm = Dm::open()?;
         let (rec, path, temporary): (VolumeRecord, PathBuf, bool) = {
-            let _l = self.lock()?;
-            self.recover_locked(&dm)?;
+            let _l = self.lock_and_recover(&dm)?;
             let rec = self.resolve(v)?;
             check(&rec)?;
             let live = self.thin_device(&dm, rec.id)?.is_some();

@@ -40,8 +40,7 @@ impl Pool {
     pub fn revert(&self, vol: &VolRef, snapshot: &VolRef) -> Result<Volume> {
         let dm = Dm::open()?;
         let id = {
-            let _l = self.lock()?;
-            self.recover_locked(&dm)?;
+            let _l = self.lock_and_recover(&dm)?;
             let v = self.resolve(vol)?;
             let s = self.resolve(snapshot)?;
             if v.id == s.id {
@@ -60,13 +59,13 @@ impl Pool {
             let txid = self.writable_status(&dm)?.transaction_id;
             let tmp = self.allocate_id()?;
             let intent = Intent::Revert { id: v.id, snapshot: s.id, tmp, txid, reactivate: info.is_some() };
-            self.store.put_intent(&intent)?;
+            self.store.intent().put(&intent)?;
             let done = fault::point("revert.intent").and_then(|_| self.revert_steps(&dm, &intent, true));
             if let Err(e) = done {
                 if e.errno() == Some(Errno::EEXIST) {
                     // The scratch id is taken in the kernel although the store does not know it:
                     // nothing of ours was made, so never "roll back" by deleting it.
-                    self.store.clear_intent()?;
+                    self.store.intent().clear()?;
                     if info.is_some() {
                         self.activate_thin(&dm, &v)?;
                     }
@@ -79,7 +78,7 @@ impl Pool {
                 self.recover_locked(&dm)?;
                 return Err(e);
             }
-            self.store.clear_intent()?;
+            self.store.intent().clear()?;
             v.id
         };
         self.volume(&VolRef::Id(id))
@@ -126,19 +125,16 @@ impl Pool {
         for k in (kernel - txid)..STEPS {
             let step = match k {
                 0 => {
-                    let suspended = match self.thin_device(dm, snapshot)? {
-                        Some(i) if !i.suspended => {
-                            dm.suspend(&sdev)?;
-                            true
+                    self.thin_device(dm, snapshot)?;
+                    dm.with_suspended(&sdev, || {
+                        // Live, EEXIST is not "done" but someone else's thin: the caller refuses.
+                        let r = dm.message(&pool, &format!("create_snap {tmp} {snapshot}"));
+                        if live {
+                            r.map(|_| ())
+                        } else {
+                            ignore(r, Errno::EEXIST)
                         }
-                        _ => false,
-                    };
-                    // Live, EEXIST is not "done" but someone else's thin: the caller refuses.
-                    let r = dm.message(&pool, &format!("create_snap {tmp} {snapshot}"));
-                    let made = if live { r.map(|_| ()) } else { ignore(r, Errno::EEXIST) };
-                    let resumed = if suspended { dm.resume(&sdev) } else { Ok(()) };
-                    made?;
-                    resumed?;
+                    })?;
                     "revert.snapped"
                 }
                 1 => {

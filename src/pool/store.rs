@@ -14,8 +14,9 @@ use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 
+use crate::durable::{read_json, remove_durable, sync_dir, write_json, IntentFile};
 use crate::error::{Error, IoContext, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -129,7 +130,7 @@ impl Store {
     }
 
     pub fn put_config(&self, c: &PoolConfig) -> Result<()> {
-        write_durable(&self.config_path(), &json(c)?)
+        write_json(&self.config_path(), c)
     }
 
     fn volume_path(&self, id: u32) -> PathBuf {
@@ -145,7 +146,7 @@ impl Store {
     }
 
     pub fn put_volume(&self, v: &VolumeRecord) -> Result<()> {
-        write_durable(&self.volume_path(v.id), &json(v)?)
+        write_json(&self.volume_path(v.id), v)
     }
 
     pub fn remove_volume(&self, id: u32) -> Result<()> {
@@ -237,32 +238,14 @@ impl Store {
         Ok(())
     }
 
-    fn intent_path(&self) -> PathBuf {
-        self.dir.join("intent.json")
+    /// The volume operation in flight (`intent.json`).
+    pub fn intent(&self) -> IntentFile<Intent> {
+        IntentFile::new(self.dir.join("intent.json"))
     }
 
-    pub fn intent(&self) -> Result<Option<Intent>> {
-        read_json(&self.intent_path())
-    }
-
-    pub fn put_intent(&self, i: &Intent) -> Result<()> {
-        write_durable(&self.intent_path(), &json(i)?)
-    }
-
-    pub fn clear_intent(&self) -> Result<()> {
-        remove_durable(&self.intent_path())
-    }
-
-    pub fn extend_intent(&self) -> Result<Option<ExtendIntent>> {
-        read_json(&self.dir.join("extend.json"))
-    }
-
-    pub fn put_extend_intent(&self, i: &ExtendIntent) -> Result<()> {
-        write_durable(&self.dir.join("extend.json"), &json(i)?)
-    }
-
-    pub fn clear_extend_intent(&self) -> Result<()> {
-        remove_durable(&self.dir.join("extend.json"))
+    /// The `pool extend` in flight (`extend.json`).
+    pub fn extend_intent(&self) -> IntentFile<ExtendIntent> {
+        IntentFile::new(self.dir.join("extend.json"))
     }
 
     pub fn next_id_hint(&self) -> u32 {
@@ -275,102 +258,17 @@ impl Store {
     }
 }
 
-pub(crate) fn json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(v).map_err(|e| Error::Inconsistent(format!("encoding record: {e}")))
-}
-
-pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Inconsistent(format!("{} is corrupt: {e}", path.display()))),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).ctx(|| format!("reading {}", path.display())),
-    }
-}
-
-/// Replace `path` atomically: readers see the old or the new content, never a mix.
-pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes).ctx(|| format!("writing {}", tmp.display()))?;
-    f.sync_all().ctx(|| format!("syncing {}", tmp.display()))?;
-    fs::rename(&tmp, path).ctx(|| format!("renaming {} into place", tmp.display()))?;
-    sync_dir(path.parent().unwrap_or(Path::new("/")))
-}
-
-/// Remove the temp files (`*.tmp.<pid>`: `write_durable`, `claim_name`) of writes that a crash
-/// or a power cut interrupted, in `dir` and below: those whose process is gone. A live
-/// process's temp is a write in progress and stays. Returns how many went.
-pub(crate) fn remove_stale_temps(dir: &Path) -> Result<usize> {
-    use std::os::unix::fs::MetadataExt;
-    match fs::metadata(dir) {
-        Ok(m) => remove_stale_temps_on(dir, m.dev()),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(e).ctx(|| format!("reading {}", dir.display())),
-    }
-}
-
-/// The walk stays on `dev`: a filesystem mounted inside the store (a volume being populated
-/// or trimmed) is not the store's.
-fn remove_stale_temps_on(dir: &Path, dev: u64) -> Result<usize> {
-    use std::os::unix::fs::MetadataExt;
-    let mut n = 0;
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).ctx(|| format!("reading {}", dir.display())),
-    };
-    for e in entries {
-        let e = e.ctx(|| format!("reading {}", dir.display()))?;
-        let p = e.path();
-        // file_type does not follow symlinks: a link out of the store is never walked.
-        if e.file_type().ctx(|| format!("reading {}", p.display()))?.is_dir() {
-            if e.metadata().is_ok_and(|m| m.dev() == dev) {
-                n += remove_stale_temps_on(&p, dev)?;
-            }
-            continue;
-        }
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.rsplit_once(".tmp.")).map(|(_, pid)| pid.to_string()) else {
-            continue;
-        };
-        let alive = pid.parse::<u32>().is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if !alive {
-            match fs::remove_file(&p) {
-                Ok(()) => n += 1,
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(e).ctx(|| format!("removing {}", p.display())),
-            }
-        }
-    }
-    if n > 0 {
-        sync_dir(dir)?;
-    }
-    Ok(n)
-}
-
-pub(crate) fn remove_durable(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("/"))),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).ctx(|| format!("removing {}", path.display())),
-    }
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).ctx(|| format!("syncing directory {}", dir.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::durable::remove_stale_temps;
 
     fn rec(id: u32) -> VolumeRecord {
         VolumeRecord { id, name: None, parent: None, size_bytes: 1 << 30, txid: 1, autoactivate: true, read_only: false }
     }
 
-    /// Issue 13, power loss: a cut between a temp file's fsync and its rename leaves
-    /// `*.tmp.<pid>` files that no later command removed.
+    /// A power cut between a temp file's fsync and its rename leaves `*.tmp.<pid>` files that,
+    /// before `remove_stale_temps`, no later command removed.
     #[test]
     fn stale_temps_of_dead_processes_go_at_any_depth_and_live_ones_stay() {
         let d = tempfile::tempdir().unwrap();
@@ -433,12 +331,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = Store::new(d.path().join("p"));
         s.init().unwrap();
-        assert_eq!(s.intent().unwrap(), None);
+        assert_eq!(s.intent().get().unwrap(), None);
         let i = Intent::Create { id: 3, name: Some("a".into()), parent: Some(1), size_bytes: 512, txid: 9 };
-        s.put_intent(&i).unwrap();
-        assert_eq!(s.intent().unwrap(), Some(i));
-        s.clear_intent().unwrap();
-        assert_eq!(s.intent().unwrap(), None);
+        s.intent().put(&i).unwrap();
+        assert_eq!(s.intent().get().unwrap(), Some(i));
+        s.intent().clear().unwrap();
+        assert_eq!(s.intent().get().unwrap(), None);
     }
 
     /// Issue 13, defect 4: an older rcx-dm created the name file before writing it, so a kill

@@ -26,7 +26,7 @@ impl std::str::FromStr for VolRef {
         if s.chars().all(|c| c.is_ascii_digit()) && !s.is_empty() {
             return parse_id(s).map(VolRef::Id);
         }
-        validate_name(s)?;
+        names::validate_volume_name(s)?;
         Ok(VolRef::Name(s.to_string()))
     }
 }
@@ -44,40 +44,6 @@ pub fn parse_id(s: &str) -> Result<u32> {
     match s.parse::<u64>() {
         Ok(n) if n <= MAX_THIN_ID as u64 => Ok(n as u32),
         _ => Err(Error::invalid("volume id", format!("'{s}'; ids are 0 to {MAX_THIN_ID} (24 bits)"))),
-    }
-}
-
-/// Names are what users type; all-digit names would be ambiguous with ids.
-pub fn validate_name(s: &str) -> Result<()> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        && !s.starts_with(['.', '-'])
-        && !s.chars().all(|c| c.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid("volume name", format!("'{s}'; use 1-64 letters, digits, '_', '.', '-', not only digits")))
-    }
-}
-
-/// Prefixes of the names rcx-dm gives its own volumes (populate's scratch, commits, formatted
-/// bases, image layers, serve's snapshots, runs' snapshots). Its cleanup deletes volumes by these
-/// names, so users may not create them.
-pub const RESERVED_PREFIXES: &[&str] = &["populate-", "commit-", "base-", "layer-", "ctrd-", "run-"];
-
-/// `validate_name`, and not one of rcx-dm's own names (`RESERVED_PREFIXES`).
-pub fn validate_user_name(s: &str) -> Result<()> {
-    validate_name(s)?;
-    match RESERVED_PREFIXES.iter().find(|p| s.starts_with(**p)) {
-        Some(p) => Err(Error::invalid(
-            "volume name",
-            format!(
-                "'{s}' starts with '{p}', which rcx-dm reserves for its own volumes ({}); pick another name",
-                RESERVED_PREFIXES.join(", ")
-            ),
-        )),
-        None => Ok(()),
     }
 }
 
@@ -110,7 +76,7 @@ impl Pool {
     /// Create an empty thin volume of `size` bytes and activate it. A name may not use one of
     /// rcx-dm's reserved prefixes (`RESERVED_PREFIXES`).
     pub fn create_thin(&self, id: Option<u32>, size: u64, name: Option<&str>) -> Result<Volume> {
-        name.map(validate_user_name).transpose()?;
+        name.map(names::validate_user_volume_name).transpose()?;
         self.create_volume(id, None, size, name)
     }
 
@@ -123,7 +89,7 @@ impl Pool {
     /// Snapshot `origin` as a new volume (suspending an active origin around `create_snap`)
     /// and activate it. `size` defaults to the origin's size.
     pub fn snapshot(&self, id: Option<u32>, origin: &VolRef, size: Option<u64>, name: Option<&str>) -> Result<Volume> {
-        name.map(validate_user_name).transpose()?;
+        name.map(names::validate_user_volume_name).transpose()?;
         self.snapshot_internal(id, origin, size, name)
     }
 
@@ -143,13 +109,12 @@ impl Pool {
             return Err(Error::invalid("size", format!("{size} bytes; must be a positive multiple of 512")));
         }
         if let Some(n) = name {
-            validate_name(n)?;
+            names::validate_volume_name(n)?;
         }
         let dm = Dm::open()?;
         let op = if origin.is_some() { "snap" } else { "create" };
         let record = {
-            let _l = self.lock()?;
-            self.recover_locked(&dm)?;
+            let _l = self.lock_and_recover(&dm)?;
             let parent = origin.map(|o| self.resolve(o)).transpose()?;
             if let Some(n) = name {
                 if self.store.lookup_name(n)?.is_some() {
@@ -188,12 +153,12 @@ impl Pool {
                     size_bytes: size,
                     txid,
                 };
-                self.store.put_intent(&intent)?;
+                self.store.intent().put(&intent)?;
                 let result = fault::point(&format!("{op}.intent"))
                     .and_then(|_| self.create_steps(&dm, op, &intent, parent.as_ref()));
                 match result {
                     Ok(rec) => {
-                        self.store.clear_intent()?;
+                        self.store.intent().clear()?;
                         self.advance_id_hint(id, chosen.is_some());
                         break rec;
                     }
@@ -201,7 +166,7 @@ impl Pool {
                         if e.errno() == Some(Errno::EEXIST) {
                             // The kernel already has this id although the store does not: never roll
                             // back by deleting what we did not create.
-                            self.store.clear_intent()?;
+                            self.store.intent().clear()?;
                             if let Some(n) = name {
                                 self.store.release_name(n, id)?;
                             }
@@ -242,22 +207,15 @@ impl Pool {
                 fault::point("create.created")?;
             }
             Some(origin) => {
-                let origin_dev = self.thin_dm_name(origin.id);
                 // The kernel requires an active origin to be suspended around create_snap so
-                // that the snapshot sees all of its writes.
-                let suspended = match self.thin_device(dm, origin.id)? {
-                    Some(i) if !i.suspended => {
-                        dm.suspend(&origin_dev)?;
-                        true
-                    }
-                    _ => false,
-                };
-                let created = fault::point("snap.suspended")
-                    .and_then(|_| dm.message(&pool, &format!("create_snap {id} {}", origin.id)))
-                    .and_then(|_| fault::point("snap.created"));
-                let resumed = if suspended { dm.resume(&origin_dev) } else { Ok(()) };
-                created?;
-                resumed?;
+                // that the snapshot sees all of its writes (thin_device first: it checks the
+                // device is ours and removes one left without a table).
+                self.thin_device(dm, origin.id)?;
+                dm.with_suspended(&self.thin_dm_name(origin.id), || {
+                    fault::point("snap.suspended")?;
+                    dm.message(&pool, &format!("create_snap {id} {}", origin.id))?;
+                    fault::point("snap.created")
+                })?;
                 fault::point("snap.resumed")?;
             }
         }
@@ -322,8 +280,7 @@ impl Pool {
     /// Activate a volume; returns its device path.
     pub fn activate_volume(&self, v: &VolRef) -> Result<PathBuf> {
         let dm = Dm::open()?;
-        let _l = self.lock()?;
-        self.recover_locked(&dm)?;
+        let _l = self.lock_and_recover(&dm)?;
         let mut rec = self.resolve(v)?;
         let path = self.activate_thin(&dm, &rec)?;
         if !rec.autoactivate {
@@ -336,8 +293,7 @@ impl Pool {
     /// Remove a volume's device; its data stays in the pool.
     pub fn deactivate_volume(&self, v: &VolRef) -> Result<()> {
         let dm = Dm::open()?;
-        let _l = self.lock()?;
-        self.recover_locked(&dm)?;
+        let _l = self.lock_and_recover(&dm)?;
         let mut rec = self.resolve(v)?;
         self.remove_thin_device(&dm, rec.id)?;
         if rec.autoactivate {
@@ -353,8 +309,7 @@ impl Pool {
     /// unless `force`, which deactivates it first.
     pub fn delete(&self, v: &VolRef, force: bool) -> Result<()> {
         let dm = Dm::open()?;
-        let _l = self.lock()?;
-        self.recover_locked(&dm)?;
+        let _l = self.lock_and_recover(&dm)?;
         let rec = self.resolve(v)?;
         if self.thin_device(&dm, rec.id)?.is_some() {
             if !force {
@@ -364,7 +319,7 @@ impl Pool {
         }
         let txid = self.writable_status(&dm)?.transaction_id;
         let intent = Intent::Delete { id: rec.id, name: rec.name.clone(), txid };
-        self.store.put_intent(&intent)?;
+        self.store.intent().put(&intent)?;
         // From here the delete is decided: recovery always rolls it forward.
         let done = fault::point("delete.intent").and_then(|_| self.delete_forward_locked(&dm));
         if let Err(e) = done {
@@ -419,8 +374,7 @@ impl Pool {
     /// that is then deleted). Only the store changes.
     pub fn set_parent(&self, v: &VolRef, parent: Option<u32>) -> Result<()> {
         let dm = Dm::open()?;
-        let _l = self.lock()?;
-        self.recover_locked(&dm)?;
+        let _l = self.lock_and_recover(&dm)?;
         let mut rec = self.resolve(v)?;
         if rec.parent != parent {
             rec.parent = parent;
@@ -434,8 +388,7 @@ impl Pool {
     pub fn set_read_only(&self, v: &VolRef, read_only: bool) -> Result<Volume> {
         let dm = Dm::open()?;
         let rec = {
-            let _l = self.lock()?;
-            self.recover_locked(&dm)?;
+            let _l = self.lock_and_recover(&dm)?;
             let mut rec = self.resolve(v)?;
             if rec.read_only != read_only {
                 rec.read_only = read_only;
@@ -536,7 +489,7 @@ mod tests {
 
     #[test]
     fn names_are_never_all_digits() {
-        assert!(validate_name("123").is_err());
-        validate_name("v1").unwrap();
+        assert!(names::validate_volume_name("123").is_err());
+        names::validate_volume_name("v1").unwrap();
     }
 }

@@ -27,7 +27,7 @@ use super::populate::{apply_layer, mountpoint, Progress};
 use super::{base, mount, oci, tree::Tree};
 use crate::error::{Error, IoContext, Result};
 use crate::pool::lock::PoolLock;
-use crate::pool::store::{read_json, remove_durable, write_durable};
+use crate::durable::{read_json, remove_durable, write_durable};
 use crate::pool::{Pool, VolRef};
 
 /// One image: its layer volumes bottom to top; `top` is what containers snapshot.
@@ -132,7 +132,7 @@ pub fn images(pool: &Pool) -> Result<Vec<ImageRecord>> {
 fn put_image(pool: &Pool, rec: &ImageRecord) -> Result<()> {
     let dir = images_dir(pool);
     std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
-    write_durable(&image_path(pool, &rec.name), &crate::pool::store::json(rec)?)
+    write_durable(&image_path(pool, &rec.name), &crate::durable::json(rec)?)
 }
 
 fn now() -> u64 {
@@ -255,7 +255,7 @@ fn build_layer(pool: &Pool, vname: &str, chain: &str, parent: u32, fs: Fs, l: &o
         let dir = images_dir(pool).join("layers");
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let rec = LayerRecord { volume_name: vname.to_string(), chain_id: chain.to_string(), parent };
-        write_durable(&layer_record_path(pool, v.id), &crate::pool::store::json(&rec)?)?;
+        write_durable(&layer_record_path(pool, v.id), &crate::durable::json(&rec)?)?;
         pool.set_read_only(&id, true)
     })();
     if let Err(e) = built {

@@ -25,7 +25,7 @@ use super::cgroup;
 use super::network;
 use super::rootfs;
 use crate::error::{Error, IoContext, Result};
-use crate::pool::store::{read_json, sync_dir, write_durable};
+use crate::durable::{read_json, sync_dir, write_durable};
 use crate::pool::{Pool, VolRef};
 
 pub const RUNS_DIR: &str = "runs";
@@ -73,7 +73,7 @@ impl RunState {
         let tmp = runs.join(format!(".new-{}-{}", record.id, std::process::id()));
         fs::create_dir(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
         let lock = lock_dir(&tmp)?.ok_or_else(|| Error::Inconsistent(format!("{} is locked by another process", tmp.display())))?;
-        write_durable(&tmp.join(RECORD), &crate::pool::store::json(&record)?)?;
+        write_durable(&tmp.join(RECORD), &crate::durable::json(&record)?)?;
         fs::create_dir(tmp.join("rootfs")).ctx(|| format!("creating {}/rootfs", tmp.display()))?;
         let dir = runs.join(&record.id);
         fs::rename(&tmp, &dir).ctx(|| format!("renaming {} into place", tmp.display()))?;

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::pool::store::{read_json, remove_durable, remove_stale_temps, write_durable};
+use crate::durable::{read_json, remove_durable, remove_stale_temps, write_durable};
 use crate::rootfs::fs::Fs;
 
 /// Pool volume names made by serve start with this; a volume with it and no record is an orphan.
