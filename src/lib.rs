@@ -19,6 +19,7 @@ pub mod rootfs;
 pub mod runner;
 pub mod serve;
 pub mod refs;
+pub mod lifecycle;
 pub mod units;
 
 pub use error::{Error, Result};

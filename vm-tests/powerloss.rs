@@ -333,7 +333,7 @@ fn check_point(rig: &mut Rig, wd: &Watchdog, dm: &rcx_dm::dm::Dm, s: &Scenario, 
         dir_names(&s.pool_dir().join("volumes"))
     );
     let pool = lib_pool(s);
-    pool.activate().map_err(|e| format!("pool activate failed: {e} ({before})"))?;
+    pool.activate().and_then(|a| a.into_result()).map_err(|e| format!("pool activate failed: {e} ({before})"))?;
     for f in ["intent.json", "extend.json"] {
         if s.pool_dir().join(f).exists() {
             return Err(format!("{f} left after pool activate"));

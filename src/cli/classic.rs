@@ -261,21 +261,6 @@ pub fn revert(pool: &Pool, a: RevertArgs) -> Result<()> {
     Ok(())
 }
 
-/// `pool activate`: the classic devices after the pool's volumes.
-pub fn activate(pool: &Pool) -> Result<usize> {
-    Ok(Classic::new(pool).activate()?)
-}
-
-/// `pool deactivate`: the classic devices before the pool (they may sit on its volumes).
-pub fn deactivate(pool: &Pool) -> Result<()> {
-    Ok(Classic::new(pool).deactivate()?)
-}
-
-/// `pool destroy`: the classic devices and their files first.
-pub fn destroy(pool: &Pool, force: bool) -> Result<()> {
-    Ok(Classic::new(pool).destroy(force)?)
-}
-
 fn print_path(dev: Option<&PathBuf>, kind: &str, name: &str) -> Result<()> {
     match dev {
         Some(d) => println!("{}", d.display()),

@@ -201,7 +201,6 @@ fn run(cli: Cli) -> Result<()> {
         bail!("rcx-dm must run as root (device-mapper and loop devices need CAP_SYS_ADMIN); try sudo");
     }
     let root = cli.root.as_path();
-    run::reap(root, &cli.pool);
     let open = || Pool::open(root, &cli.pool);
     match cli.cmd {
         Cmd::Pool(p) => pool_cmd::run(root, &cli.pool, p),

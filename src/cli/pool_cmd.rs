@@ -9,7 +9,7 @@ use rcx_dm::pool::autoextend::{parse_threshold, Autoextend};
 use rcx_dm::pool::{ExtendRequest, MonitorOptions, MonitorStop, Pool, PoolOptions, SizeChange, Step};
 use rcx_dm::units::{format_size, parse_bytes, parse_size};
 
-use super::{classic, print_json, size_arg, JsonFlag};
+use super::{print_json, size_arg, JsonFlag};
 
 #[derive(Subcommand)]
 pub(crate) enum PoolCmd {
@@ -224,24 +224,16 @@ pub(crate) fn run(root: &Path, name: &str, cmd: PoolCmd) -> Result<()> {
             Ok(())
         }
         PoolCmd::Activate => {
-            let p = Pool::open(root, name)?;
-            // Volumes that failed are reported after everything else is up (exit non-zero).
-            let (n, incomplete) = match p.activate() {
-                Ok(n) => (n, None),
-                Err(e @ rcx_dm::Error::ActivationIncomplete { activated, .. }) => (activated, Some(e)),
-                Err(e) => return Err(e.into()),
-            };
-            let o = classic::activate(&p)?;
-            println!("pool '{name}' active, {n} volume(s) activated");
-            if o > 0 {
-                println!("{o} classic origin(s) activated");
+            let a = Pool::open(root, name)?.activate()?;
+            println!("pool '{name}' active, {} volume(s) activated", a.volumes);
+            if a.classic_origins > 0 {
+                println!("{} classic origin(s) activated", a.classic_origins);
             }
-            incomplete.map_or(Ok(()), |e| Err(e.into()))
+            // Volumes that failed are reported after everything else is up (exit non-zero).
+            a.incomplete.map_or(Ok(()), |e| Err(e.into()))
         }
         PoolCmd::Deactivate => {
-            let p = Pool::open(root, name)?;
-            classic::deactivate(&p)?;
-            Ok(p.deactivate()?)
+            Ok(Pool::open(root, name)?.deactivate()?)
         }
         PoolCmd::Extend { data_size, meta_size, overcommit, out } => {
             let p = Pool::open(root, name)?;
@@ -321,9 +313,7 @@ pub(crate) fn run(root: &Path, name: &str, cmd: PoolCmd) -> Result<()> {
             Ok(())
         }
         PoolCmd::Destroy { force } => {
-            let p = Pool::open(root, name)?;
-            classic::destroy(&p, force)?;
-            Ok(p.destroy(force)?)
+            Ok(Pool::open(root, name)?.destroy(force)?)
         }
     }
 }

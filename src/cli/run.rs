@@ -1,7 +1,6 @@
 //! `rcx-dm run` and `rcx-dm set-readonly`: argument parsing and reporting for the runner
 //! (`rcx_dm::runner`). Also the crash cleanup every command does first (`reap`).
 
-use std::path::Path;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
@@ -186,17 +185,6 @@ pub fn set_readonly(pool: &Pool, args: SetReadonlyArgs) -> Result<()> {
 }
 
 /// Before any command: finish the teardown of runs whose rcx-dm died. Never fails the command.
-pub fn reap(root: &Path, pool: &str) {
-    let Ok(p) = Pool::open(root, pool) else { return };
-    match runner::reap_dead_runs(&p) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("cleaned up after {n} run(s) whose rcx-dm died"),
-        // Expected until `pool activate` (e.g. after a reboot); the record waits for it.
-        Err(Error::PoolInactive(_)) => {}
-        Err(e) => eprintln!("rcx-dm: warning: cleaning up after a dead run failed: {e}; will retry"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,8 +131,9 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Open an existing pool's store (the kernel side may or may not be active).
-    pub fn open(root: &Path, name: &str) -> Result<Pool> {
+    /// Open an existing pool's store (the kernel side may or may not be active), without the
+    /// clean-up of dead runs that the public `Pool::open` (crate::lifecycle) adds.
+    pub(crate) fn open_store(root: &Path, name: &str) -> Result<Pool> {
         validate_pool_name(name)?;
         let store = Store::new(root.join(name));
         let config = store.config()?.ok_or_else(|| Error::NoSuchPool { pool: name.into(), root: root.into() })?;
@@ -180,7 +181,7 @@ impl Pool {
     /// The same pool opened again (for a thread of its own, such as serve's monitor).
     pub fn reopen(&self) -> Result<Pool> {
         let root = self.store.dir().parent().unwrap_or(Path::new("/"));
-        Pool::open(root, &self.name)
+        Pool::open_store(root, &self.name)
     }
 
     /// `<root>/<pool>`: the pool's state directory (front ends keep their own records under it).
@@ -378,8 +379,8 @@ impl Pool {
 
     /// After a reboot or `pool deactivate`: re-attach loops, load the pool, finish any
     /// interrupted operation, and bring back the volumes that were active.
-    /// Returns the number of volumes activated.
-    pub fn activate(&self) -> Result<usize> {
+    /// Returns the number of volumes activated. Classic stacks come after (crate::lifecycle).
+    pub(crate) fn activate_thin_pool(&self) -> Result<usize> {
         let dm = Dm::open()?;
         let _l = self.lock()?;
         if let Some(i) = self.store.extend_intent().get()? {
@@ -444,8 +445,8 @@ impl Pool {
     }
 
     /// Take down every volume, the pool and its loops. Nothing is lost: volumes that were
-    /// active come back with `activate`.
-    pub fn deactivate(&self) -> Result<()> {
+    /// active come back with `activate`. Classic stacks go first (crate::lifecycle).
+    pub(crate) fn deactivate_thin_pool(&self) -> Result<()> {
         let dm = Dm::open()?;
         let _l = self.lock()?;
         self.teardown(&dm)
@@ -476,7 +477,8 @@ impl Pool {
     }
 
     /// Remove the pool and its backing files. Refused while a volume is active unless `force`.
-    pub fn destroy(self, force: bool) -> Result<()> {
+    /// Classic stacks go first (crate::lifecycle).
+    pub(crate) fn destroy_thin_pool(self, force: bool) -> Result<()> {
         let dm = Dm::open()?;
         let _l = self.lock()?;
         if !force {

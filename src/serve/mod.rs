@@ -153,14 +153,11 @@ pub fn run(pool: Pool, opts: ServeOptions) -> Result<()> {
         format!("another rcx-dm serve is already serving pool '{}'", pool.name())
     })?;
     // A volume that cannot come up fails only the snapshots on it, not the whole snapshotter.
-    let activated = match pool.activate() {
-        Ok(n) => n,
-        Err(e @ crate::error::Error::ActivationIncomplete { activated, .. }) => {
-            tracing::error!("{e}");
-            activated
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let a = pool.activate()?;
+    if let Some(e) = &a.incomplete {
+        tracing::error!("{e}");
+    }
+    let activated = a.volumes;
     tracing::info!(pool = pool.name(), activated, "pool active");
     let monitor = if opts.monitor { Some(start_monitor(&pool)?) } else { None };
     let svc = Service::new(pool, opts.snapshots.clone())?;
