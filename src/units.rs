@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 
-pub const SECTOR: u64 = 512;
+pub const SECTOR: u64 = devicemapper::SECTOR_SIZE as u64;
 
 /// Parse bytes with an optional K/M/G/T suffix (powers of 1024; "KiB", "k", "B" also
 /// accepted). `what` and `example` go into the error message ("size", "64K, 1G").

@@ -13,7 +13,7 @@ pub use linear::LinearTarget;
 pub use snapshot::{
     Persistence, SnapshotMergeTarget, SnapshotOriginTarget, SnapshotStatus, SnapshotTarget, MAX_CHUNK_SECTORS,
 };
-pub use thin::{ThinStatus, ThinTarget};
+pub use thin::{parse_thin_status, ThinStatus, ThinTarget};
 pub use thin_pool::{PoolMode, ThinPoolState, ThinPoolStatus, ThinPoolTarget};
 
 use devicemapper::{DevId, DmError, DmFlags, DmName, DmOptions, DmUuid, DM};

@@ -1,6 +1,8 @@
 //! `thin`: one thin volume of a pool, and its status line.
 
 use super::{DevNum, Target};
+pub use devicemapper::ThinStatus;
+
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,26 +18,10 @@ impl Target for ThinTarget {
     }
 }
 
-/// `<nr mapped sectors> <highest mapped sector>`, or `Fail`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ThinStatus {
-    Ok { mapped_sectors: u64, highest_mapped: Option<u64> },
-    Fail,
-}
-
-impl ThinStatus {
-    pub fn parse(line: &str) -> Result<ThinStatus> {
-        let bad = || Error::Inconsistent(format!("unexpected thin status '{line}'"));
-        let f: Vec<&str> = line.split_whitespace().collect();
-        match f.as_slice() {
-            ["Fail", ..] => Ok(ThinStatus::Fail),
-            [mapped, highest, ..] => Ok(ThinStatus::Ok {
-                mapped_sectors: mapped.parse().map_err(|_| bad())?,
-                highest_mapped: if *highest == "-" { None } else { Some(highest.parse().map_err(|_| bad())?) },
-            }),
-            _ => Err(bad()),
-        }
-    }
+/// Parse a thin device's status line (`<nr mapped sectors> <highest mapped sector>`, `Fail` or
+/// `Error`) with the `devicemapper` crate's parser.
+pub fn parse_thin_status(line: &str) -> Result<ThinStatus> {
+    line.trim().parse::<ThinStatus>().map_err(|_| Error::Inconsistent(format!("unexpected thin status '{line}'")))
 }
 
 #[cfg(test)]
@@ -44,13 +30,15 @@ mod tests {
 
     #[test]
     fn parses_thin_status() {
-        assert_eq!(
-            ThinStatus::parse("2048 4095").unwrap(),
-            ThinStatus::Ok { mapped_sectors: 2048, highest_mapped: Some(4095) }
-        );
-        assert_eq!(ThinStatus::parse("0 -").unwrap(), ThinStatus::Ok { mapped_sectors: 0, highest_mapped: None });
-        assert_eq!(ThinStatus::parse("Fail").unwrap(), ThinStatus::Fail);
-        assert!(ThinStatus::parse("x").is_err());
+        let mapped = |s: &str| match parse_thin_status(s).unwrap() {
+            ThinStatus::Working(w) => Some((*w.nr_mapped_sectors, w.highest_mapped_sector.map(|s| *s))),
+            _ => None,
+        };
+        assert_eq!(mapped("2048 4095"), Some((2048, Some(4095))));
+        assert_eq!(mapped("0 -"), Some((0, None)));
+        assert!(matches!(parse_thin_status("Fail").unwrap(), ThinStatus::Fail));
+        assert!(matches!(parse_thin_status("Error").unwrap(), ThinStatus::Error));
+        assert!(parse_thin_status("x").is_err());
     }
 
     #[test]

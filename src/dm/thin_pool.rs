@@ -81,45 +81,47 @@ pub enum ThinPoolState {
 }
 
 impl ThinPoolState {
+    /// Parse a thin-pool status line with the `devicemapper` crate's parser, into rcx-dm's
+    /// serializable view (the figures `pool status --json` reports).
     pub fn parse(line: &str) -> Result<ThinPoolState> {
-        match line.split_whitespace().next() {
-            Some(w @ ("Fail" | "Error")) => Ok(ThinPoolState::Failed(w.to_string())),
-            _ => ThinPoolStatus::parse(line).map(ThinPoolState::Working),
+        use devicemapper::{ThinPoolStatus as Dm, ThinPoolStatusSummary as Summary};
+        let bad = || Error::Inconsistent(format!("unexpected thin-pool status '{line}'"));
+        let line = line.trim();
+        // The crate indexes the used/total pairs without checking them: a line whose pairs
+        // lack the '/' is refused here rather than panicking there.
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let pairs_ok = f.len() >= 3 && f[1].contains('/') && f[2].contains('/');
+        if !matches!(f.first(), Some(&("Fail" | "Error"))) && !pairs_ok {
+            return Err(bad());
         }
+        Ok(match line.parse::<Dm>().map_err(|_| bad())? {
+            Dm::Fail => ThinPoolState::Failed("Fail".into()),
+            Dm::Error => ThinPoolState::Failed("Error".into()),
+            Dm::Working(w) => ThinPoolState::Working(ThinPoolStatus {
+                transaction_id: w.transaction_id,
+                meta_used_blocks: *w.usage.used_meta,
+                meta_total_blocks: *w.usage.total_meta,
+                data_used_blocks: *w.usage.used_data,
+                data_total_blocks: *w.usage.total_data,
+                held_metadata_root: w.held_metadata_root.map(|b| *b),
+                mode: match w.summary {
+                    Summary::Good => PoolMode::Rw,
+                    Summary::ReadOnly => PoolMode::Ro,
+                    Summary::OutOfSpace => PoolMode::OutOfDataSpace,
+                },
+                needs_check: w.needs_check,
+            }),
+        })
     }
 }
 
 impl ThinPoolStatus {
     /// A working pool's status line; `Fail` and `Error` are refused (see [`ThinPoolState`]).
     pub fn parse(line: &str) -> Result<ThinPoolStatus> {
-        let bad = || Error::Inconsistent(format!("unexpected thin-pool status '{line}'"));
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 8 {
-            return Err(bad());
+        match ThinPoolState::parse(line)? {
+            ThinPoolState::Working(s) => Ok(s),
+            ThinPoolState::Failed(_) => Err(Error::Inconsistent(format!("unexpected thin-pool status '{line}'"))),
         }
-        let num = |s: &str| s.parse::<u64>().map_err(|_| bad());
-        let ratio = |s: &str| -> Result<(u64, u64)> {
-            let (a, b) = s.split_once('/').ok_or_else(bad)?;
-            Ok((num(a)?, num(b)?))
-        };
-        let (mu, mt) = ratio(f[1])?;
-        let (du, dt) = ratio(f[2])?;
-        let mode = match f[4] {
-            "rw" => PoolMode::Rw,
-            "ro" => PoolMode::Ro,
-            "out_of_data_space" => PoolMode::OutOfDataSpace,
-            _ => return Err(bad()),
-        };
-        Ok(ThinPoolStatus {
-            transaction_id: num(f[0])?,
-            meta_used_blocks: mu,
-            meta_total_blocks: mt,
-            data_used_blocks: du,
-            data_total_blocks: dt,
-            held_metadata_root: if f[3] == "-" { None } else { Some(num(f[3])?) },
-            mode,
-            needs_check: f[7] == "needs_check",
-        })
     }
 }
 
@@ -144,9 +146,11 @@ mod tests {
         assert_eq!(ThinPoolState::parse("Fail").unwrap(), ThinPoolState::Failed("Fail".into()));
         assert_eq!(ThinPoolState::parse("Error").unwrap(), ThinPoolState::Failed("Error".into()));
         assert!(ThinPoolStatus::parse("Fail").is_err());
-        assert!(matches!(ThinPoolState::parse("7 1/2 3/4 - rw a b -").unwrap(), ThinPoolState::Working(s) if s.transaction_id == 7));
+        assert!(matches!(ThinPoolState::parse("7 1/2 3/4 - rw discard_passdown queue_if_no_space -").unwrap(), ThinPoolState::Working(s) if s.transaction_id == 7));
         assert!(ThinPoolStatus::parse("1 2/3").is_err());
-        assert!(ThinPoolStatus::parse("1 2/3 4/x - rw a b -").is_err());
+        // No panic on pairs without their slash (the crate indexes them unchecked).
+        assert!(ThinPoolStatus::parse("1 2 3 - rw discard_passdown queue_if_no_space -").is_err());
+        assert!(ThinPoolStatus::parse("1 2/3 4/x - rw discard_passdown queue_if_no_space -").is_err());
     }
 
     #[test]

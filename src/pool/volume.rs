@@ -446,9 +446,9 @@ impl Pool {
             Some(l) if info.live_table && !l.is_empty() => l,
             _ => return Ok(inactive_view(r)),
         };
-        let mapped = match ThinStatus::parse(dm::single_status(&lines, "thin", &name)?)? {
-            ThinStatus::Ok { mapped_sectors, .. } => Some(mapped_sectors * SECTOR),
-            ThinStatus::Fail => None,
+        let mapped = match dm::parse_thin_status(dm::single_status(&lines, "thin", &name)?)? {
+            ThinStatus::Working(w) => Some(*w.nr_mapped_sectors * SECTOR),
+            ThinStatus::Fail | ThinStatus::Error => None,
         };
         Ok(Volume {
             active: true,
