@@ -12,6 +12,7 @@ use rcx_dm::pool::{self, Pool, VolRef};
 use rcx_dm::units::{format_size, parse_size};
 
 mod classic;
+mod completions;
 mod pool_cmd;
 mod rootfs;
 mod run;
@@ -118,6 +119,11 @@ enum Cmd {
     },
     /// Serve containerd's snapshots API (a proxy snapshotter plugin) on a unix socket.
     Serve(serve::ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...) to stdout; needs no root.
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages (rcx-dm.1, rcx-dm-pool.1, ...) to a directory, or print rcx-dm.1;
+    /// needs no root.
+    Man(completions::ManArgs),
 }
 
 #[derive(Subcommand)]
@@ -197,11 +203,15 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
+    // Completions and man pages come from the definitions alone: no root, no pool, no reaping.
+    let generated = matches!(cli.cmd, Cmd::Completions(_) | Cmd::Man(_));
+    if !generated && !nix::unistd::geteuid().is_root() {
         bail!("rcx-dm must run as root (device-mapper and loop devices need CAP_SYS_ADMIN); try sudo");
     }
     let root = cli.root.as_path();
-    run::reap(root, &cli.pool);
+    if !generated {
+        run::reap(root, &cli.pool);
+    }
     let open = || Pool::open(root, &cli.pool);
     match cli.cmd {
         Cmd::Pool(p) => pool_cmd::run(root, &cli.pool, p),
@@ -293,6 +303,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Merge(a) => classic::merge(&open()?, a),
         Cmd::Revert(a) => classic::revert(&open()?, a),
         Cmd::Serve(a) => serve::serve(open()?, a),
+        Cmd::Completions(a) => completions::completions(&a),
+        Cmd::Man(a) => completions::man(&a),
         Cmd::List(o) => {
             let vols = open()?.volumes()?;
             if o.json {
