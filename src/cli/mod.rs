@@ -12,6 +12,7 @@ use rcx_dm::pool::{self, Pool, VolRef};
 use rcx_dm::units::{format_size, parse_size};
 
 mod classic;
+mod completions;
 mod pool_cmd;
 mod rootfs;
 mod run;
@@ -118,6 +119,11 @@ enum Cmd {
     },
     /// Serve containerd's snapshots API (a proxy snapshotter plugin) on a unix socket.
     Serve(serve::ServeArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...) to stdout; needs no root.
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages (rcx-dm.1, rcx-dm-pool.1, ...) to a directory, or print rcx-dm.1;
+    /// needs no root.
+    Man(completions::ManArgs),
 }
 
 #[derive(Subcommand)]
@@ -197,7 +203,9 @@ pub fn main() -> i32 {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
+    // Completions and man pages come from the definitions alone: no root, no pool.
+    let generated = matches!(cli.cmd, Cmd::Completions(_) | Cmd::Man(_));
+    if !generated && !nix::unistd::geteuid().is_root() {
         bail!("rcx-dm must run as root (device-mapper and loop devices need CAP_SYS_ADMIN); try sudo");
     }
     let root = cli.root.as_path();
@@ -292,6 +300,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Merge(a) => classic::merge(&open()?, a),
         Cmd::Revert(a) => classic::revert(&open()?, a),
         Cmd::Serve(a) => serve::serve(open()?, a),
+        Cmd::Completions(a) => completions::completions(&a),
+        Cmd::Man(a) => completions::man(&a),
         Cmd::List(o) => {
             let vols = open()?.volumes()?;
             if o.json {
