@@ -1,6 +1,6 @@
 //! `rcx-dm completions SHELL` and `rcx-dm man [--dir DIR]`: shell completion scripts and man
 //! pages generated from the clap definitions, so they never drift from `--help`. Neither needs
-//! root or a pool: `run` answers them before its root check and before reaping runs.
+//! root or a pool: `run` answers them before its root check.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
