@@ -24,6 +24,7 @@
 //!
 //! Paths are matched as the tar names them: a layer entry written through a symlinked parent
 //! (`lib/x` with `lib -> usr/lib`) counts as `lib/x`, not `usr/lib/x`, for its own layer's
+//! opaque markers.
 //!
 //! The work is split by concern: `entry` writes one tar entry (type, owner, mode, times, PAX
 //! records, file data), `whiteout` collects markers and applies them at the end, `limits`

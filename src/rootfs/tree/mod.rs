@@ -10,6 +10,9 @@
 //! Symlinks in parent directories are followed inside the tree (`lib -> usr/lib`, then
 //! `lib/x` lands in `usr/lib/x`), as docker's and containerd's appliers do; a parent that is
 //! not a directory at all (a file, a dangling or looping symlink) is replaced by a directory.
+//!
+//! `meta` holds an entry's metadata and sets it on a descriptor; `xattr` wraps the xattr
+//! syscalls.
 
 use std::cell::RefCell;
 use std::ffi::{CString, OsStr, OsString};
@@ -22,10 +25,15 @@ use std::rc::Rc;
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstatat, mkdirat, mknodat, utimensat, FileStat, Mode, SFlag, UtimensatFlags};
-use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
 use crate::error::{Error, IoContext, Result};
+
+mod meta;
+pub mod xattr;
+
+use meta::{chmod_at, with_proc_hint, xattrs_path};
+pub use meta::{set_fd_meta, Meta, Times};
 
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,28 +75,6 @@ impl Kind {
     }
 }
 
-/// Access and modification times, with nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Times {
-    pub atime: TimeSpec,
-    pub mtime: TimeSpec,
-}
-
-/// An entry's metadata as a tar header or a source directory states it.
-#[derive(Debug, Clone, Default)]
-pub struct Meta {
-    /// Permission bits including setuid, setgid and sticky (07777); ignored on symlinks.
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    /// None leaves the times alone (directories get theirs after their children).
-    pub times: Option<Times>,
-    /// Extended attributes (name, value), set after the owner because chown drops
-    /// `security.capability`.
-    pub xattrs: Vec<(OsString, Vec<u8>)>,
-    /// Also remove xattrs the entry has that `xattrs` does not list (an entry kept from before).
-    pub exact_xattrs: bool,
-}
 
 /// A directory tree written only through descriptors resolved inside it.
 pub struct Tree {
@@ -475,58 +461,6 @@ impl Tree {
     }
 }
 
-/// chmod of a name that is not a symlink, never following one (glibc emulates the flag).
-fn chmod_at(dir: BorrowedFd, name: &OsStr, mode: u32) -> nix::Result<()> {
-    let name = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
-    retry(|| {
-        // SAFETY: valid fd and NUL-terminated name.
-        Errno::result(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode & 0o7777, libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
-    })
-}
-
-/// Owner, mode, xattrs, times of an open file or directory, in that order.
-pub fn set_fd_meta(fd: BorrowedFd, meta: &Meta) -> std::io::Result<()> {
-    retry(|| nix::unistd::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))).map_err(io)?;
-    retry(|| nix::sys::stat::fchmod(fd, Mode::from_bits_retain(meta.mode & 0o7777))).map_err(io)?;
-    if meta.exact_xattrs {
-        for name in xattr::list_fd(fd)? {
-            if !meta.xattrs.iter().any(|(n, _)| *n == name) {
-                xattr::remove_fd(fd, &name)?;
-            }
-        }
-    }
-    for (name, value) in &meta.xattrs {
-        xattr::set_fd(fd, name, value)?;
-    }
-    if let Some(t) = meta.times {
-        retry(|| nix::sys::stat::futimens(fd, &t.atime, &t.mtime)).map_err(io)?;
-    }
-    Ok(())
-}
-
-/// Sets (and with `exact_xattrs` prunes) xattrs through a path whose final component is not
-/// followed.
-fn xattrs_path(path: &CString, meta: &Meta) -> std::io::Result<()> {
-    if meta.exact_xattrs {
-        for name in xattr::list_path(path)? {
-            if !meta.xattrs.iter().any(|(n, _)| *n == name) {
-                xattr::remove_path(path, &name)?;
-            }
-        }
-    }
-    for (name, value) in &meta.xattrs {
-        xattr::set_path(path, name, value)?;
-    }
-    Ok(())
-}
-
-fn with_proc_hint(e: std::io::Error) -> std::io::Error {
-    if e.raw_os_error() == Some(libc::ENOENT) {
-        std::io::Error::new(e.kind(), format!("{e} (xattrs of special files are set through /proc/self/fd: mount /proc)"))
-    } else {
-        e
-    }
-}
 
 /// Names in an open directory, without `.` and `..`.
 fn list_fd(dir: &OwnedFd) -> std::io::Result<Vec<OsString>> {
@@ -543,107 +477,6 @@ fn list_fd(dir: &OwnedFd) -> std::io::Result<Vec<OsString>> {
     Ok(out)
 }
 
-/// Thin wrappers over the xattr syscalls (libc), l* variants never following the final link.
-pub mod xattr {
-    use std::ffi::{CString, OsStr, OsString};
-    use std::io;
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    use std::os::unix::ffi::OsStrExt;
-
-    fn cname(name: &OsStr) -> io::Result<CString> {
-        CString::new(name.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "xattr name contains a NUL byte"))
-    }
-
-    fn check(r: libc::ssize_t) -> io::Result<usize> {
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as usize)
-        }
-    }
-
-    /// Calls a size-query-then-fill syscall, growing the buffer if the value grew between.
-    fn sized(mut call: impl FnMut(*mut libc::c_void, usize) -> libc::ssize_t) -> io::Result<Vec<u8>> {
-        loop {
-            let n = loop {
-                match check(call(std::ptr::null_mut(), 0)) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    r => break r?,
-                }
-            };
-            let mut buf = vec![0u8; n.max(1)];
-            match check(call(buf.as_mut_ptr().cast(), buf.len())) {
-                Ok(m) => {
-                    buf.truncate(m);
-                    return Ok(buf);
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ERANGE) || e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn split_names(buf: Vec<u8>) -> Vec<OsString> {
-        buf.split(|b| *b == 0).filter(|n| !n.is_empty()).map(|n| OsStr::from_bytes(n).to_os_string()).collect()
-    }
-
-    fn unsupported(e: &io::Error) -> bool {
-        e.raw_os_error() == Some(libc::ENOTSUP)
-    }
-
-    /// Names of the xattrs of a path (not followed); empty where the filesystem has none.
-    pub fn list_path(path: &CString) -> io::Result<Vec<OsString>> {
-        // SAFETY: valid C string and a buffer of the given length (or null with 0).
-        match sized(|b, n| unsafe { libc::llistxattr(path.as_ptr(), b.cast(), n) }) {
-            Err(e) if unsupported(&e) => Ok(Vec::new()),
-            r => r.map(split_names),
-        }
-    }
-
-    pub fn get_path(path: &CString, name: &OsStr) -> io::Result<Vec<u8>> {
-        let name = cname(name)?;
-        // SAFETY: as above.
-        sized(|b, n| unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), b, n) })
-    }
-
-    pub fn set_path(path: &CString, name: &OsStr, value: &[u8]) -> io::Result<()> {
-        let name = cname(name)?;
-        // SAFETY: valid C strings, value pointer and length from a slice.
-        check(unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) } as libc::ssize_t).map(drop)
-    }
-
-    pub fn remove_path(path: &CString, name: &OsStr) -> io::Result<()> {
-        let name = cname(name)?;
-        // SAFETY: valid C strings.
-        check(unsafe { libc::lremovexattr(path.as_ptr(), name.as_ptr()) } as libc::ssize_t).map(drop)
-    }
-
-    pub fn list_fd(fd: BorrowedFd) -> io::Result<Vec<OsString>> {
-        // SAFETY: valid fd and buffer.
-        match sized(|b, n| unsafe { libc::flistxattr(fd.as_raw_fd(), b.cast(), n) }) {
-            Err(e) if unsupported(&e) => Ok(Vec::new()),
-            r => r.map(split_names),
-        }
-    }
-
-    pub fn get_fd(fd: BorrowedFd, name: &OsStr) -> io::Result<Vec<u8>> {
-        let name = cname(name)?;
-        // SAFETY: valid fd, C string and buffer.
-        sized(|b, n| unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), b, n) })
-    }
-
-    pub fn set_fd(fd: BorrowedFd, name: &OsStr, value: &[u8]) -> io::Result<()> {
-        let name = cname(name)?;
-        // SAFETY: valid fd, C string, value pointer and length from a slice.
-        check(unsafe { libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) } as libc::ssize_t).map(drop)
-    }
-
-    pub fn remove_fd(fd: BorrowedFd, name: &OsStr) -> io::Result<()> {
-        let name = cname(name)?;
-        // SAFETY: valid fd and C string.
-        check(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) } as libc::ssize_t).map(drop)
-    }
-}
 
 #[cfg(test)]
 mod tests {
