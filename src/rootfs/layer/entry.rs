@@ -15,7 +15,7 @@ use tar::EntryType;
 use super::limits::Budget;
 use super::{State, MAX_SPARSE_FILE_BYTES, MAX_SPARSE_MAP_BYTES};
 use crate::error::{Error, IoContext, Result};
-use crate::rootfs::tree::{self, set_fd_meta, Kind, Meta, Times};
+use crate::rootfs::tree::{self, set_fd_meta, EntryKind, Meta, Times};
 
 /// What PAX records say beyond what the tar crate already applies (path, size, uid, gid).
 #[derive(Default)]
@@ -66,7 +66,7 @@ impl<'t> State<'t> {
                 return Err(Error::invalid("layer", "the root of the archive is not a directory"));
             }
             meta.times = None;
-            tree.set_meta(&rel, Kind::Dir, &meta)?;
+            tree.set_meta(&rel, EntryKind::Dir, &meta)?;
             self.dir_times.insert(rel, times);
             return Ok(());
         }
@@ -100,12 +100,12 @@ impl<'t> State<'t> {
                 }
                 self.stats.bytes += data;
                 set_fd_meta(file.as_fd(), &meta).ctx(|| "setting the file's metadata".to_string())?;
-                Kind::File
+                EntryKind::File
             }
             EntryType::Directory => {
                 tree.mkdir(&rel)?;
                 meta.times = None;
-                tree.set_meta(&rel, Kind::Dir, &meta)?;
+                tree.set_meta(&rel, EntryKind::Dir, &meta)?;
                 self.dir_times.insert(rel.clone(), times);
                 self.wrote(rel);
                 return Ok(());
@@ -113,8 +113,8 @@ impl<'t> State<'t> {
             EntryType::Symlink => {
                 let target = entry.link_name_bytes().ok_or_else(|| Error::invalid("layer", "symlink without a target"))?;
                 tree.symlink(&rel, Path::new(OsStr::from_bytes(&target)))?;
-                tree.set_meta(&rel, Kind::Symlink, &meta)?;
-                Kind::Symlink
+                tree.set_meta(&rel, EntryKind::Symlink, &meta)?;
+                EntryKind::Symlink
             }
             EntryType::Link => {
                 let target = entry.link_name_bytes().ok_or_else(|| Error::invalid("layer", "hard link without a target"))?;
@@ -124,17 +124,17 @@ impl<'t> State<'t> {
                 })?;
                 // A link shares its target's inode and metadata: nothing more to set.
                 tree.hardlink(&rel, &trel)?;
-                Kind::File
+                EntryKind::File
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let kind = match ty {
-                    EntryType::Char => Kind::CharDev,
-                    EntryType::Block => Kind::BlockDev,
-                    _ => Kind::Fifo,
+                    EntryType::Char => EntryKind::CharDev,
+                    EntryType::Block => EntryKind::BlockDev,
+                    _ => EntryKind::Fifo,
                 };
                 // GNU tar leaves a FIFO's device fields empty (found by fuzzing): read them only
                 // for devices.
-                let rdev = if kind == Kind::Fifo {
+                let rdev = if kind == EntryKind::Fifo {
                     0
                 } else {
                     let major = h.device_major().ctx(|| "reading the device major".to_string())?.unwrap_or(0);
@@ -152,7 +152,7 @@ impl<'t> State<'t> {
                 ))
             }
         };
-        debug_assert_ne!(kind, Kind::Dir);
+        debug_assert_ne!(kind, EntryKind::Dir);
         // A later non-directory entry replaced any directory of the same name.
         self.dir_times.remove(&rel);
         self.wrote(rel);

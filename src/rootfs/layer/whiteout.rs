@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{in_entry, State};
 use crate::error::{Error, Result};
-use crate::rootfs::tree::{Kind, Times};
+use crate::rootfs::tree::{EntryKind, Times};
 
 /// The prefix of a whiteout marker: `.wh.NAME` hides NAME of lower layers.
 const WHITEOUT: &str = ".wh.";
@@ -52,13 +52,13 @@ impl<'t> State<'t> {
         for path in std::mem::take(&mut self.whiteouts) {
             if !self.written.contains(&path) {
                 tree.remove(&path).map_err(|e| in_entry(&format!("whiteout of {}", path.display()), e))?;
-            } else if tree.kind(&path)? == Some(Kind::Dir) {
+            } else if tree.kind(&path)? == Some(EntryKind::Dir) {
                 // Lower D whited out and D made again by this layer: lower content of D goes.
                 self.hide_lower(&path)?;
             }
         }
         for dir in std::mem::take(&mut self.opaque) {
-            if tree.kind(&dir)? == Some(Kind::Dir) {
+            if tree.kind(&dir)? == Some(EntryKind::Dir) {
                 self.hide_lower(&dir)?;
             }
         }
@@ -67,7 +67,7 @@ impl<'t> State<'t> {
         for (dir, times) in dirs {
             // Skip a directory a later entry of the layer replaced or removed; set_times would
             // otherwise make its missing parents again.
-            if dir.as_os_str().is_empty() || tree.kind(&dir)? == Some(Kind::Dir) {
+            if dir.as_os_str().is_empty() || tree.kind(&dir)? == Some(EntryKind::Dir) {
                 tree.set_times(&dir, times)?;
             }
         }
@@ -80,7 +80,7 @@ impl<'t> State<'t> {
             let child = dir.join(&name);
             if !self.written.contains(&child) {
                 self.tree.remove(&child)?;
-            } else if self.tree.kind(&child)? == Some(Kind::Dir) {
+            } else if self.tree.kind(&child)? == Some(EntryKind::Dir) {
                 self.hide_lower(&child)?;
             }
         }

@@ -15,7 +15,9 @@ use super::{io, retry, xattr};
 /// Access and modification times, with nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Times {
+    /// Last access.
     pub atime: TimeSpec,
+    /// Last modification.
     pub mtime: TimeSpec,
 }
 
@@ -24,7 +26,9 @@ pub struct Times {
 pub struct Meta {
     /// Permission bits including setuid, setgid and sticky (07777); ignored on symlinks.
     pub mode: u32,
+    /// Numeric owner.
     pub uid: u32,
+    /// Numeric group.
     pub gid: u32,
     /// None leaves the times alone (directories get theirs after their children).
     pub times: Option<Times>,

@@ -30,47 +30,54 @@ use nix::unistd::{fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags
 use crate::error::{Error, IoContext, Result};
 
 mod meta;
-pub mod xattr;
+pub(crate) mod xattr;
 
 use meta::{chmod_at, with_proc_hint, xattrs_path};
-pub use meta::{set_fd_meta, Meta, Times};
+pub(crate) use meta::{set_fd_meta, Meta, Times};
 
-/// What an entry is.
+/// The file type of an entry in a tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum EntryKind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link.
     Symlink,
+    /// A character device node.
     CharDev,
+    /// A block device node.
     BlockDev,
+    /// A named pipe.
     Fifo,
+    /// A unix socket.
     Socket,
 }
 
-impl Kind {
+impl EntryKind {
     /// The kind of a `st_mode`; None for a type Linux does not have.
-    pub fn from_mode(mode: u32) -> Option<Kind> {
+    pub fn from_mode(mode: u32) -> Option<EntryKind> {
         Some(match mode & libc::S_IFMT {
-            libc::S_IFREG => Kind::File,
-            libc::S_IFDIR => Kind::Dir,
-            libc::S_IFLNK => Kind::Symlink,
-            libc::S_IFCHR => Kind::CharDev,
-            libc::S_IFBLK => Kind::BlockDev,
-            libc::S_IFIFO => Kind::Fifo,
-            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFREG => EntryKind::File,
+            libc::S_IFDIR => EntryKind::Dir,
+            libc::S_IFLNK => EntryKind::Symlink,
+            libc::S_IFCHR => EntryKind::CharDev,
+            libc::S_IFBLK => EntryKind::BlockDev,
+            libc::S_IFIFO => EntryKind::Fifo,
+            libc::S_IFSOCK => EntryKind::Socket,
             _ => return None,
         })
     }
 
     fn sflag(self) -> SFlag {
         match self {
-            Kind::File => SFlag::S_IFREG,
-            Kind::Dir => SFlag::S_IFDIR,
-            Kind::Symlink => SFlag::S_IFLNK,
-            Kind::CharDev => SFlag::S_IFCHR,
-            Kind::BlockDev => SFlag::S_IFBLK,
-            Kind::Fifo => SFlag::S_IFIFO,
-            Kind::Socket => SFlag::S_IFSOCK,
+            EntryKind::File => SFlag::S_IFREG,
+            EntryKind::Dir => SFlag::S_IFDIR,
+            EntryKind::Symlink => SFlag::S_IFLNK,
+            EntryKind::CharDev => SFlag::S_IFCHR,
+            EntryKind::BlockDev => SFlag::S_IFBLK,
+            EntryKind::Fifo => SFlag::S_IFIFO,
+            EntryKind::Socket => SFlag::S_IFSOCK,
         }
     }
 }
@@ -86,7 +93,7 @@ pub struct Tree {
 }
 
 /// A path relative to the tree's root: `/` and `.` dropped, `..` refused.
-pub fn relative(path: &Path) -> Result<PathBuf> {
+pub(crate) fn relative(path: &Path) -> Result<PathBuf> {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
@@ -243,7 +250,7 @@ impl Tree {
 
     /// Makes directory `path`; an existing directory is kept (returns true), anything else
     /// there is replaced. The caller sets mode and owner (`set_meta`).
-    pub fn mkdir(&self, path: &Path) -> Result<bool> {
+    pub(crate) fn mkdir(&self, path: &Path) -> Result<bool> {
         let (rel, parent, name) = self.split(path)?;
         match retry(|| mkdirat(parent.as_fd(), name.as_os_str(), Mode::from_bits_truncate(0o700))) {
             Ok(()) => Ok(false),
@@ -266,20 +273,20 @@ impl Tree {
 
     /// Creates regular file `path` (mode 0600 until `set_file_meta`), replacing whatever was
     /// there, and returns it open for writing.
-    pub fn create_file(&self, path: &Path) -> Result<File> {
+    pub(crate) fn create_file(&self, path: &Path) -> Result<File> {
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = self.replacing(path, "file", |d, n| openat(d, n, flags, Mode::from_bits_truncate(0o600)))?;
         Ok(File::from(fd))
     }
 
     /// Creates symlink `path` pointing to `target` (stored as given, never followed here).
-    pub fn symlink(&self, path: &Path, target: &Path) -> Result<()> {
+    pub(crate) fn symlink(&self, path: &Path, target: &Path) -> Result<()> {
         self.replacing(path, "symlink", |d, n| symlinkat(target, d, n))
     }
 
     /// Creates `path` as a hard link to the existing entry `target` (both tree paths). A
     /// symlink target is linked itself, not followed.
-    pub fn hardlink(&self, path: &Path, target: &Path) -> Result<()> {
+    pub(crate) fn hardlink(&self, path: &Path, target: &Path) -> Result<()> {
         let trel = relative(target)?;
         let rel = relative(path)?;
         if trel == rel {
@@ -306,8 +313,8 @@ impl Tree {
     }
 
     /// Creates a device node, fifo or socket (mode 0600 until `set_meta`).
-    pub fn mknod(&self, path: &Path, kind: Kind, rdev: u64) -> Result<()> {
-        if !matches!(kind, Kind::CharDev | Kind::BlockDev | Kind::Fifo | Kind::Socket) {
+    pub(crate) fn mknod(&self, path: &Path, kind: EntryKind, rdev: u64) -> Result<()> {
+        if !matches!(kind, EntryKind::CharDev | EntryKind::BlockDev | EntryKind::Fifo | EntryKind::Socket) {
             return Err(Error::invalid("node kind", format!("{kind:?} at '{}' is not a device, fifo or socket", path.display())));
         }
         self.replacing(path, "special file", |d, n| mknodat(d, n, kind.sflag(), Mode::from_bits_truncate(0o600), rdev))
@@ -316,15 +323,15 @@ impl Tree {
     /// Sets owner, then mode (chown clears setuid/setgid), xattrs and times of `path`, which
     /// is of `kind`. Regular files and directories are changed through a descriptor of their
     /// own; other kinds through their parent (a device node must not be opened).
-    pub fn set_meta(&self, path: &Path, kind: Kind, meta: &Meta) -> Result<()> {
+    pub(crate) fn set_meta(&self, path: &Path, kind: EntryKind, meta: &Meta) -> Result<()> {
         let rel = relative(path)?;
-        if matches!(kind, Kind::File | Kind::Dir) {
+        if matches!(kind, EntryKind::File | EntryKind::Dir) {
             let fd = if rel.as_os_str().is_empty() {
                 self.open_dir_rdonly(&rel)?
             } else {
                 let (_, parent, name) = self.split(&rel)?;
                 let mut flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-                if kind == Kind::Dir {
+                if kind == EntryKind::Dir {
                     flags |= OFlag::O_DIRECTORY;
                 }
                 retry(|| openat(parent.as_fd(), name.as_os_str(), flags, Mode::empty()))
@@ -339,7 +346,7 @@ impl Tree {
         retry(|| fchownat(p, name.as_os_str(), Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)), AtFlags::AT_SYMLINK_NOFOLLOW))
             .map_err(io)
             .ctx(ctx)?;
-        if kind != Kind::Symlink {
+        if kind != EntryKind::Symlink {
             chmod_at(p, &name, meta.mode).map_err(io).ctx(ctx)?;
         }
         if !meta.xattrs.is_empty() || meta.exact_xattrs {
@@ -358,7 +365,7 @@ impl Tree {
     }
 
     /// Sets the times of `path` without following it (directories, after their children).
-    pub fn set_times(&self, path: &Path, times: Times) -> Result<()> {
+    pub(crate) fn set_times(&self, path: &Path, times: Times) -> Result<()> {
         let rel = relative(path)?;
         let ctx = || format!("setting times of {}", self.show(&rel));
         if rel.as_os_str().is_empty() {
@@ -372,7 +379,7 @@ impl Tree {
     }
 
     /// Removes `path` (recursively if a directory). Returns whether anything was there.
-    pub fn remove(&self, path: &Path) -> Result<bool> {
+    pub(crate) fn remove(&self, path: &Path) -> Result<bool> {
         let rel = relative(path)?;
         let parent = rel.parent().unwrap_or(Path::new(""));
         let Some(name) = rel.file_name() else {
@@ -412,7 +419,7 @@ impl Tree {
     }
 
     /// lstat of `path`; None if it (or a parent) does not exist.
-    pub fn stat(&self, path: &Path) -> Result<Option<FileStat>> {
+    pub(crate) fn stat(&self, path: &Path) -> Result<Option<FileStat>> {
         let rel = relative(path)?;
         let (parent, name) = match rel.file_name() {
             Some(n) => (rel.parent().unwrap_or(Path::new("")), n),
@@ -431,12 +438,12 @@ impl Tree {
     }
 
     /// What `path` is, not following it; None if nothing is there.
-    pub fn kind(&self, path: &Path) -> Result<Option<Kind>> {
-        Ok(self.stat(path)?.and_then(|st| Kind::from_mode(st.st_mode)))
+    pub(crate) fn kind(&self, path: &Path) -> Result<Option<EntryKind>> {
+        Ok(self.stat(path)?.and_then(|st| EntryKind::from_mode(st.st_mode)))
     }
 
     /// The target of symlink `path`, read without following anything outside the tree.
-    pub fn read_link(&self, path: &Path) -> Result<PathBuf> {
+    pub(crate) fn read_link(&self, path: &Path) -> Result<PathBuf> {
         let rel = relative(path)?;
         let parent = rel.parent().unwrap_or(Path::new(""));
         let name = rel.file_name().unwrap_or(OsStr::new("."));
@@ -448,7 +455,7 @@ impl Tree {
     }
 
     /// The names in directory `path` (followed inside the root), without `.` and `..`.
-    pub fn list(&self, path: &Path) -> Result<Vec<OsString>> {
+    pub(crate) fn list(&self, path: &Path) -> Result<Vec<OsString>> {
         let rel = relative(path)?;
         let fd = self.open_dir_rdonly(&rel)?;
         list_fd(&fd).ctx(|| format!("listing {}", self.show(&rel)))
@@ -511,10 +518,10 @@ mod tests {
         assert!(!tree.mkdir(Path::new("d")).unwrap());
         assert!(tree.mkdir(Path::new("/d/")).unwrap(), "an existing directory is kept");
         tree.symlink(Path::new("d/s"), Path::new("/nowhere")).unwrap();
-        assert_eq!(tree.kind(Path::new("d/s")).unwrap(), Some(Kind::Symlink));
+        assert_eq!(tree.kind(Path::new("d/s")).unwrap(), Some(EntryKind::Symlink));
         assert_eq!(tree.read_link(Path::new("d/s")).unwrap(), Path::new("/nowhere"));
-        tree.mknod(Path::new("d/p"), Kind::Fifo, 0).unwrap();
-        tree.set_meta(Path::new("d/p"), Kind::Fifo, &Meta { mode: 0o640, uid: 5, gid: 6, ..Meta::default() }).unwrap();
+        tree.mknod(Path::new("d/p"), EntryKind::Fifo, 0).unwrap();
+        tree.set_meta(Path::new("d/p"), EntryKind::Fifo, &Meta { mode: 0o640, uid: 5, gid: 6, ..Meta::default() }).unwrap();
         let st = tree.stat(Path::new("d/p")).unwrap().unwrap();
         assert_eq!((st.st_mode & 0o7777, st.st_uid, st.st_gid), (0o640, 5, 6));
         assert_eq!(tree.kind(Path::new("d/missing/x")).unwrap(), None);
@@ -522,6 +529,6 @@ mod tests {
         // A file in the way of a parent becomes a directory.
         tree.create_file(Path::new("f")).unwrap();
         tree.create_file(Path::new("f/g")).unwrap();
-        assert_eq!(tree.kind(Path::new("f")).unwrap(), Some(Kind::Dir));
+        assert_eq!(tree.kind(Path::new("f")).unwrap(), Some(EntryKind::Dir));
     }
 }

@@ -55,24 +55,28 @@ pub fn list_path(path: &CString) -> io::Result<Vec<OsString>> {
     }
 }
 
+/// The value of xattr `name` of a path (not followed).
 pub fn get_path(path: &CString, name: &OsStr) -> io::Result<Vec<u8>> {
     let name = cname(name)?;
     // SAFETY: as above.
     sized(|b, n| unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), b, n) })
 }
 
+/// Sets xattr `name` of a path (not followed) to `value`.
 pub fn set_path(path: &CString, name: &OsStr, value: &[u8]) -> io::Result<()> {
     let name = cname(name)?;
     // SAFETY: valid C strings, value pointer and length from a slice.
     check(unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) } as libc::ssize_t).map(drop)
 }
 
+/// Removes xattr `name` of a path (not followed).
 pub fn remove_path(path: &CString, name: &OsStr) -> io::Result<()> {
     let name = cname(name)?;
     // SAFETY: valid C strings.
     check(unsafe { libc::lremovexattr(path.as_ptr(), name.as_ptr()) } as libc::ssize_t).map(drop)
 }
 
+/// Names of the xattrs of an open file; empty where the filesystem has none.
 pub fn list_fd(fd: BorrowedFd) -> io::Result<Vec<OsString>> {
     // SAFETY: valid fd and buffer.
     match sized(|b, n| unsafe { libc::flistxattr(fd.as_raw_fd(), b.cast(), n) }) {
@@ -81,18 +85,14 @@ pub fn list_fd(fd: BorrowedFd) -> io::Result<Vec<OsString>> {
     }
 }
 
-pub fn get_fd(fd: BorrowedFd, name: &OsStr) -> io::Result<Vec<u8>> {
-    let name = cname(name)?;
-    // SAFETY: valid fd, C string and buffer.
-    sized(|b, n| unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), b, n) })
-}
-
+/// Sets xattr `name` of an open file to `value`.
 pub fn set_fd(fd: BorrowedFd, name: &OsStr, value: &[u8]) -> io::Result<()> {
     let name = cname(name)?;
     // SAFETY: valid fd, C string, value pointer and length from a slice.
     check(unsafe { libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) } as libc::ssize_t).map(drop)
 }
 
+/// Removes xattr `name` of an open file.
 pub fn remove_fd(fd: BorrowedFd, name: &OsStr) -> io::Result<()> {
     let name = cname(name)?;
     // SAFETY: valid fd and C string.
