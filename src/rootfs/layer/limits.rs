@@ -39,7 +39,7 @@ pub(super) fn header_limit(entry: u64) -> Error {
     }
 }
 
-/// Shared between [`apply`] and the reader under the tar crate: while `counting`, the tar
+/// Shared between [`apply`](super::apply) and the reader under the tar crate: while `counting`, the tar
 /// crate is reading on its own (headers and what it skips or keeps in memory), and at most
 /// [`MAX_ENTRY_HEADER_BYTES`] of that per entry.
 #[derive(Default)]

@@ -85,7 +85,7 @@ pub struct Layer {
     pub size: u64,
     /// Digest of the uncompressed tar, from the config's `rootfs.diff_ids`.
     pub diff_id: Digest,
-    /// This layer and all below it; see [`chain_ids`].
+    /// This layer and all below it; see [`chain_ids`](super::chain_ids).
     pub chain_id: Digest,
     pub(super) path: PathBuf,
     /// The layout directory the blob is in (it is opened beneath it, see `layout::open_regular`).
