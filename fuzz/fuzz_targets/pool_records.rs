@@ -143,7 +143,7 @@ fuzz_target!(|data: &[u8]| {
             put(&dir.join("pool.json"), POOL_JSON);
             put(&dir.join("images/i.json"), body);
             let pool = Pool::open(&root, "p").expect("the harness's pool.json");
-            let read = image::image(&pool, "i");
+            let read = image::find(&pool, "i");
             rcx_dm_fuzz::debug("image", &read);
             if let Ok(Some(r)) = read {
                 round_trip(&r);

@@ -8,8 +8,11 @@ use crate::error::{IoContext, Result};
 /// How a stream is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
+    /// A plain tar.
     None,
+    /// gzip, one member or several.
     Gzip,
+    /// zstd, one frame or several.
     Zstd,
 }
 

@@ -11,14 +11,14 @@ use crate::pool::{Pool, VolRef, Volume};
 use crate::error::{Error, Result};
 
 /// The store name of the base for `fs` and `size_bytes`.
-pub fn base_name(fs: Fs, size_bytes: u64) -> String {
+pub(crate) fn base_name(fs: Fs, size_bytes: u64) -> String {
     format!("base-{fs}-{size_bytes}")
 }
 
 /// The formatted, read-only, inactive base for (`fs`, `size_bytes`), made now if missing.
 /// Serialised by a lock file of its own (mkfs is slow, the pool lock is never held across it);
 /// a base left unfinished by a crash (present but not yet marked read-only) is made again.
-pub fn ensure_base(pool: &Pool, fs: Fs, size_bytes: u64) -> Result<VolumeRecord> {
+pub(crate) fn ensure_base(pool: &Pool, fs: Fs, size_bytes: u64) -> Result<VolumeRecord> {
     let name = base_name(fs, size_bytes);
     let by_name = VolRef::Name(name.clone());
     let _l = PoolLock::acquire_file(&pool.dir().join("bases.lock"))?;

@@ -25,9 +25,9 @@ use std::path::{Path, PathBuf};
 use nix::sys::time::TimeSpec;
 
 use crate::error::{Error, IoContext, Result};
-use crate::rootfs::tree::{set_fd_meta, xattr, Kind, Meta, Times, Tree};
+use crate::rootfs::tree::{set_fd_meta, xattr, EntryKind, Meta, Times, Tree};
 
-/// What a sync did.
+/// What a copy did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CopyStats {
     /// Source entries made equal in the tree (the root included).
@@ -47,17 +47,18 @@ const LOST_FOUND: &str = "lost+found";
 
 /// Makes `tree` equal to directory `src` (see the module comment); `progress` is told the
 /// bytes of file data copied as they are.
-pub fn sync_dir(src: &Path, tree: &Tree, progress: &mut dyn FnMut(u64)) -> Result<CopyStats> {
+pub(crate) fn copy_tree(src: &Path, tree: &Tree, progress: &mut dyn FnMut(u64)) -> Result<CopyStats> {
     let md = fs::symlink_metadata(src).ctx(|| format!("reading source directory {}", src.display()))?;
     if !md.is_dir() {
         return Err(Error::invalid("source", format!("{} is not a directory; give the directory whose content the volume should get", src.display())));
     }
-    let mut s = Sync { src, tree, progress, links: HashMap::new(), kept: HashSet::new(), stats: CopyStats::default() };
+    let mut s = TreeCopy { src, tree, progress, links: HashMap::new(), kept: HashSet::new(), stats: CopyStats::default() };
     s.dir(Path::new(""), &md)?;
     Ok(s.stats)
 }
 
-struct Sync<'a> {
+/// One copy under way: the hard links and kept inodes seen so far, and the counts.
+struct TreeCopy<'a> {
     src: &'a Path,
     tree: &'a Tree,
     progress: &'a mut dyn FnMut(u64),
@@ -68,8 +69,8 @@ struct Sync<'a> {
     stats: CopyStats,
 }
 
-fn kind_of(md: &Metadata, path: &Path) -> Result<Kind> {
-    Kind::from_mode(md.mode()).ok_or_else(|| Error::invalid("source", format!("{} has file type {:o}, which cannot be copied", path.display(), md.mode() & libc::S_IFMT)))
+fn kind_of(md: &Metadata, path: &Path) -> Result<EntryKind> {
+    EntryKind::from_mode(md.mode()).ok_or_else(|| Error::invalid("source", format!("{} has file type {:o}, which cannot be copied", path.display(), md.mode() & libc::S_IFMT)))
 }
 
 fn cpath(path: &Path) -> Result<CString> {
@@ -94,7 +95,7 @@ fn times(md: &Metadata) -> Times {
     Times { atime: TimeSpec::new(md.atime(), md.atime_nsec()), mtime: TimeSpec::new(md.mtime(), md.mtime_nsec()) }
 }
 
-impl Sync<'_> {
+impl TreeCopy<'_> {
     fn meta(&self, md: &Metadata, path: &Path, exact_xattrs: bool) -> Result<Meta> {
         Ok(Meta {
             mode: md.mode() & 0o7777,
@@ -106,7 +107,7 @@ impl Sync<'_> {
         })
     }
 
-    /// Directory `rel`: extra tree entries removed, children synced, then its own metadata
+    /// Directory `rel`: extra tree entries removed, children copied, then its own metadata
     /// (times last, after every child was written).
     fn dir(&mut self, rel: &Path, md: &Metadata) -> Result<()> {
         let sp = self.src.join(rel);
@@ -120,7 +121,7 @@ impl Sync<'_> {
                 continue;
             }
             let child = rel.join(&name);
-            if rel.as_os_str().is_empty() && name == LOST_FOUND && self.tree.kind(&child)? == Some(Kind::Dir) {
+            if rel.as_os_str().is_empty() && name == LOST_FOUND && self.tree.kind(&child)? == Some(EntryKind::Dir) {
                 continue; // the filesystem's own (module comment)
             }
             self.tree.remove(&child)?;
@@ -130,7 +131,7 @@ impl Sync<'_> {
             self.entry(&rel.join(name))?;
         }
         let meta = self.meta(md, &sp, true)?;
-        self.tree.set_meta(rel, Kind::Dir, &meta)?;
+        self.tree.set_meta(rel, EntryKind::Dir, &meta)?;
         self.stats.entries += 1;
         Ok(())
     }
@@ -139,7 +140,7 @@ impl Sync<'_> {
         let sp = self.src.join(rel);
         let md = fs::symlink_metadata(&sp).ctx(|| format!("reading source {}", sp.display()))?;
         let kind = kind_of(&md, &sp)?;
-        if kind == Kind::Dir {
+        if kind == EntryKind::Dir {
             self.tree.mkdir(rel)?;
             return self.dir(rel, &md);
         }
@@ -154,10 +155,10 @@ impl Sync<'_> {
             self.links.insert(key, rel.to_path_buf());
         }
         match kind {
-            Kind::File => self.file(rel, &sp, &md),
-            Kind::Symlink => {
+            EntryKind::File => self.file(rel, &sp, &md),
+            EntryKind::Symlink => {
                 let target = fs::read_link(&sp).ctx(|| format!("reading symlink {}", sp.display()))?;
-                let same = self.tree.kind(rel)? == Some(Kind::Symlink) && self.tree.read_link(rel)? == target;
+                let same = self.tree.kind(rel)? == Some(EntryKind::Symlink) && self.tree.read_link(rel)? == target;
                 if !same {
                     self.tree.symlink(rel, &target)?;
                 }
@@ -183,7 +184,7 @@ impl Sync<'_> {
                 && (st.st_nlink == 1 || (md.nlink() > 1 && self.kept.insert(st.st_ino)));
             if unchanged {
                 let meta = self.meta(md, sp, true)?;
-                return self.tree.set_meta(rel, Kind::File, &meta);
+                return self.tree.set_meta(rel, EntryKind::File, &meta);
             }
         }
         // O_NOFOLLOW: a source swapped for a symlink since the lstat is not followed.
@@ -365,7 +366,7 @@ mod tests {
         symlink("/", dst.join("dev")).unwrap();
         let tree = Tree::open(&dst).unwrap();
         let mut reported = 0;
-        let stats = sync_dir(&src, &tree, &mut |n| reported += n).unwrap();
+        let stats = copy_tree(&src, &tree, &mut |n| reported += n).unwrap();
         assert_same(&src, &dst);
         assert!(dst.join("lost+found").is_dir(), "lost+found of the filesystem stays");
         assert_eq!(stats.bytes, 2 + 3_000_000 + 5);
@@ -382,7 +383,7 @@ mod tests {
         fs::write(dst.join("junk"), b"j").unwrap();
         stamp(&src.join("home/user"), 1_500_000_000, 1);
         stamp(&src.join("usr/bin"), 1_500_000_000, 2);
-        let stats = sync_dir(&src, &tree, &mut |_| {}).unwrap();
+        let stats = copy_tree(&src, &tree, &mut |_| {}).unwrap();
         assert_same(&src, &dst);
         assert!(stats.bytes < 3_000_000, "quick check skipped unchanged files: {stats:?}");
     }
@@ -395,7 +396,7 @@ mod tests {
         fs::write(src.join("lost+found/f"), b"f").unwrap();
         fs::create_dir_all(dst.join("lost+found/old")).unwrap();
         let tree = Tree::open(&dst).unwrap();
-        sync_dir(&src, &tree, &mut |_| {}).unwrap();
+        copy_tree(&src, &tree, &mut |_| {}).unwrap();
         let names: Vec<_> = fs::read_dir(dst.join("lost+found")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["f"]);
     }
@@ -405,11 +406,11 @@ mod tests {
         let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
         let tree = Tree::open(tmp.path()).unwrap();
         let missing = tmp.path().join("no-such-source");
-        let e = sync_dir(&missing, &tree, &mut |_| {}).unwrap_err().to_string();
+        let e = copy_tree(&missing, &tree, &mut |_| {}).unwrap_err().to_string();
         assert!(e.contains("no-such-source"), "{e}");
         let file = tmp.path().join("a-file");
         fs::write(&file, b"").unwrap();
-        let e = sync_dir(&file, &tree, &mut |_| {}).unwrap_err().to_string();
+        let e = copy_tree(&file, &tree, &mut |_| {}).unwrap_err().to_string();
         assert!(e.contains("a-file") && e.contains("not a directory"), "{e}");
     }
 }

@@ -89,7 +89,7 @@ pub fn probe(vol: &str, dev: &Path, exclusive: bool) -> Result<Fs> {
 
 /// Open a volume's device for reading; with `exclusive`, refused with a clear error while it
 /// is mounted anywhere or held open.
-pub fn open_checked(vol: &str, dev: &Path, exclusive: bool) -> Result<File> {
+fn open_checked(vol: &str, dev: &Path, exclusive: bool) -> Result<File> {
     let mut opts = std::fs::OpenOptions::new();
     opts.read(true);
     if exclusive {

@@ -33,22 +33,30 @@ use crate::pool::{Pool, VolRef};
 /// One image: its layer volumes bottom to top; `top` is what containers snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
+    /// The image's name in the pool.
     pub name: String,
+    /// The filesystem every layer volume holds.
     pub fs: Fs,
+    /// The size of every layer volume.
     pub size_bytes: u64,
+    /// The layers, bottom first.
     pub layers: Vec<LayerEntry>,
+    /// The top layer's volume id: what containers snapshot.
     pub top: u32,
     /// The manifest digest of an imported image; None for a committed one.
     pub manifest: Option<String>,
     /// For a committed image, the volume it was committed from.
     pub committed_from: Option<u32>,
+    /// When the record was written, in seconds since the epoch.
     pub created_unix: u64,
 }
 
+/// One layer of an image record: the volume that holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerEntry {
     /// The OCI chain id; None for a layer made by `commit`.
     pub chain_id: Option<String>,
+    /// The layer volume's id.
     pub volume: u32,
     /// False when an identical layer volume already existed and was shared.
     pub created: bool,
@@ -104,11 +112,13 @@ fn import_lock(pool: &Pool) -> Result<PoolLock> {
     PoolLock::acquire_file(&pool.dir().join("images.lock"))
 }
 
-pub fn image(pool: &Pool, name: &str) -> Result<Option<ImageRecord>> {
+/// The record of image `name`; None if there is no such image.
+pub fn find(pool: &Pool, name: &str) -> Result<Option<ImageRecord>> {
     validate_image_name(name)?;
     read_json(&image_path(pool, name))
 }
 
+/// Every image record in the pool.
 pub fn images(pool: &Pool) -> Result<Vec<ImageRecord>> {
     let dir = images_dir(pool);
     let entries = match std::fs::read_dir(&dir) {
@@ -140,7 +150,7 @@ fn now() -> u64 {
 }
 
 /// The volume name of a layer: chain id (first 16 hex digits), filesystem and size.
-pub fn layer_volume_name(chain_id: &oci::Digest, fs: Fs, size_bytes: u64) -> String {
+fn layer_volume_name(chain_id: &oci::Digest, fs: Fs, size_bytes: u64) -> String {
     let hex = chain_id.hex();
     format!("layer-{fs}-{size_bytes}-{}", &hex[..16.min(hex.len())])
 }
@@ -148,7 +158,9 @@ pub fn layer_volume_name(chain_id: &oci::Digest, fs: Fs, size_bytes: u64) -> Str
 /// Options of `image import`.
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
+    /// The filesystem the layer volumes get.
     pub fs: Fs,
+    /// The size of every layer volume.
     pub size_bytes: u64,
     /// Which manifest of the layout (its `org.opencontainers.image.ref.name`).
     pub reference: Option<String>,
@@ -159,7 +171,7 @@ pub struct ImportOptions {
 pub fn import(pool: &Pool, layout: &Path, name: &str, opts: &ImportOptions, progress: Progress) -> Result<ImageRecord> {
     validate_image_name(name)?;
     let _l = import_lock(pool)?;
-    if image(pool, name)?.is_some() {
+    if find(pool, name)?.is_some() {
         return Err(Error::Exists(format!("image '{name}' (remove it with `rcx-dm image rm {name}`)")));
     }
     let img = oci::open(layout, opts.reference.as_deref())?;
@@ -272,7 +284,7 @@ fn build_layer(pool: &Pool, vname: &str, chain: &str, parent: u32, fs: Fs, l: &o
 pub fn commit(pool: &Pool, v: &VolRef, name: &str) -> Result<ImageRecord> {
     validate_image_name(name)?;
     let _l = import_lock(pool)?;
-    if image(pool, name)?.is_some() {
+    if find(pool, name)?.is_some() {
         return Err(Error::Exists(format!("image '{name}' (remove it with `rcx-dm image rm {name}`)")));
     }
     let rec = pool.resolve(v)?;
@@ -330,6 +342,7 @@ fn inherited_layers(pool: &Pool, parent: Option<u32>) -> Result<Vec<LayerEntry>>
 /// What `image rm` removed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Removed {
+    /// The image's name.
     pub image: String,
     /// Layer volumes deleted (no other image and no volume used them).
     pub deleted_volumes: Vec<u32>,
@@ -341,7 +354,7 @@ pub struct Removed {
 /// nothing else uses them (another image's layers, or any volume made from them).
 pub fn remove(pool: &Pool, name: &str) -> Result<Removed> {
     let _l = import_lock(pool)?;
-    let rec = image(pool, name)?.ok_or_else(|| {
+    let rec = find(pool, name)?.ok_or_else(|| {
         Error::invalid("image", format!("no image '{name}' in pool '{}'; `rcx-dm image list` shows them", pool.name()))
     })?;
     remove_durable(&image_path(pool, name))?;
@@ -371,7 +384,7 @@ pub fn top_volume(pool: &Pool, name: &str) -> Result<Option<u32>> {
     if validate_image_name(name).is_err() {
         return Ok(None);
     }
-    let Some(i) = image(pool, name)? else { return Ok(None) };
+    let Some(i) = find(pool, name)? else { return Ok(None) };
     let top_name = i.layers.last().and_then(|l| l.volume_name.as_deref());
     if !still_layer(pool, i.top, top_name)? {
         return Err(Error::Inconsistent(format!(

@@ -14,7 +14,7 @@ use crate::error::{IoContext, Result};
 /// thread, run `work` there with the mount's path, then sync and unmount. `mountpoint` is an
 /// existing directory; several threads may use the same one at once (each namespace has its
 /// own mount on it).
-pub fn with_mounted<T: Send>(
+pub(crate) fn with_mounted<T: Send>(
     dev: &Path,
     fs: Fs,
     mountpoint: &Path,

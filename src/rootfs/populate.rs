@@ -24,6 +24,7 @@ use crate::pool::{Pool, VolRef, Volume};
 /// Called with the number of source bytes just consumed (for a progress bar).
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
+/// A progress callback that ignores what it is told, for callers that show none.
 pub fn no_progress() -> Progress {
     Arc::new(|_| {})
 }
@@ -36,7 +37,12 @@ pub enum Source {
     /// A directory, copied like `rsync -aHAX --delete`.
     Dir(PathBuf),
     /// An OCI image layout (a directory with `oci-layout`): its layers applied in order.
-    Oci { dir: PathBuf, reference: Option<String> },
+    Oci {
+        /// The layout directory.
+        dir: PathBuf,
+        /// Which image of the layout (its ref name); None for the only one or this host's.
+        reference: Option<String>,
+    },
 }
 
 impl Source {
@@ -70,7 +76,9 @@ impl Source {
 /// What populate did.
 #[derive(Debug, Clone, Serialize)]
 pub struct PopulateReport {
+    /// The volume's id.
     pub volume: u32,
+    /// The filesystem on it.
     pub fs: Fs,
     /// Tar entries or directory entries written.
     pub entries: u64,
@@ -91,7 +99,7 @@ fn writable(rec: &VolumeRecord, v: &VolRef) -> Result<()> {
 }
 
 /// Run `f` with the volume's device, activating it for the call if it was inactive.
-pub fn with_device<T>(pool: &Pool, rec: &VolumeRecord, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+fn with_device<T>(pool: &Pool, rec: &VolumeRecord, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let v = VolRef::Id(rec.id);
     let was_active = pool.volume(&v)?.active;
     let dev = pool.activate_volume(&v)?;
@@ -113,12 +121,12 @@ pub fn format_volume(pool: &Pool, v: &VolRef, fs: Fs) -> Result<Volume> {
 }
 
 /// The filesystem on a volume (refused while it is mounted or open).
-pub fn volume_fs(pool: &Pool, rec: &VolumeRecord) -> Result<Fs> {
+pub(crate) fn volume_fs(pool: &Pool, rec: &VolumeRecord) -> Result<Fs> {
     with_device(pool, rec, |dev| fs::probe(&rec.id.to_string(), dev, true))
 }
 
 /// Where private mounts are made (each in its own namespace, so one directory serves all).
-pub fn mountpoint(pool: &Pool) -> Result<PathBuf> {
+pub(crate) fn mountpoint(pool: &Pool) -> Result<PathBuf> {
     let p = pool.dir().join("mnt");
     std::fs::create_dir_all(&p).ctx(|| format!("creating {}", p.display()))?;
     Ok(p)
@@ -192,7 +200,7 @@ impl<R: Read> Read for Counted<R> {
 }
 
 /// Write `source` into the (empty) filesystem on `dev`, privately mounted. (entries, bytes)
-pub fn fill(pool: &Pool, dev: &Path, fs: Fs, source: &Source, progress: Progress) -> Result<(u64, u64)> {
+pub(crate) fn fill(pool: &Pool, dev: &Path, fs: Fs, source: &Source, progress: Progress) -> Result<(u64, u64)> {
     let mnt = mountpoint(pool)?;
     mount::with_mounted(dev, fs, &mnt, |root| {
         let tree = Tree::open(root)?;
@@ -205,7 +213,7 @@ pub fn fill(pool: &Pool, dev: &Path, fs: Fs, source: &Source, progress: Progress
             }
             Source::Dir(path) => {
                 let mut p = |n: u64| progress(n);
-                let s = copy::sync_dir(path, &tree, &mut p)?;
+                let s = copy::copy_tree(path, &tree, &mut p)?;
                 Ok((s.entries, s.bytes))
             }
             Source::Oci { dir, reference } => {
@@ -223,7 +231,7 @@ pub fn fill(pool: &Pool, dev: &Path, fs: Fs, source: &Source, progress: Progress
 
 /// Apply one OCI layer, then check its digests: a layer that does not match its manifest
 /// fails here, before anything is published.
-pub fn apply_layer(tree: &Tree, l: &oci::Layer, progress: Progress) -> Result<layer::LayerStats> {
+pub(crate) fn apply_layer(tree: &Tree, l: &oci::Layer, progress: Progress) -> Result<layer::LayerStats> {
     let mut r = l.open()?;
     let s = layer::apply(tree, Counted { inner: &mut r, progress }).map_err(|e| match e {
         // Which layer of which image: the tar reader only knows its entry.

@@ -18,6 +18,7 @@ use crate::pool::{Pool, VolRef};
 /// What one volume's trim did.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrimReport {
+    /// The volume's id.
     pub id: u32,
     /// Bytes the filesystem reported as trimmed (FITRIM's range length).
     pub trimmed_bytes: u64,

@@ -10,6 +10,9 @@
 //! Symlinks in parent directories are followed inside the tree (`lib -> usr/lib`, then
 //! `lib/x` lands in `usr/lib/x`), as docker's and containerd's appliers do; a parent that is
 //! not a directory at all (a file, a dangling or looping symlink) is replaced by a directory.
+//!
+//! `meta` holds an entry's metadata and sets it on a descriptor; `xattr` wraps the xattr
+//! syscalls.
 
 use std::cell::RefCell;
 use std::ffi::{CString, OsStr, OsString};
@@ -22,73 +25,63 @@ use std::rc::Rc;
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstatat, mkdirat, mknodat, utimensat, FileStat, Mode, SFlag, UtimensatFlags};
-use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
 use crate::error::{Error, IoContext, Result};
 
-/// What an entry is.
+mod meta;
+pub(crate) mod xattr;
+
+use meta::{chmod_at, with_proc_hint, xattrs_path};
+pub(crate) use meta::{set_fd_meta, Meta, Times};
+
+/// The file type of an entry in a tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum EntryKind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link.
     Symlink,
+    /// A character device node.
     CharDev,
+    /// A block device node.
     BlockDev,
+    /// A named pipe.
     Fifo,
+    /// A unix socket.
     Socket,
 }
 
-impl Kind {
+impl EntryKind {
     /// The kind of a `st_mode`; None for a type Linux does not have.
-    pub fn from_mode(mode: u32) -> Option<Kind> {
+    pub fn from_mode(mode: u32) -> Option<EntryKind> {
         Some(match mode & libc::S_IFMT {
-            libc::S_IFREG => Kind::File,
-            libc::S_IFDIR => Kind::Dir,
-            libc::S_IFLNK => Kind::Symlink,
-            libc::S_IFCHR => Kind::CharDev,
-            libc::S_IFBLK => Kind::BlockDev,
-            libc::S_IFIFO => Kind::Fifo,
-            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFREG => EntryKind::File,
+            libc::S_IFDIR => EntryKind::Dir,
+            libc::S_IFLNK => EntryKind::Symlink,
+            libc::S_IFCHR => EntryKind::CharDev,
+            libc::S_IFBLK => EntryKind::BlockDev,
+            libc::S_IFIFO => EntryKind::Fifo,
+            libc::S_IFSOCK => EntryKind::Socket,
             _ => return None,
         })
     }
 
     fn sflag(self) -> SFlag {
         match self {
-            Kind::File => SFlag::S_IFREG,
-            Kind::Dir => SFlag::S_IFDIR,
-            Kind::Symlink => SFlag::S_IFLNK,
-            Kind::CharDev => SFlag::S_IFCHR,
-            Kind::BlockDev => SFlag::S_IFBLK,
-            Kind::Fifo => SFlag::S_IFIFO,
-            Kind::Socket => SFlag::S_IFSOCK,
+            EntryKind::File => SFlag::S_IFREG,
+            EntryKind::Dir => SFlag::S_IFDIR,
+            EntryKind::Symlink => SFlag::S_IFLNK,
+            EntryKind::CharDev => SFlag::S_IFCHR,
+            EntryKind::BlockDev => SFlag::S_IFBLK,
+            EntryKind::Fifo => SFlag::S_IFIFO,
+            EntryKind::Socket => SFlag::S_IFSOCK,
         }
     }
 }
 
-/// Access and modification times, with nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Times {
-    pub atime: TimeSpec,
-    pub mtime: TimeSpec,
-}
-
-/// An entry's metadata as a tar header or a source directory states it.
-#[derive(Debug, Clone, Default)]
-pub struct Meta {
-    /// Permission bits including setuid, setgid and sticky (07777); ignored on symlinks.
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    /// None leaves the times alone (directories get theirs after their children).
-    pub times: Option<Times>,
-    /// Extended attributes (name, value), set after the owner because chown drops
-    /// `security.capability`.
-    pub xattrs: Vec<(OsString, Vec<u8>)>,
-    /// Also remove xattrs the entry has that `xattrs` does not list (an entry kept from before).
-    pub exact_xattrs: bool,
-}
 
 /// A directory tree written only through descriptors resolved inside it.
 pub struct Tree {
@@ -100,7 +93,7 @@ pub struct Tree {
 }
 
 /// A path relative to the tree's root: `/` and `.` dropped, `..` refused.
-pub fn relative(path: &Path) -> Result<PathBuf> {
+pub(crate) fn relative(path: &Path) -> Result<PathBuf> {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
@@ -257,7 +250,7 @@ impl Tree {
 
     /// Makes directory `path`; an existing directory is kept (returns true), anything else
     /// there is replaced. The caller sets mode and owner (`set_meta`).
-    pub fn mkdir(&self, path: &Path) -> Result<bool> {
+    pub(crate) fn mkdir(&self, path: &Path) -> Result<bool> {
         let (rel, parent, name) = self.split(path)?;
         match retry(|| mkdirat(parent.as_fd(), name.as_os_str(), Mode::from_bits_truncate(0o700))) {
             Ok(()) => Ok(false),
@@ -280,20 +273,20 @@ impl Tree {
 
     /// Creates regular file `path` (mode 0600 until `set_file_meta`), replacing whatever was
     /// there, and returns it open for writing.
-    pub fn create_file(&self, path: &Path) -> Result<File> {
+    pub(crate) fn create_file(&self, path: &Path) -> Result<File> {
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = self.replacing(path, "file", |d, n| openat(d, n, flags, Mode::from_bits_truncate(0o600)))?;
         Ok(File::from(fd))
     }
 
     /// Creates symlink `path` pointing to `target` (stored as given, never followed here).
-    pub fn symlink(&self, path: &Path, target: &Path) -> Result<()> {
+    pub(crate) fn symlink(&self, path: &Path, target: &Path) -> Result<()> {
         self.replacing(path, "symlink", |d, n| symlinkat(target, d, n))
     }
 
     /// Creates `path` as a hard link to the existing entry `target` (both tree paths). A
     /// symlink target is linked itself, not followed.
-    pub fn hardlink(&self, path: &Path, target: &Path) -> Result<()> {
+    pub(crate) fn hardlink(&self, path: &Path, target: &Path) -> Result<()> {
         let trel = relative(target)?;
         let rel = relative(path)?;
         if trel == rel {
@@ -320,8 +313,8 @@ impl Tree {
     }
 
     /// Creates a device node, fifo or socket (mode 0600 until `set_meta`).
-    pub fn mknod(&self, path: &Path, kind: Kind, rdev: u64) -> Result<()> {
-        if !matches!(kind, Kind::CharDev | Kind::BlockDev | Kind::Fifo | Kind::Socket) {
+    pub(crate) fn mknod(&self, path: &Path, kind: EntryKind, rdev: u64) -> Result<()> {
+        if !matches!(kind, EntryKind::CharDev | EntryKind::BlockDev | EntryKind::Fifo | EntryKind::Socket) {
             return Err(Error::invalid("node kind", format!("{kind:?} at '{}' is not a device, fifo or socket", path.display())));
         }
         self.replacing(path, "special file", |d, n| mknodat(d, n, kind.sflag(), Mode::from_bits_truncate(0o600), rdev))
@@ -330,15 +323,15 @@ impl Tree {
     /// Sets owner, then mode (chown clears setuid/setgid), xattrs and times of `path`, which
     /// is of `kind`. Regular files and directories are changed through a descriptor of their
     /// own; other kinds through their parent (a device node must not be opened).
-    pub fn set_meta(&self, path: &Path, kind: Kind, meta: &Meta) -> Result<()> {
+    pub(crate) fn set_meta(&self, path: &Path, kind: EntryKind, meta: &Meta) -> Result<()> {
         let rel = relative(path)?;
-        if matches!(kind, Kind::File | Kind::Dir) {
+        if matches!(kind, EntryKind::File | EntryKind::Dir) {
             let fd = if rel.as_os_str().is_empty() {
                 self.open_dir_rdonly(&rel)?
             } else {
                 let (_, parent, name) = self.split(&rel)?;
                 let mut flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-                if kind == Kind::Dir {
+                if kind == EntryKind::Dir {
                     flags |= OFlag::O_DIRECTORY;
                 }
                 retry(|| openat(parent.as_fd(), name.as_os_str(), flags, Mode::empty()))
@@ -353,7 +346,7 @@ impl Tree {
         retry(|| fchownat(p, name.as_os_str(), Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)), AtFlags::AT_SYMLINK_NOFOLLOW))
             .map_err(io)
             .ctx(ctx)?;
-        if kind != Kind::Symlink {
+        if kind != EntryKind::Symlink {
             chmod_at(p, &name, meta.mode).map_err(io).ctx(ctx)?;
         }
         if !meta.xattrs.is_empty() || meta.exact_xattrs {
@@ -372,7 +365,7 @@ impl Tree {
     }
 
     /// Sets the times of `path` without following it (directories, after their children).
-    pub fn set_times(&self, path: &Path, times: Times) -> Result<()> {
+    pub(crate) fn set_times(&self, path: &Path, times: Times) -> Result<()> {
         let rel = relative(path)?;
         let ctx = || format!("setting times of {}", self.show(&rel));
         if rel.as_os_str().is_empty() {
@@ -386,7 +379,7 @@ impl Tree {
     }
 
     /// Removes `path` (recursively if a directory). Returns whether anything was there.
-    pub fn remove(&self, path: &Path) -> Result<bool> {
+    pub(crate) fn remove(&self, path: &Path) -> Result<bool> {
         let rel = relative(path)?;
         let parent = rel.parent().unwrap_or(Path::new(""));
         let Some(name) = rel.file_name() else {
@@ -426,7 +419,7 @@ impl Tree {
     }
 
     /// lstat of `path`; None if it (or a parent) does not exist.
-    pub fn stat(&self, path: &Path) -> Result<Option<FileStat>> {
+    pub(crate) fn stat(&self, path: &Path) -> Result<Option<FileStat>> {
         let rel = relative(path)?;
         let (parent, name) = match rel.file_name() {
             Some(n) => (rel.parent().unwrap_or(Path::new("")), n),
@@ -445,12 +438,12 @@ impl Tree {
     }
 
     /// What `path` is, not following it; None if nothing is there.
-    pub fn kind(&self, path: &Path) -> Result<Option<Kind>> {
-        Ok(self.stat(path)?.and_then(|st| Kind::from_mode(st.st_mode)))
+    pub(crate) fn kind(&self, path: &Path) -> Result<Option<EntryKind>> {
+        Ok(self.stat(path)?.and_then(|st| EntryKind::from_mode(st.st_mode)))
     }
 
     /// The target of symlink `path`, read without following anything outside the tree.
-    pub fn read_link(&self, path: &Path) -> Result<PathBuf> {
+    pub(crate) fn read_link(&self, path: &Path) -> Result<PathBuf> {
         let rel = relative(path)?;
         let parent = rel.parent().unwrap_or(Path::new(""));
         let name = rel.file_name().unwrap_or(OsStr::new("."));
@@ -462,7 +455,7 @@ impl Tree {
     }
 
     /// The names in directory `path` (followed inside the root), without `.` and `..`.
-    pub fn list(&self, path: &Path) -> Result<Vec<OsString>> {
+    pub(crate) fn list(&self, path: &Path) -> Result<Vec<OsString>> {
         let rel = relative(path)?;
         let fd = self.open_dir_rdonly(&rel)?;
         list_fd(&fd).ctx(|| format!("listing {}", self.show(&rel)))
@@ -475,58 +468,6 @@ impl Tree {
     }
 }
 
-/// chmod of a name that is not a symlink, never following one (glibc emulates the flag).
-fn chmod_at(dir: BorrowedFd, name: &OsStr, mode: u32) -> nix::Result<()> {
-    let name = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
-    retry(|| {
-        // SAFETY: valid fd and NUL-terminated name.
-        Errno::result(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode & 0o7777, libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
-    })
-}
-
-/// Owner, mode, xattrs, times of an open file or directory, in that order.
-pub fn set_fd_meta(fd: BorrowedFd, meta: &Meta) -> std::io::Result<()> {
-    retry(|| nix::unistd::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))).map_err(io)?;
-    retry(|| nix::sys::stat::fchmod(fd, Mode::from_bits_retain(meta.mode & 0o7777))).map_err(io)?;
-    if meta.exact_xattrs {
-        for name in xattr::list_fd(fd)? {
-            if !meta.xattrs.iter().any(|(n, _)| *n == name) {
-                xattr::remove_fd(fd, &name)?;
-            }
-        }
-    }
-    for (name, value) in &meta.xattrs {
-        xattr::set_fd(fd, name, value)?;
-    }
-    if let Some(t) = meta.times {
-        retry(|| nix::sys::stat::futimens(fd, &t.atime, &t.mtime)).map_err(io)?;
-    }
-    Ok(())
-}
-
-/// Sets (and with `exact_xattrs` prunes) xattrs through a path whose final component is not
-/// followed.
-fn xattrs_path(path: &CString, meta: &Meta) -> std::io::Result<()> {
-    if meta.exact_xattrs {
-        for name in xattr::list_path(path)? {
-            if !meta.xattrs.iter().any(|(n, _)| *n == name) {
-                xattr::remove_path(path, &name)?;
-            }
-        }
-    }
-    for (name, value) in &meta.xattrs {
-        xattr::set_path(path, name, value)?;
-    }
-    Ok(())
-}
-
-fn with_proc_hint(e: std::io::Error) -> std::io::Error {
-    if e.raw_os_error() == Some(libc::ENOENT) {
-        std::io::Error::new(e.kind(), format!("{e} (xattrs of special files are set through /proc/self/fd: mount /proc)"))
-    } else {
-        e
-    }
-}
 
 /// Names in an open directory, without `.` and `..`.
 fn list_fd(dir: &OwnedFd) -> std::io::Result<Vec<OsString>> {
@@ -543,107 +484,6 @@ fn list_fd(dir: &OwnedFd) -> std::io::Result<Vec<OsString>> {
     Ok(out)
 }
 
-/// Thin wrappers over the xattr syscalls (libc), l* variants never following the final link.
-pub mod xattr {
-    use std::ffi::{CString, OsStr, OsString};
-    use std::io;
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    use std::os::unix::ffi::OsStrExt;
-
-    fn cname(name: &OsStr) -> io::Result<CString> {
-        CString::new(name.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "xattr name contains a NUL byte"))
-    }
-
-    fn check(r: libc::ssize_t) -> io::Result<usize> {
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as usize)
-        }
-    }
-
-    /// Calls a size-query-then-fill syscall, growing the buffer if the value grew between.
-    fn sized(mut call: impl FnMut(*mut libc::c_void, usize) -> libc::ssize_t) -> io::Result<Vec<u8>> {
-        loop {
-            let n = loop {
-                match check(call(std::ptr::null_mut(), 0)) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    r => break r?,
-                }
-            };
-            let mut buf = vec![0u8; n.max(1)];
-            match check(call(buf.as_mut_ptr().cast(), buf.len())) {
-                Ok(m) => {
-                    buf.truncate(m);
-                    return Ok(buf);
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ERANGE) || e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn split_names(buf: Vec<u8>) -> Vec<OsString> {
-        buf.split(|b| *b == 0).filter(|n| !n.is_empty()).map(|n| OsStr::from_bytes(n).to_os_string()).collect()
-    }
-
-    fn unsupported(e: &io::Error) -> bool {
-        e.raw_os_error() == Some(libc::ENOTSUP)
-    }
-
-    /// Names of the xattrs of a path (not followed); empty where the filesystem has none.
-    pub fn list_path(path: &CString) -> io::Result<Vec<OsString>> {
-        // SAFETY: valid C string and a buffer of the given length (or null with 0).
-        match sized(|b, n| unsafe { libc::llistxattr(path.as_ptr(), b.cast(), n) }) {
-            Err(e) if unsupported(&e) => Ok(Vec::new()),
-            r => r.map(split_names),
-        }
-    }
-
-    pub fn get_path(path: &CString, name: &OsStr) -> io::Result<Vec<u8>> {
-        let name = cname(name)?;
-        // SAFETY: as above.
-        sized(|b, n| unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), b, n) })
-    }
-
-    pub fn set_path(path: &CString, name: &OsStr, value: &[u8]) -> io::Result<()> {
-        let name = cname(name)?;
-        // SAFETY: valid C strings, value pointer and length from a slice.
-        check(unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) } as libc::ssize_t).map(drop)
-    }
-
-    pub fn remove_path(path: &CString, name: &OsStr) -> io::Result<()> {
-        let name = cname(name)?;
-        // SAFETY: valid C strings.
-        check(unsafe { libc::lremovexattr(path.as_ptr(), name.as_ptr()) } as libc::ssize_t).map(drop)
-    }
-
-    pub fn list_fd(fd: BorrowedFd) -> io::Result<Vec<OsString>> {
-        // SAFETY: valid fd and buffer.
-        match sized(|b, n| unsafe { libc::flistxattr(fd.as_raw_fd(), b.cast(), n) }) {
-            Err(e) if unsupported(&e) => Ok(Vec::new()),
-            r => r.map(split_names),
-        }
-    }
-
-    pub fn get_fd(fd: BorrowedFd, name: &OsStr) -> io::Result<Vec<u8>> {
-        let name = cname(name)?;
-        // SAFETY: valid fd, C string and buffer.
-        sized(|b, n| unsafe { libc::fgetxattr(fd.as_raw_fd(), name.as_ptr(), b, n) })
-    }
-
-    pub fn set_fd(fd: BorrowedFd, name: &OsStr, value: &[u8]) -> io::Result<()> {
-        let name = cname(name)?;
-        // SAFETY: valid fd, C string, value pointer and length from a slice.
-        check(unsafe { libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) } as libc::ssize_t).map(drop)
-    }
-
-    pub fn remove_fd(fd: BorrowedFd, name: &OsStr) -> io::Result<()> {
-        let name = cname(name)?;
-        // SAFETY: valid fd and C string.
-        check(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) } as libc::ssize_t).map(drop)
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -678,10 +518,10 @@ mod tests {
         assert!(!tree.mkdir(Path::new("d")).unwrap());
         assert!(tree.mkdir(Path::new("/d/")).unwrap(), "an existing directory is kept");
         tree.symlink(Path::new("d/s"), Path::new("/nowhere")).unwrap();
-        assert_eq!(tree.kind(Path::new("d/s")).unwrap(), Some(Kind::Symlink));
+        assert_eq!(tree.kind(Path::new("d/s")).unwrap(), Some(EntryKind::Symlink));
         assert_eq!(tree.read_link(Path::new("d/s")).unwrap(), Path::new("/nowhere"));
-        tree.mknod(Path::new("d/p"), Kind::Fifo, 0).unwrap();
-        tree.set_meta(Path::new("d/p"), Kind::Fifo, &Meta { mode: 0o640, uid: 5, gid: 6, ..Meta::default() }).unwrap();
+        tree.mknod(Path::new("d/p"), EntryKind::Fifo, 0).unwrap();
+        tree.set_meta(Path::new("d/p"), EntryKind::Fifo, &Meta { mode: 0o640, uid: 5, gid: 6, ..Meta::default() }).unwrap();
         let st = tree.stat(Path::new("d/p")).unwrap().unwrap();
         assert_eq!((st.st_mode & 0o7777, st.st_uid, st.st_gid), (0o640, 5, 6));
         assert_eq!(tree.kind(Path::new("d/missing/x")).unwrap(), None);
@@ -689,6 +529,6 @@ mod tests {
         // A file in the way of a parent becomes a directory.
         tree.create_file(Path::new("f")).unwrap();
         tree.create_file(Path::new("f/g")).unwrap();
-        assert_eq!(tree.kind(Path::new("f")).unwrap(), Some(Kind::Dir));
+        assert_eq!(tree.kind(Path::new("f")).unwrap(), Some(EntryKind::Dir));
     }
 }

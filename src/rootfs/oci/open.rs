@@ -1,0 +1,320 @@
+//! From a layout's `index.json` down to a verified image: the manifest picked, nested indexes
+//! followed, manifest and config checked, every layer's blob seen before anything is written.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::document::{ConfigDoc, Descriptor, IndexDoc, ManifestDoc};
+use super::image::{Image, Layer, LayerCompression};
+use super::layout::Layout;
+use super::select::{host_architecture, select};
+use super::{chain_ids, clip, Digest, MAX_INDEX_DEPTH, MAX_LAYERS, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use crate::error::{Error, Result};
+
+/// Read the image in the OCI layout at `layout_dir`. `reference` picks a manifest by its
+/// `org.opencontainers.image.ref.name` (or `io.containerd.image.name`) annotation; without it
+/// the layout's only image is taken, or among several the one for linux and this host's
+/// architecture.
+pub fn open(layout_dir: &Path, reference: Option<&str>) -> Result<Image> {
+    open_for(layout_dir, reference, host_architecture())
+}
+
+pub(super) fn open_for(layout_dir: &Path, reference: Option<&str>, arch: &str) -> Result<Image> {
+    let l = Layout { dir: layout_dir.to_owned() };
+    l.check_version()?;
+    let index_path = layout_dir.join("index.json");
+    let index_bytes = l.read_json_file("index.json", "the layout's index.json")?;
+    let index: IndexDoc = serde_json::from_slice(&index_bytes).map_err(|e| {
+        Error::invalid("OCI image layout", format!("{}: {e}; re-export the image", index_path.display()))
+    })?;
+    check_schema(index.schema_version.into(), &index_path.display().to_string())?;
+
+    let top = select(&index.manifests, reference, arch, &format!("{}", index_path.display()))?;
+    let ref_name = top.ref_name().map(str::to_owned);
+    let image_name = match reference.or(ref_name.as_deref()) {
+        Some(r) => format!("{}:{}", layout_dir.display(), clip(r)),
+        None => layout_dir.display().to_string(),
+    };
+
+    // Follow nested indexes down to a manifest; below the top level the reference has done its
+    // job and only the platform decides.
+    let mut desc = top;
+    let mut depth = 0;
+    let (manifest_digest, manifest) = loop {
+        let what = format!("{} {} of image {image_name}", kind_of(&desc), clip(&desc.digest));
+        let digest = Digest::parse(&desc.digest).map_err(|e| reword(e, &what))?;
+        let bytes = l.read_json_blob(&digest, desc.size, &what)?;
+        // The blob's own mediaType wins over the descriptor's when they disagree; Docker
+        // manifests may omit it from the descriptor.
+        let value: serde_json::Value = parse_json(&bytes, &what)?;
+        // Before the typed parse, so a Docker schema 1 manifest gets this message, not a
+        // missing-field one.
+        check_schema(value.get("schemaVersion").and_then(|v| v.as_u64()).unwrap_or(0), &what)?;
+        let media_type = value.get("mediaType").and_then(|m| m.as_str()).unwrap_or(&desc.media_type);
+        let is_index = media_type == MEDIA_TYPE_INDEX
+            || media_type == MEDIA_TYPE_DOCKER_LIST
+            || (media_type.is_empty() && value.get("manifests").is_some());
+        if !is_index {
+            break (digest, parse_json::<ManifestDoc>(&bytes, &what)?);
+        }
+        depth += 1;
+        if depth > MAX_INDEX_DEPTH {
+            return Err(Error::invalid(
+                "OCI image",
+                format!("{what}: indexes nest more than {MAX_INDEX_DEPTH} deep (a cycle?); the image layout is corrupt, re-export it"),
+            ));
+        }
+        let nested: IndexDoc = parse_json(&bytes, &what)?;
+        desc = select(&nested.manifests, None, arch, &what)?;
+    };
+    let what = format!("manifest {manifest_digest} of image {image_name}");
+    if manifest.layers.len() > MAX_LAYERS {
+        return Err(Error::LimitExceeded {
+            what,
+            limit: format!("{MAX_LAYERS} layers"),
+            why: format!(
+                "it lists {} layers; Docker's overlay2 stops at 128, and each layer here is a volume of its own: squash the image",
+                manifest.layers.len()
+            ),
+        });
+    }
+    if let Some(mt) = &manifest.media_type {
+        if mt != MEDIA_TYPE_MANIFEST && mt != MEDIA_TYPE_DOCKER_MANIFEST {
+            return Err(Error::invalid(
+                "OCI image",
+                format!("{what}: media type '{}' is not an image manifest; re-export the image", clip(mt)),
+            ));
+        }
+    }
+
+    // Config
+    let config_what = format!("config {} of image {image_name}", clip(&manifest.config.digest));
+    let config_digest = Digest::parse(&manifest.config.digest).map_err(|e| reword(e, &config_what))?;
+    let config_bytes = l.read_json_blob(&config_digest, manifest.config.size, &config_what)?;
+    let raw_config: serde_json::Value = parse_json(&config_bytes, &config_what)?;
+    let config: ConfigDoc = parse_json(&config_bytes, &config_what)?;
+    if config.rootfs.kind != "layers" {
+        return Err(Error::invalid(
+            "OCI image",
+            format!(
+                "{config_what}: rootfs.type is '{}', not 'layers'; the config is not an OCI image config, re-export the image",
+                clip(&config.rootfs.kind)
+            ),
+        ));
+    }
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(Error::invalid(
+            "OCI image",
+            format!(
+                "{what} lists {} layers but its config lists {} diff_ids; the image layout is corrupt, re-export it",
+                manifest.layers.len(),
+                config.rootfs.diff_ids.len()
+            ),
+        ));
+    }
+    let diff_ids = config
+        .rootfs
+        .diff_ids
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Digest::parse(d).map_err(|e| reword(e, &format!("{config_what}, diff_id {}", i + 1))))
+        .collect::<Result<Vec<_>>>()?;
+    let chains = chain_ids(&diff_ids);
+
+    // Layers: refuse unknown types and missing blobs now, before anything is written anywhere.
+    let n = manifest.layers.len();
+    let mut layers = Vec::with_capacity(n);
+    for (i, ((d, diff_id), chain_id)) in manifest.layers.iter().zip(diff_ids).zip(chains).enumerate() {
+        let label = format!("layer {}/{n} ({}) of image {image_name}", i + 1, clip(&d.digest));
+        let digest = Digest::parse(&d.digest).map_err(|e| reword(e, &label))?;
+        let compression = LayerCompression::from_media_type(&d.media_type).ok_or_else(|| {
+            Error::invalid(
+                "OCI image",
+                format!(
+                    "{label}: media type '{}' is not a layer type rcx-dm reads (OCI tar, tar+gzip, tar+zstd, Docker tar.gzip); convert the image, e.g. with `skopeo copy --format oci`",
+                    clip(&d.media_type)
+                ),
+            )
+        })?;
+        let path = l.blob_path(&digest);
+        l.open_blob(&digest, d.size, &label)?;
+        layers.push(Layer {
+            digest,
+            media_type: d.media_type.clone(),
+            size: d.size,
+            diff_id,
+            chain_id,
+            path,
+            layout: layout_dir.to_owned(),
+            compression,
+            label,
+        });
+    }
+
+    Ok(Image {
+        layout: layout_dir.to_owned(),
+        ref_name,
+        manifest_digest,
+        config_digest,
+        architecture: config.architecture,
+        os: config.os,
+        config: config.config.unwrap_or_default(),
+        raw_config,
+        layers,
+    })
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::invalid(
+            "OCI image",
+            format!(
+                "{what}: {e}; the blob matches its digest, so the image itself is malformed — rebuild it"
+            ),
+        )
+    })
+}
+
+fn check_schema(v: u64, what: &str) -> Result<()> {
+    if v != 2 {
+        return Err(Error::invalid(
+            "OCI image",
+            format!(
+                "{what}: schemaVersion is {v}, rcx-dm reads only 2; re-export the image with a current tool"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn kind_of(d: &Descriptor) -> &'static str {
+    if d.is_index() {
+        "index"
+    } else {
+        "manifest"
+    }
+}
+
+/// A digest error, said about where the digest was found.
+fn reword(e: Error, what: &str) -> Error {
+    match e {
+        Error::Invalid { why, .. } => {
+            Error::invalid("OCI image", format!("{what}: {why}; the image layout is corrupt, re-export it"))
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use super::*;
+    use crate::rootfs::oci::test_util::*;
+    use serde_json::json;
+
+    #[test]
+    fn opens_single_image() {
+        let tars = [fake_tar(1, 700), fake_tar(2, 5000), fake_tar(3, 100)];
+        let (dir, m) = layout(vec![
+            (tars[0].clone(), LayerCompression::None),
+            (tars[1].clone(), LayerCompression::Gzip),
+            (tars[2].clone(), LayerCompression::Zstd),
+        ]);
+        let img = open(dir.path(), None).unwrap();
+        assert_eq!(img.manifest_digest.to_string(), m["digest"].as_str().unwrap());
+        assert_eq!(img.ref_name.as_deref(), Some("latest"));
+        assert_eq!(img.layers.len(), 3);
+        let diff_ids: Vec<Digest> = tars.iter().map(|t| Digest::of(t)).collect();
+        let chains = chain_ids(&diff_ids);
+        for (i, l) in img.layers.iter().enumerate() {
+            assert_eq!(l.diff_id, diff_ids[i]);
+            assert_eq!(l.chain_id, chains[i]);
+        }
+        assert_eq!(img.chain_id(), Some(&chains[2]));
+        assert_eq!(img.config.cmd, Some(vec!["/bin/sh".to_owned()]));
+        assert_eq!(img.config.env, Some(vec!["PATH=/bin".to_owned()]));
+        assert_eq!(img.config.entrypoint, None);
+        assert_eq!(img.config.working_dir.as_deref(), Some("/w"));
+        assert_eq!(img.config.user.as_deref(), Some("1:1"));
+        assert_eq!(img.raw_config["rootfs"]["type"], "layers");
+        // With a reference too.
+        assert_eq!(open(dir.path(), Some("latest")).unwrap().manifest_digest, img.manifest_digest);
+    }
+
+    #[test]
+    fn schema1_manifest_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = put_blob(
+            dir.path(),
+            MEDIA_TYPE_DOCKER_MANIFEST,
+            br#"{"schemaVersion": 1, "name": "x", "fsLayers": []}"#,
+        );
+        put_index(dir.path(), vec![m]);
+        let e = err_text(open(dir.path(), None));
+        assert!(e.contains("schemaVersion is 1"), "{e}");
+    }
+
+    #[test]
+    fn bad_manifest_digest_refused() {
+        let (dir, m) = layout(one_layer().layers);
+        // Same size, different content: only the digest can tell.
+        let path = blob_file(dir.path(), &m);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let i = bytes.iter().position(|&b| b == b'2').unwrap(); // schemaVersion's digit
+        bytes[i] = b'3';
+        std::fs::write(&path, &bytes).unwrap();
+        let e = err_text(open(dir.path(), None));
+        assert!(e.contains("manifest") && e.contains("digest mismatch") && e.contains(&sha(&bytes)), "{e}");
+        assert!(e.contains("re-export"), "{e}");
+    }
+
+    #[test]
+    fn bad_config_digest_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = json!({ "rootfs": { "type": "layers", "diff_ids": [] } });
+        let m = put_manifest(dir.path(), &config, vec![], None);
+        put_index(dir.path(), vec![m.clone()]);
+        assert!(open(dir.path(), None).unwrap().layers.is_empty());
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(blob_file(dir.path(), &m)).unwrap()).unwrap();
+        let cpath = blob_file(dir.path(), &manifest["config"]);
+        let mut bytes = std::fs::read(&cpath).unwrap();
+        bytes.reverse(); // same size, different digest
+        std::fs::write(&cpath, &bytes).unwrap();
+        let e = err_text(open(dir.path(), None));
+        assert!(e.contains("config sha256:") && e.contains("digest mismatch"), "{e}");
+    }
+
+    #[test]
+    fn layer_count_and_rootfs_type_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = fake_tar(1, 10);
+        let l = put_blob(dir.path(), "application/vnd.oci.image.layer.v1.tar", &tar);
+        let config = json!({ "rootfs": { "type": "layers", "diff_ids": [sha(&tar), sha(b"x")] } });
+        put_index(dir.path(), vec![put_manifest(dir.path(), &config, vec![l.clone()], None)]);
+        let e = err_text(open(dir.path(), None));
+        assert!(e.contains("lists 1 layers but its config lists 2 diff_ids"), "{e}");
+
+        let config = json!({ "rootfs": { "type": "snapshot", "diff_ids": [sha(&tar)] } });
+        put_index(dir.path(), vec![put_manifest(dir.path(), &config, vec![l], None)]);
+        let e = err_text(open(dir.path(), None));
+        assert!(e.contains("rootfs.type is 'snapshot'"), "{e}");
+    }
+
+    #[test]
+    fn layer_count_is_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = fake_tar(1, 10);
+        let l = put_blob(dir.path(), "application/vnd.oci.image.layer.v1.tar", &tar);
+        let n = MAX_LAYERS + 1;
+        let config = json!({ "rootfs": { "type": "layers", "diff_ids": vec![sha(&tar); n] } });
+        put_index(dir.path(), vec![put_manifest(dir.path(), &config, vec![l.clone(); n], None)]);
+        let e = err_text(open(dir.path(), None));
+        assert!(e.contains(&format!("{n} layers")) && e.contains(&format!("limit of {MAX_LAYERS}")) && e.contains("refused"), "{e}");
+        // At the limit: accepted.
+        let config = json!({ "rootfs": { "type": "layers", "diff_ids": vec![sha(&tar); MAX_LAYERS] } });
+        put_index(dir.path(), vec![put_manifest(dir.path(), &config, vec![l; MAX_LAYERS], None)]);
+        assert_eq!(open(dir.path(), None).unwrap().layers.len(), MAX_LAYERS);
+    }
+}
