@@ -39,7 +39,7 @@ pub(super) struct ChildPlan {
     hostname: String,
     workdir: CString,
     init: bool,
-    /// Program paths to try in order: argv[0] itself if it has a '/', else each PATH entry.
+    /// Program paths to try in order: `argv[0]` itself if it has a '/', else each PATH entry.
     candidates: Vec<CString>,
     argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
@@ -85,7 +85,7 @@ impl ChildPlan {
         Ok(plan)
     }
 
-    /// argv[0], for error messages.
+    /// `argv[0]`, for error messages.
     pub(super) fn program(&self) -> String {
         self.argv[0].to_string_lossy().into_owned()
     }

@@ -42,7 +42,7 @@ pub struct RunSpec {
     pub read_only: bool,
     /// A tiny init as PID 1 (signal forwarding, reaping); the command is then PID 2.
     pub init: bool,
-    /// The command and its arguments (argv[0] searched in the container's PATH).
+    /// The command and its arguments (`argv[0]` is searched in the container's PATH).
     pub argv: Vec<String>,
 }
 
