@@ -18,8 +18,11 @@ const PERIOD_US: u64 = 100_000;
 /// Resource limits; None means unlimited.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Limits {
+    /// `memory.max` in bytes (swap is then off too: `memory.swap.max` 0).
     pub memory_bytes: Option<u64>,
+    /// `pids.max`: how many processes and threads the container may have at once.
     pub pids: Option<u64>,
+    /// `cpu.max` as a number of CPUs (1.5 = one and a half CPUs' time per period).
     pub cpus: Option<f64>,
 }
 
@@ -71,7 +74,7 @@ pub fn cpu_max(cpus: f64) -> String {
 }
 
 /// Where cgroup v2 is mounted: /sys/fs/cgroup (unified) or /sys/fs/cgroup/unified (hybrid).
-pub fn mount_point() -> Option<PathBuf> {
+pub(super) fn mount_point() -> Option<PathBuf> {
     #[allow(clippy::unnecessary_cast)] // f_type's width differs between architectures
     ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].into_iter().map(PathBuf::from).find(|p| {
         nix::sys::statfs::statfs(p.as_path()).is_ok_and(|s| s.filesystem_type().0 as i64 == CGROUP2_MAGIC)
@@ -79,8 +82,8 @@ pub fn mount_point() -> Option<PathBuf> {
 }
 
 /// A run's cgroup.
-pub struct Cgroup {
-    pub path: PathBuf,
+pub(super) struct Cgroup {
+    path: PathBuf,
 }
 
 /// What the kernel counted while the container ran.
@@ -94,13 +97,13 @@ pub struct Events {
 
 impl Cgroup {
     /// The path a run's group will have (recorded before it is made).
-    pub fn path_for(mnt: &Path, name: &str) -> PathBuf {
+    pub(super) fn path_for(mnt: &Path, name: &str) -> PathBuf {
         mnt.join("rcx-dm").join(name)
     }
 
     /// Make the group with its limits. Controllers the limits need are enabled on the way down
     /// from the root (only those not enabled yet: normally two reads, no writes).
-    pub fn create(mnt: &Path, path: &Path, limits: &Limits) -> Result<Cgroup> {
+    pub(super) fn create(mnt: &Path, path: &Path, limits: &Limits) -> Result<Cgroup> {
         let parent = path.parent().unwrap_or(mnt);
         let needed = limits.controllers();
         if !needed.is_empty() {
@@ -157,7 +160,7 @@ impl Cgroup {
     }
 
     /// An O_PATH descriptor of the group for clone3(CLONE_INTO_CGROUP).
-    pub fn dir_fd(&self) -> Result<OwnedFd> {
+    pub(super) fn dir_fd(&self) -> Result<OwnedFd> {
         let fd = nix::fcntl::open(
             &self.path,
             nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -168,7 +171,8 @@ impl Cgroup {
         Ok(fd)
     }
 
-    pub fn events(&self) -> Events {
+    /// What the kernel counted in the group so far (0 for a counter it does not keep).
+    pub(super) fn events(&self) -> Events {
         Events {
             oom_kills: key(&self.path.join("memory.events"), "oom_kill"),
             pids_refused: key(&self.path.join("pids.events"), "max"),
@@ -178,7 +182,7 @@ impl Cgroup {
 
 /// Kill whatever is left in a group, wait until it is empty and remove it. A group that is
 /// already gone is fine. Used after every run and by crash cleanup.
-pub fn remove(path: &Path) -> Result<()> {
+pub(super) fn remove(path: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }

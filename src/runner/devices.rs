@@ -7,11 +7,11 @@
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
-use super::namespaces::{Fail, Step};
-use super::rootfs::ensure_dir;
+use super::root_mount::ensure_dir;
+use super::step::{Fail, Step};
 
 /// (name, major, minor): the devices docker and runc give every container too.
-pub const DEVICES: [(&str, u64, u64); 6] = [
+const DEVICES: [(&str, u64, u64); 6] = [
     ("dev/null", 1, 3),
     ("dev/zero", 1, 5),
     ("dev/full", 1, 7),
@@ -20,7 +20,8 @@ pub const DEVICES: [(&str, u64, u64); 6] = [
     ("dev/tty", 5, 0),
 ];
 
-pub const LINKS: [(&str, &str); 6] = [
+/// (target, link): the usual links into /proc and devpts.
+const LINKS: [(&str, &str); 6] = [
     ("/proc/self/fd", "dev/fd"),
     ("/proc/self/fd/0", "dev/stdin"),
     ("/proc/self/fd/1", "dev/stdout"),

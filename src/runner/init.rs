@@ -17,9 +17,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::report::{self, FailureKind};
 use crate::error::{IoContext, Result};
 
-pub const FORWARDED: [libc::c_int; 7] =
+/// The signals rcx-dm passes on to the container.
+const FORWARDED: [libc::c_int; 7] =
     [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
 const TERMINATING: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 /// How long a container may take to stop after a forwarded terminating signal.
@@ -45,12 +47,13 @@ fn watched() -> libc::sigset_t {
 
 /// Blocks the watched signals for the life of a run; on drop, discards those still pending
 /// (they were meant for the container) and restores the previous mask.
-pub struct Signals {
+pub(super) struct Signals {
     old: libc::sigset_t,
 }
 
 impl Signals {
-    pub fn block() -> Result<Signals> {
+    /// Block the watched signals (and take SIGCHLD back from an inherited SIG_IGN).
+    pub(super) fn block() -> Result<Signals> {
         let set = watched();
         // SAFETY: plain signal-mask and disposition calls on local data.
         unsafe {
@@ -78,7 +81,7 @@ impl Drop for Signals {
 }
 
 /// Is a terminating signal waiting for rcx-dm (blocked, so not yet acted on)?
-pub fn terminating_signal_pending() -> Option<i32> {
+pub(super) fn terminating_signal_pending() -> Option<i32> {
     // SAFETY: reading the pending set into a local.
     unsafe {
         let mut p: libc::sigset_t = std::mem::zeroed();
@@ -88,7 +91,7 @@ pub fn terminating_signal_pending() -> Option<i32> {
 }
 
 /// Wait for the container's PID 1, forwarding signals to it meanwhile.
-pub fn supervise(pid: Pid) -> Result<WaitStatus> {
+pub(super) fn supervise(pid: Pid) -> Result<WaitStatus> {
     let set = watched();
     let mut deadline: Option<Instant> = None;
     loop {
@@ -131,7 +134,7 @@ pub fn supervise(pid: Pid) -> Result<WaitStatus> {
 }
 
 /// The shell's convention: a status, or 128 + the signal that killed it.
-pub fn exit_code(s: &WaitStatus) -> i32 {
+pub(super) fn exit_code(s: &WaitStatus) -> i32 {
     match s {
         WaitStatus::Exited(_, c) => *c,
         WaitStatus::Signaled(_, sig, _) => 128 + *sig as i32,
@@ -150,8 +153,8 @@ pub(super) fn become_init(rep: std::os::fd::RawFd) {
         let child = libc::fork();
         if child < 0 {
             let e = Errno::last();
-            super::namespaces::report(rep, &format!("E setup {} forking the command under --init\n", e as i32));
-            libc::_exit(super::namespaces::EXIT_SETUP);
+            report::failure(rep, FailureKind::Setup, e as i32, "forking the command under --init");
+            libc::_exit(FailureKind::Setup.exit_code());
         }
         if child == 0 {
             return; // the command's process: exec() resets the mask

@@ -1,8 +1,9 @@
-//! `--net bridge`: the seed's container-to-container network, done with rtnetlink instead of
-//! `ip`: a bridge `rcx0` with 10.77.0.1/16 on the host (made once, kept, like docker0), and per
-//! container a veth pair whose host end (`rcx<run id>`) is enslaved to the bridge and whose other
-//! end is created directly inside the container's network namespace as `eth0`. The container
-//! gives eth0 its address and a default route via 10.77.0.1 itself, before exec.
+//! `--net bridge`: a private network between containers and the host, made with rtnetlink
+//! messages rather than the `ip` tool: a bridge `rcx0` with 10.77.0.1/16 on the host (made
+//! once, kept, like docker0), and per container a veth pair whose host end (`rcx<run id>`) is
+//! enslaved to the bridge and whose other end is created directly inside the container's
+//! network namespace as `eth0`. The container gives eth0 its address and a default route via
+//! 10.77.0.1 itself, before exec.
 //!
 //! Addresses are claimed as files under /run/rcx-dm/ips/ (a tmpfs: gone at reboot), created with
 //! O_EXCL and naming the run that owns them; the run record keeps the address so crash cleanup
@@ -18,15 +19,19 @@ use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
 
-use super::namespaces::{Fail, Step};
+use super::step::{Fail, Step};
 use crate::error::{Error, IoContext, Result};
 
+/// The host bridge every `--net bridge` container is attached to.
 pub const BRIDGE: &str = "rcx0";
+/// The bridge's own address: the containers' default route.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
-pub const PREFIX: u8 = 16;
-pub const IP_DIR: &str = "/run/rcx-dm/ips";
+/// The containers' network is 10.77.0.0/16.
+const PREFIX: u8 = 16;
+/// One file per claimed address (a tmpfs: claims vanish at reboot with the containers).
+const IP_DIR: &str = "/run/rcx-dm/ips";
 /// The container side of the pair.
-pub const CONTAINER_IF: &str = "eth0";
+const CONTAINER_IF: &str = "eth0";
 
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
@@ -177,7 +182,7 @@ fn net_err(what: &str, e: Errno) -> Error {
 }
 
 /// The bridge, up, with the gateway address. Idempotent: an existing bridge is reused.
-pub fn ensure_bridge() -> Result<u32> {
+pub(super) fn ensure_bridge() -> Result<u32> {
     let mut nl = Netlink::open().map_err(|e| net_err("opening a netlink socket", e))?;
     if ifindex(BRIDGE).is_none() {
         let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
@@ -203,13 +208,13 @@ pub fn ensure_bridge() -> Result<u32> {
 }
 
 /// The host end's name for a run.
-pub fn host_if(run_id: &str) -> String {
+pub(super) fn host_if(run_id: &str) -> String {
     format!("rcx{run_id}")
 }
 
 /// Create the veth pair: `host` on the bridge (up), its peer as eth0 in `pid`'s network
 /// namespace.
-pub fn add_veth(bridge: u32, host: &str, pid: i32) -> Result<()> {
+pub(super) fn add_veth(bridge: u32, host: &str, pid: i32) -> Result<()> {
     let mut nl = Netlink::open().map_err(|e| net_err("opening a netlink socket", e))?;
     let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
     m.ifinfo(0, IFF_UP, IFF_UP)
@@ -248,7 +253,7 @@ pub(super) fn configure_container(ip: Ipv4Addr) -> Step<()> {
 
 /// Claim a free address in 10.77.0.0/16 for the run whose directory will be `owner`. Claims
 /// whose owner is gone (and older than a minute, so not one being made) are taken over.
-pub fn claim_address(owner: &Path, seed: u32) -> Result<Ipv4Addr> {
+pub(super) fn claim_address(owner: &Path, seed: u32) -> Result<Ipv4Addr> {
     let dir = Path::new(IP_DIR);
     fs::create_dir_all(dir).ctx(|| format!("creating {IP_DIR}"))?;
     const HOSTS: u32 = 65533; // 10.77.0.2 ..= 10.77.255.254
@@ -287,7 +292,7 @@ fn stale(claim: &Path) -> bool {
 }
 
 /// Give an address back, if `owner` still holds it.
-pub fn release_address(ip: &str, owner: &Path) {
+pub(super) fn release_address(ip: &str, owner: &Path) {
     let path = Path::new(IP_DIR).join(ip);
     if fs::read(&path).is_ok_and(|o| o == owner.as_os_str().as_encoded_bytes()) {
         let _ = fs::remove_file(path);

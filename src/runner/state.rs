@@ -23,17 +23,19 @@ use serde::{Deserialize, Serialize};
 
 use super::cgroup;
 use super::network;
-use super::rootfs;
+use super::root_mount;
 use crate::error::{Error, IoContext, Result};
 use crate::durable::{read_json, sync_dir, write_durable};
 use crate::pool::{Pool, VolRef};
 
+/// The directory in a pool's directory that holds the runs' records and volume locks.
 pub const RUNS_DIR: &str = "runs";
 const RECORD: &str = "run.json";
 
 /// What a run will create, recorded before it creates anything.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RunRecord {
+    /// The run id (8 hex digits): the run's directory name and the default hostname.
     pub id: String,
     /// rcx-dm's pid (for people reading the file; liveness is the flock).
     pub pid: u32,
@@ -45,6 +47,7 @@ pub struct RunRecord {
     pub rm: bool,
     /// A volume this run activates and must deactivate again (it was inactive before).
     pub deactivate: Option<u32>,
+    /// The run's cgroup (None without cgroup v2), killed and removed by cleanup.
     pub cgroup: Option<PathBuf>,
     /// `--net bridge`: the address claimed under /run/rcx-dm/ips.
     #[serde(default)]
@@ -52,20 +55,23 @@ pub struct RunRecord {
 }
 
 /// A live run's directory, locked by this process.
-pub struct RunState {
-    pub dir: PathBuf,
-    pub record: RunRecord,
+pub(super) struct RunState {
+    /// `<pool>/runs/<run id>`.
+    pub(super) dir: PathBuf,
+    /// What `run.json` in it says.
+    pub(super) record: RunRecord,
     _lock: Flock<File>,
 }
 
-pub fn runs_dir(pool: &Pool) -> PathBuf {
+/// Where a pool keeps its runs.
+pub(super) fn runs_dir(pool: &Pool) -> PathBuf {
     pool.dir().join(RUNS_DIR)
 }
 
 impl RunState {
     /// Create, lock and record a run. The directory is made under a dot-name and renamed into
     /// place once locked and recorded, so a concurrent cleanup never sees it unlocked.
-    pub fn create(pool: &Pool, record: RunRecord) -> Result<RunState> {
+    pub(super) fn create(pool: &Pool, record: RunRecord) -> Result<RunState> {
         let runs = runs_dir(pool);
         fs::create_dir_all(&runs).ctx(|| format!("creating {}", runs.display()))?;
         // The creator's pid in the name: mkdir and flock are two calls, and a reaper must not
@@ -82,12 +88,12 @@ impl RunState {
     }
 
     /// Where the container's mount namespace mounts the volume (empty in the host's).
-    pub fn rootfs(&self) -> PathBuf {
+    pub(super) fn rootfs(&self) -> PathBuf {
         self.dir.join("rootfs")
     }
 
     /// Everything is undone: forget the run.
-    pub fn finish(self) -> Result<()> {
+    pub(super) fn finish(self) -> Result<()> {
         remove_run_dir(&self.dir)
     }
 }
@@ -111,11 +117,13 @@ fn lock_dir(dir: &Path) -> Result<Option<Flock<File>>> {
 }
 
 /// Held while a volume is mounted in place by a run.
-pub struct VolumeLock {
+pub(super) struct VolumeLock {
     _lock: Flock<File>,
 }
 
-pub fn lock_volume(pool: &Pool, id: u32, exclusive: bool) -> Result<VolumeLock> {
+/// Lock a volume for a run that mounts it in place: exclusive for a writable mount, shared for
+/// read-only ones; Busy if another run holds it.
+pub(super) fn lock_volume(pool: &Pool, id: u32, exclusive: bool) -> Result<VolumeLock> {
     let runs = runs_dir(pool);
     fs::create_dir_all(&runs).ctx(|| format!("creating {}", runs.display()))?;
     let path = runs.join(format!("vol-{id}.lock"));
@@ -139,14 +147,14 @@ pub fn lock_volume(pool: &Pool, id: u32, exclusive: bool) -> Result<VolumeLock> 
 
 /// Undo what a run created, in reverse order. Idempotent; used after every run and for runs
 /// whose rcx-dm died.
-pub fn cleanup(pool: &Pool, rec: &RunRecord, dir: &Path) -> Result<()> {
+pub(super) fn cleanup(pool: &Pool, rec: &RunRecord, dir: &Path) -> Result<()> {
     if let Some(cg) = &rec.cgroup {
         cgroup::remove(cg)?;
     }
     // The volume is mounted only in the container's namespace, gone with it. Should a mount of
     // the run's root be visible here anyway, detach it.
     let root = dir.join("rootfs");
-    if rootfs::mountinfo()?.iter().any(|m| m.mount_point == root) {
+    if root_mount::mountinfo()?.iter().any(|m| m.mount_point == root) {
         let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
     }
     // A run killed while its snapshot was being made leaves that snapshot to the pool's

@@ -1,4 +1,4 @@
-//! The container's root filesystem: what is on the volume (ext4 or xfs, read from the
+//! Mounting the container's root: what is on the volume (ext4 or xfs, read from the
 //! superblock), whether it is mounted elsewhere (`/proc/self/mountinfo` plus an exclusive
 //! open, which also sees mounts in other mount namespaces), and the mounts made inside the
 //! container's mount namespace: the volume itself, a fresh `/proc` and a read-only `/sys`.
@@ -14,13 +14,16 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
-use super::namespaces::{Fail, Step};
+use super::step::{Fail, Step};
 use crate::error::{Error, IoContext, Result};
 
-pub use crate::rootfs::fs::{detect, probe, Fs};
+// What is on the volume is the rootfs layer's knowledge; `runner::{detect_filesystem, Fs}`
+// re-export it from here.
+pub(super) use crate::rootfs::fs::probe;
+pub use crate::rootfs::fs::{detect, Fs};
 
 /// (major, minor) of a block device node.
-pub fn dev_numbers(dev: &Path) -> Result<(u32, u32)> {
+pub(super) fn dev_numbers(dev: &Path) -> Result<(u32, u32)> {
     let m = std::fs::metadata(dev).ctx(|| format!("inspecting {}", dev.display()))?;
     let rdev = m.rdev();
     Ok((nix::sys::stat::major(rdev) as u32, nix::sys::stat::minor(rdev) as u32))
@@ -29,20 +32,24 @@ pub fn dev_numbers(dev: &Path) -> Result<(u32, u32)> {
 /// One line of /proc/self/mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// The mounted device's (major, minor).
     pub dev: (u32, u32),
+    /// Where it is mounted (escapes undone).
     pub mount_point: PathBuf,
+    /// The filesystem type (`ext4`, `xfs`, ...).
     pub fstype: String,
     /// Writable: both the mount and the superblock are rw.
     pub rw: bool,
 }
 
-pub fn mountinfo() -> Result<Vec<MountEntry>> {
+/// This mount namespace's mounts.
+pub(super) fn mountinfo() -> Result<Vec<MountEntry>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading /proc/self/mountinfo".into())?;
     Ok(parse_mountinfo(&text))
 }
 
-/// Parse mountinfo text (proc(5)): `id parent maj:min root mount-point mount-options
-/// [optional fields] - fstype source super-options`.
+/// Parse /proc/self/mountinfo text, one mount a line: `id parent maj:min root mount-point
+/// mount-options [optional fields] - fstype source super-options`.
 pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     let mut out = Vec::new();
     for line in text.lines() {
@@ -83,7 +90,7 @@ fn unescape(s: &str) -> String {
 }
 
 /// Refuse a device mounted read-write in this mount namespace (the host's, for the CLI).
-pub fn refuse_if_mounted_rw(vol: &str, dev: (u32, u32), mounts: &[MountEntry]) -> Result<()> {
+pub(super) fn refuse_if_mounted_rw(vol: &str, dev: (u32, u32), mounts: &[MountEntry]) -> Result<()> {
     match mounts.iter().find(|m| m.dev == dev && m.rw) {
         Some(m) => Err(Error::VolumeMounted { vol: vol.to_string(), at: m.mount_point.clone() }),
         None => Ok(()),
@@ -92,16 +99,19 @@ pub fn refuse_if_mounted_rw(vol: &str, dev: (u32, u32), mounts: &[MountEntry]) -
 
 /// Everything the container side needs to mount its root, prepared before the clone so the
 /// child only makes system calls.
-pub struct RootPlan {
-    pub device: CString,
-    pub target: CString,
-    pub fstype: &'static str,
-    pub data: Option<&'static str>,
-    pub read_only: bool,
+pub(super) struct RootPlan {
+    device: CString,
+    /// The host directory the volume is mounted on (the child then pivots into it).
+    pub(super) target: CString,
+    fstype: &'static str,
+    data: Option<&'static str>,
+    /// Mount it read-only (--read-only).
+    pub(super) read_only: bool,
 }
 
 impl RootPlan {
-    pub fn new(device: &Path, target: &Path, fs: Fs, read_only: bool, read_only_base: bool) -> Result<RootPlan> {
+    /// `read_only_base`: the device is a read-only base, mounted without journal replay.
+    pub(super) fn new(device: &Path, target: &Path, fs: Fs, read_only: bool, read_only_base: bool) -> Result<RootPlan> {
         Ok(RootPlan {
             device: cpath(device)?,
             target: cpath(target)?,
@@ -112,7 +122,7 @@ impl RootPlan {
     }
 }
 
-pub fn cpath(p: &Path) -> Result<CString> {
+fn cpath(p: &Path) -> Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::invalid("path", format!("{} contains a NUL byte", p.display())))
 }
 

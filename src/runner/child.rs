@@ -1,0 +1,262 @@
+//! The container side, from the clone to execve: mount the volume privately, pivot_root into it
+//! and detach the old root, fresh /proc, /sys and /dev, hostname, loopback (and eth0) up,
+//! working directory, and execve of the command, which is PID 1 of its pid namespace (or PID 2
+//! under `--init`). Each stage is stamped, and a failure reported, on the report pipe (`report`).
+//!
+//! Everything the child needs is prepared before the clone (`ChildPlan`: C strings, pointer
+//! arrays, the command's search list), so the child mostly makes system calls.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use nix::mount::{umount2, MntFlags};
+
+use super::report::{self, FailureKind, Stage};
+use super::root_mount::{self, RootPlan};
+use super::step::{Fail, Step};
+use super::{devices, init, network};
+use crate::error::{Error, Result};
+
+/// The container's network, as its own side sets it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ChildNet {
+    /// A new network namespace: bring `lo` up.
+    None,
+    /// The host's network namespace: nothing to do.
+    Host,
+    /// A new network namespace with eth0 (made by rcx-dm once the child exists): `lo` up, then
+    /// wait for rcx-dm's go and give eth0 this address and a default route.
+    Bridge(std::net::Ipv4Addr),
+}
+
+/// Everything the container side needs, prepared before the clone.
+pub(super) struct ChildPlan {
+    /// Read by `fork::spawn` too: a bridge needs the go pipe.
+    pub(super) net: ChildNet,
+    root: RootPlan,
+    hostname: String,
+    workdir: CString,
+    init: bool,
+    /// Program paths to try in order: `argv[0]` itself if it has a '/', else each PATH entry.
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp: Vec<CString>,
+    envp_ptrs: Vec<*const libc::c_char>,
+}
+
+impl ChildPlan {
+    /// Turn the run's strings into what execve takes; a NUL byte in any of them is refused here.
+    pub(super) fn new(
+        root: RootPlan,
+        net: ChildNet,
+        hostname: &str,
+        workdir: &str,
+        init: bool,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> Result<ChildPlan> {
+        let cstr = |s: &str, what: &'static str| {
+            CString::new(s).map_err(|_| Error::invalid(what, format!("'{}' contains a NUL byte", s.escape_debug())))
+        };
+        let argv: Vec<CString> = argv.iter().map(|a| cstr(a, "command argument")).collect::<Result<_>>()?;
+        let envp: Vec<CString> =
+            env.iter().map(|(k, v)| cstr(&format!("{k}={v}"), "environment variable")).collect::<Result<_>>()?;
+        let prog = argv.first().ok_or_else(|| Error::invalid("command", "none given; put it after --"))?;
+        let path =
+            env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(super::spec::DEFAULT_PATH);
+        let candidates = search_list(prog.to_bytes(), path);
+        let mut plan = ChildPlan {
+            net,
+            root,
+            hostname: hostname.to_string(),
+            workdir: cstr(workdir, "working directory")?,
+            init,
+            candidates,
+            argv,
+            argv_ptrs: Vec::new(),
+            envp,
+            envp_ptrs: Vec::new(),
+        };
+        plan.argv_ptrs = plan.argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+        plan.envp_ptrs = plan.envp.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+        Ok(plan)
+    }
+
+    /// `argv[0]`, for error messages.
+    pub(super) fn program(&self) -> String {
+        self.argv[0].to_string_lossy().into_owned()
+    }
+}
+
+/// execvp's search, with the container's PATH (glibc's execvpe would use rcx-dm's own).
+fn search_list(prog: &[u8], path: &str) -> Vec<CString> {
+    if prog.contains(&b'/') {
+        return vec![CString::new(prog).expect("no NUL")];
+    }
+    path.split(':')
+        .map(|d| if d.is_empty() { "." } else { d })
+        .map(|d| {
+            let mut p = d.as_bytes().to_vec();
+            p.push(b'/');
+            p.extend_from_slice(prog);
+            CString::new(p).expect("no NUL")
+        })
+        .collect()
+}
+
+/// Report a failed setup step and leave.
+fn fail(fd: RawFd, f: Fail) -> ! {
+    report::failure(fd, FailureKind::Setup, f.errno as i32, &f.what.replace('\n', " "));
+    // SAFETY: leave without running the parent's atexit handlers or destructors.
+    unsafe { libc::_exit(FailureKind::Setup.exit_code()) }
+}
+
+/// The container side, from the clone to execve. Never returns. `rep`: the report pipe;
+/// `alive`: reads end of file once rcx-dm is gone; `go`: `--net bridge`'s go pipe.
+pub(super) fn main(plan: &ChildPlan, rep: RawFd, alive: RawFd, go: Option<RawFd>) -> ! {
+    // Die with rcx-dm. If rcx-dm died before this line, the alive pipe already reads EOF.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    let mut pfd = libc::pollfd { fd: alive, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd, zero timeout.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+        // SAFETY: as above.
+        unsafe { libc::_exit(FailureKind::Setup.exit_code()) }
+    }
+    report::stamp(rep, Stage::Start);
+    if let Err(f) = root_mount::mount_root(&plan.root) {
+        fail(rep, f);
+    }
+    report::stamp(rep, Stage::Mounted);
+    if let Err(f) = enter_root(plan, go) {
+        fail(rep, f);
+    }
+    report::stamp(rep, Stage::Ready);
+    if plan.init {
+        // Returns only in the command's process (PID 2); PID 1 stays in the init loop.
+        init::become_init(rep);
+    }
+    exec(plan, rep)
+}
+
+/// pivot_root into the mounted volume and build the rest of the container's view.
+fn enter_root(plan: &ChildPlan, go: Option<RawFd>) -> Step<()> {
+    let ro = plan.root.read_only;
+    nix::unistd::chdir(plan.root.target.as_c_str()).map_err(|e| Fail::new("entering the mounted volume", e))?;
+    // /dev first, while the host's terminal is still reachable for /dev/console.
+    devices::setup(ro)?;
+    // pivot_root(".", ".") stacks the old root on top of the new one; unmounting "." then
+    // detaches the old root, with no directory made in the volume for it.
+    nix::unistd::pivot_root(".", ".").map_err(|e| Fail::new("pivot_root into the volume", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| Fail::new("detaching the old root", e))?;
+    nix::unistd::chdir("/").map_err(|e| Fail::new("entering the new root", e))?;
+    root_mount::mount_proc_sys(ro)?;
+    nix::unistd::sethostname(&plan.hostname).map_err(|e| Fail::new("setting the hostname", e))?;
+    match plan.net {
+        ChildNet::Host => {}
+        ChildNet::None => loopback_up()?,
+        ChildNet::Bridge(ip) => {
+            loopback_up()?;
+            let mut b = [0u8; 1];
+            // SAFETY: reading one byte from our pipe; EOF means rcx-dm gave up (or died).
+            let n = unsafe { libc::read(go.unwrap_or(-1), b.as_mut_ptr().cast(), 1) };
+            if n != 1 {
+                return Err(Fail::new("waiting for rcx-dm to create eth0", Errno::EPIPE));
+            }
+            network::configure_container(ip)?;
+        }
+    }
+    let wd = std::path::Path::new(std::ffi::OsStr::from_bytes(plan.workdir.as_bytes()));
+    if !wd.is_dir() && !ro {
+        std::fs::create_dir_all(wd).map_err(|e| {
+            Fail::new(format!("creating the working directory {}", wd.display()), Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+        })?;
+    }
+    nix::unistd::chdir(plan.workdir.as_c_str())
+        .map_err(|e| Fail::new(format!("entering the working directory {}", wd.display()), e))
+}
+
+/// A new network namespace has only `lo`, and it is down: bring it up, as docker's none.
+fn loopback_up() -> Step<()> {
+    // SAFETY: plain socket/ioctl calls on a zeroed ifreq whose name is "lo".
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(Fail::new("opening a socket to bring up lo", Errno::last()));
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, c) in b"lo".iter().enumerate() {
+            ifr.ifr_name[i] = *c as libc::c_char;
+        }
+        let mut r = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr);
+        if r == 0 {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            r = libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr);
+        }
+        let e = Errno::last();
+        libc::close(s);
+        if r != 0 {
+            return Err(Fail::new("bringing up the loopback interface", e));
+        }
+    }
+    Ok(())
+}
+
+/// Last steps before the command: default signal handling and an empty mask (rcx-dm blocks
+/// and Rust ignores some), no stray descriptors, then execve along the search list.
+fn exec(plan: &ChildPlan, rep: RawFd) -> ! {
+    // SAFETY: resetting dispositions and the mask of this single-threaded process.
+    unsafe {
+        for sig in 1..libc::SIGRTMIN() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    }
+    report::stamp(rep, Stage::Exec);
+    let mut denied = None;
+    let mut other = None;
+    for c in &plan.candidates {
+        // SAFETY: NUL-terminated strings and NULL-terminated pointer arrays built in ChildPlan.
+        unsafe { libc::execve(c.as_ptr(), plan.argv_ptrs.as_ptr(), plan.envp_ptrs.as_ptr()) };
+        match Errno::last() {
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            Errno::EACCES => denied = Some((c.as_c_str(), Errno::EACCES)),
+            e => {
+                other = Some((c.as_c_str(), e));
+                break;
+            }
+        }
+    }
+    let (kind, found): (FailureKind, Option<(&CStr, Errno)>) = match (other, denied) {
+        (Some(o), _) => (FailureKind::NoExec, Some(o)),
+        (None, Some(d)) => (FailureKind::NoExec, Some(d)),
+        (None, None) => (FailureKind::NotFound, None),
+    };
+    match found {
+        Some((path, e)) => report::failure(rep, kind, e as i32, &path.to_string_lossy()),
+        None => report::failure(rep, kind, Errno::ENOENT as i32, "-"),
+    }
+    // SAFETY: leave without running anything of the parent's.
+    unsafe { libc::_exit(kind.exit_code()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_search_uses_the_containers_path() {
+        let l = search_list(b"sh", "/usr/bin:/bin");
+        assert_eq!(l, vec![CString::new("/usr/bin/sh").unwrap(), CString::new("/bin/sh").unwrap()]);
+        assert_eq!(search_list(b"/bin/true", "/x"), vec![CString::new("/bin/true").unwrap()]);
+        assert_eq!(search_list(b"./run", "/x"), vec![CString::new("./run").unwrap()]);
+        assert_eq!(search_list(b"a", "::/b")[0], CString::new("./a").unwrap());
+    }
+}

@@ -1,0 +1,165 @@
+//! The runner's core on any block device, no pool involved: cgroup, clone into the new
+//! namespaces, the child's report, then supervision until the container exits (`run` wraps it
+//! with snapshots, activation, records and teardown; tests use it on loop devices).
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sched::CloneFlags;
+
+use super::cgroup::{self, Events, Limits};
+use super::child::{ChildNet, ChildPlan};
+use super::report::{monotonic_ns, ChildTimes, FailureKind, Report};
+use super::root_mount::{Fs, RootPlan};
+use super::spec::{validate_hostname, Net, RunSpec, DEFAULT_PATH};
+use super::{fork, init, network};
+use crate::error::{Error, Result};
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The command's exit status, or 128+n if signal n killed it.
+    pub code: i32,
+    /// The signal that killed the container's PID 1, if one did.
+    pub signal: Option<i32>,
+    /// The limits the container ran under.
+    pub limits: Limits,
+    /// What the cgroup counted (OOM kills, refused forks).
+    pub events: Events,
+    /// The container snapshot, kept (without --rm): (id, name).
+    pub kept: Option<(u32, String)>,
+    /// Where the time went: snapshot, activate, cgroup, mount, namespaces+pivot_root, exec,
+    /// teardown, total.
+    pub timings: Vec<(&'static str, Duration)>,
+    /// Teardown failed (the record stays; the next rcx-dm command retries it).
+    pub cleanup_error: Option<Error>,
+}
+
+/// Where a container runs: an active block device and the host directory its mount namespace
+/// mounts it on, plus the cgroup to create (cgroup2 mount, group path).
+pub struct Target<'a> {
+    /// The block device holding the root filesystem.
+    pub device: &'a Path,
+    /// The filesystem on it.
+    pub fs: Fs,
+    /// An existing host directory to mount it on (only inside the container's mount namespace).
+    pub mount_dir: &'a Path,
+    /// (cgroup2 mount, group path) to create the container's cgroup at, if any.
+    pub cgroup: Option<(&'a Path, &'a Path)>,
+    /// The device is a read-only base mounted as it is: no journal replay.
+    pub read_only_base: bool,
+    /// `--net bridge`: the container's address and the host end's interface name.
+    pub bridge: Option<(std::net::Ipv4Addr, String)>,
+}
+
+/// The runner's core on any block device, no pool involved (`run` wraps it with snapshots,
+/// activation, records and teardown; tests use it on loop devices). Creates the cgroup if one
+/// is given and leaves removing it to the caller (`remove_cgroup`).
+pub fn run_container(
+    t: &Target<'_>,
+    spec: &RunSpec,
+    hostname: &str,
+    timings: &mut Vec<(&'static str, Duration)>,
+) -> Result<RunOutcome> {
+    spec.validate()?;
+    validate_hostname(hostname)?;
+    let _signals = init::Signals::block()?;
+    if let Some(sig) = init::terminating_signal_pending() {
+        return Err(Error::ContainerSetup {
+            stage: "starting the container".into(),
+            msg: format!("interrupted by signal {sig} before it started"),
+        });
+    }
+    let t_cg = Instant::now();
+    let cg = match t.cgroup {
+        Some((mnt, path)) => Some(cgroup::Cgroup::create(mnt, path, &spec.limits)?),
+        None if spec.limits != Limits::default() => {
+            return Err(Error::Cgroup("limits need a cgroup, and none was given".into()));
+        }
+        None => None,
+    };
+    let cg_fd = cg.as_ref().map(|c| c.dir_fd()).transpose()?;
+    timings.push(("cgroup", t_cg.elapsed()));
+    let env = spec.environment(hostname);
+    let root = RootPlan::new(t.device, t.mount_dir, t.fs, spec.read_only, t.read_only_base)?;
+    let workdir = spec.workdir.as_deref().unwrap_or("/");
+    let (net, bridge) = match (spec.net, &t.bridge) {
+        (Net::None, _) => (ChildNet::None, None),
+        (Net::Host, _) => (ChildNet::Host, None),
+        (Net::Bridge, Some((ip, host_if))) => (ChildNet::Bridge(*ip), Some((network::ensure_bridge()?, host_if))),
+        (Net::Bridge, None) => return Err(Error::invalid("network", "--net bridge needs an address (use runner::run)")),
+    };
+    let plan = ChildPlan::new(root, net, hostname, workdir, spec.init, &spec.argv, &env)?;
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if spec.net != Net::Host {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+
+    let t_clone = monotonic_ns();
+    let mut started = fork::spawn(&plan, flags.bits() as u64, cg_fd.as_ref().map(|f| f.as_fd()))?;
+    if let Some((index, host_if)) = bridge {
+        // The child is mounting and pivoting meanwhile; it waits for `go` before using eth0.
+        if let Err(e) = network::add_veth(index, host_if, started.pid.as_raw()).and_then(|_| started.go()) {
+            // A child that failed first (and so is gone) explains it better than the veth error.
+            let _ = nix::sys::signal::kill(started.pid, nix::sys::signal::Signal::SIGKILL);
+            let report = fork::collect(&started);
+            let _ = nix::sys::wait::waitpid(started.pid, None);
+            return Err(match report {
+                Report::Failed { kind, errno, what } if errno != 0 => start_error(&plan, &env, kind, errno, &what),
+                _ => e,
+            });
+        }
+    }
+    let (times, status) = match fork::collect(&started) {
+        Report::Running(t) => (t, init::supervise(started.pid)?),
+        Report::Failed { kind, errno, what } => match (errno, nix::sys::wait::waitpid(started.pid, None)) {
+            // Killed before it could say anything (a SIGKILL from outside, the OOM killer): the
+            // container was killed, and says so with 128+signal like any killed container
+            // rather than as a setup failure.
+            (0, Ok(s @ nix::sys::wait::WaitStatus::Signaled(..))) => {
+                tracing::warn!(status = ?s, "the container process was killed before its command started");
+                (ChildTimes::default(), s)
+            }
+            _ => return Err(start_error(&plan, &env, kind, errno, &what)),
+        },
+    };
+    let t_end = monotonic_ns();
+    let ms = |a: u64, b: u64| Duration::from_nanos(b.saturating_sub(a));
+    timings.push(("mount", ms(times.start, times.mounted)));
+    timings.push(("namespaces+pivot_root", ms(t_clone, times.start) + ms(times.mounted, times.ready)));
+    timings.push(("exec", ms(times.ready, t_end)));
+    let signal = match status {
+        nix::sys::wait::WaitStatus::Signaled(_, s, _) => Some(s as i32),
+        _ => None,
+    };
+    Ok(RunOutcome {
+        code: init::exit_code(&status),
+        signal,
+        limits: spec.limits.clone(),
+        events: cg.as_ref().map(|c| c.events()).unwrap_or_default(),
+        kept: None,
+        timings: Vec::new(),
+        cleanup_error: None,
+    })
+}
+
+/// The error for a container that never ran its command, from the child's report.
+fn start_error(plan: &ChildPlan, env: &[(String, String)], kind: FailureKind, errno: i32, what: &str) -> Error {
+    let e = nix::errno::Errno::from_raw(errno);
+    let cmd = plan.program();
+    match kind {
+        FailureKind::NotFound => Error::CommandNotFound {
+            searched: if cmd.contains('/') {
+                cmd.clone()
+            } else {
+                let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(DEFAULT_PATH);
+                format!("PATH={path}")
+            },
+            cmd,
+        },
+        FailureKind::NoExec => Error::CommandNotExecutable { cmd, why: format!("{what}: {}", e.desc()) },
+        FailureKind::Setup if errno == 0 => Error::ContainerSetup { stage: what.to_string(), msg: "no error reported".into() },
+        FailureKind::Setup => Error::ContainerSetup { stage: what.to_string(), msg: format!("{} ({e})", e.desc()) },
+    }
+}

@@ -1,0 +1,159 @@
+//! Creating the container process: clone3 into new mount, pid, uts, ipc (and net) namespaces,
+//! born inside the run's cgroup, and rcx-dm's ends of the pipes it shares with the child.
+//!
+//! Three close-on-exec pipes: the report pipe (the child's stamps and failure, `report`), the
+//! alive pipe (held by rcx-dm only so that the child sees end of file if rcx-dm died before the
+//! child asked to die with it), and for `--net bridge` the go pipe (one byte: eth0 exists).
+//!
+//! The caller must be single-threaded (the CLI is): the clone copies the calling process.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+use super::child::{self, ChildNet, ChildPlan};
+use super::init;
+use super::report::{parse_report, Report};
+use crate::error::{Error, IoContext, Result};
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The container as seen from rcx-dm.
+pub(super) struct Started {
+    /// The container's PID 1, as seen from the host.
+    pub(super) pid: Pid,
+    /// Read end of the report pipe (see `collect`).
+    report: OwnedFd,
+    /// Held open while the container lives: its end of file tells the child rcx-dm died.
+    _alive: OwnedFd,
+    /// `--net bridge`: one byte here tells the child its eth0 exists (`go`).
+    go: Option<OwnedFd>,
+}
+
+impl Started {
+    /// Let the child configure its network (after rcx-dm made its veth pair).
+    pub(super) fn go(&mut self) -> Result<()> {
+        if let Some(fd) = self.go.take() {
+            // SAFETY: writing one byte to our pipe.
+            if unsafe { libc::write(fd.as_raw_fd(), b"g".as_ptr().cast(), 1) } != 1 {
+                return Err(std::io::Error::last_os_error()).ctx(|| "signalling the container".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Clone the container process. `ns_flags` are CLONE_NEW* flags.
+pub(super) fn spawn(plan: &ChildPlan, ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> Result<Started> {
+    let (report_r, report_w) = pipe()?;
+    let (alive_r, alive_w) = pipe()?;
+    let go = match plan.net {
+        ChildNet::Bridge(_) => Some(pipe()?),
+        _ => None,
+    };
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let mut args = CloneArgs {
+        flags: ns_flags,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: 0,
+    };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd.as_raw_fd() as u64;
+    }
+    // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork: the child gets a
+    // copy of this (single-threaded) process and returns 0 here on its own copy of the stack.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    match ret {
+        -1 => {
+            let e = Errno::last();
+            Err(Error::ContainerSetup {
+                stage: "creating the container process (clone3 with new namespaces)".into(),
+                msg: match e {
+                    Errno::ENOSYS => "this kernel has no clone3 (Linux 5.3+, CLONE_INTO_CGROUP 5.7+)".into(),
+                    Errno::EPERM => "permission denied: rcx-dm needs root (CAP_SYS_ADMIN)".into(),
+                    Errno::EBUSY | Errno::EOPNOTSUPP => {
+                        format!("{} ({e}): the cgroup cannot take processes", e.desc())
+                    }
+                    _ => format!("{} ({e})", e.desc()),
+                },
+            })
+        }
+        0 => {
+            drop(report_r);
+            drop(alive_w);
+            let go_r = go.map(|(r, w)| {
+                drop(w);
+                r
+            });
+            child::main(plan, report_w.as_raw_fd(), alive_r.as_raw_fd(), go_r.as_ref().map(|r| r.as_raw_fd()))
+        }
+        pid => Ok(Started {
+            pid: Pid::from_raw(pid as i32),
+            report: report_r,
+            _alive: alive_w,
+            go: go.map(|(_, w)| w),
+        }),
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: plain syscall into a two-int array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).ctx(|| "creating a pipe".into());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Read the report pipe to its end. While waiting, a pending SIGINT/SIGTERM/SIGHUP/SIGQUIT for
+/// rcx-dm (they are blocked) kills a container that has not started yet.
+pub(super) fn collect(started: &Started) -> Report {
+    let fd = started.report.as_raw_fd();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, 200) };
+        if r == 0 {
+            if init::terminating_signal_pending().is_some() {
+                let _ = nix::sys::signal::kill(started.pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            continue;
+        }
+        // SAFETY: reading into a local buffer.
+        let n = unsafe { libc::read(fd, chunk.as_mut_ptr().cast(), chunk.len()) };
+        if n < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n as usize]);
+    }
+    parse_report(&String::from_utf8_lossy(&buf))
+}
