@@ -14,7 +14,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rcx_dm::classic::{Classic, CowOptions, OriginSource};
+use rcx_dm::classic::{Classic, OriginSource, SnapshotOptions};
 use rcx_dm::{Pool, PoolOptions, VolRef};
 
 mod common;
@@ -61,12 +61,12 @@ fn classic_case(c: &Classic, chunk: u64, snaps: usize, bs: usize, total: usize) 
     // Blocks exist before the snapshots, so the 0-snapshot case is a plain overwrite.
     write_mb_s(&dev, total, MIB.min(total), 0x11);
     for i in 0..snaps {
-        let opts = CowOptions { chunk_bytes: chunk, ..CowOptions::new(48 << 20) };
-        c.create_cow(&format!("s{i}"), "o", &opts).expect("cow");
+        let opts = SnapshotOptions { chunk_bytes: chunk, ..SnapshotOptions::new(48 << 20) };
+        c.create_snapshot(&format!("s{i}"), "o", &opts).expect("cow");
     }
     let r = write_mb_s(&dev, total, bs, 0x22);
     for i in 0..snaps {
-        c.delete_cow(&format!("s{i}")).expect("cow delete");
+        c.delete_snapshot(&format!("s{i}")).expect("cow delete");
     }
     c.delete_origin("o").expect("origin delete");
     r
@@ -91,8 +91,8 @@ fn thin_case(pool: &Pool, snaps: usize, bs: usize, total: usize) -> f64 {
 fn merge_case(c: &Classic, chunk: u64) -> (f64, f64) {
     let o = c.create_origin("m", OriginSource::Size(DEV_BYTES)).expect("origin");
     write_mb_s(o.device.as_ref().unwrap(), BIG_TOTAL, MIB, 0x11);
-    let opts = CowOptions { chunk_bytes: chunk, ..CowOptions::new(48 << 20) };
-    let s = c.create_cow("ms", "m", &opts).expect("cow");
+    let opts = SnapshotOptions { chunk_bytes: chunk, ..SnapshotOptions::new(48 << 20) };
+    let s = c.create_snapshot("ms", "m", &opts).expect("cow");
     write_mb_s(s.device.as_ref().unwrap(), BIG_TOTAL, MIB, 0x33);
     let t = Instant::now();
     c.wait_merge("ms", |_| {}).expect("merge");

@@ -37,7 +37,7 @@ pub fn holders(pool: &Pool, id: u32) -> Result<Vec<String>> {
                 out.push(format!("classic origin {} (`rcx-dm origin delete {}`)", o.name, o.name));
             }
         }
-        for c in store.cows()? {
+        for c in store.snapshots()? {
             if let CowBacking::Volume { name } = &c.backing {
                 let cow_id = match pool.resolve(&VolRef::Name(name.clone())) {
                     Ok(r) => Some(r.id),

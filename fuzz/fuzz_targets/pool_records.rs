@@ -112,13 +112,13 @@ fuzz_target!(|data: &[u8]| {
         7 => {
             put(&dir.join("classic/cows/c.json"), body);
             let c = ClassicStore::new(dir.join("classic"));
-            let read = c.cow("c");
+            let read = c.snapshot("c");
             rcx_dm_fuzz::debug("cow", &read);
             if let Ok(Some(w)) = read {
                 round_trip(&w);
             }
-            let _ = c.cows();
-            let _ = c.cows_of("o");
+            let _ = c.snapshots();
+            let _ = c.snapshots_of("o");
         }
         8 => {
             put(&dir.join("classic/intent.json"), body);

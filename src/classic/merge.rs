@@ -1,4 +1,5 @@
-//! Merging a snapshot back into its origin, as the seed does it by hand, with completion:
+//! Merging a snapshot back into its origin, the kernel's snapshot-merge sequence that is
+//! otherwise done by hand with dmsetup, with completion:
 //!
 //! ```text
 //!   record merge{snap, Started}        (durable; undecided while the snapshot device exists)
@@ -30,13 +31,17 @@ use crate::units::SECTOR;
 /// Where a merge stands.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MergeProgress {
+    /// The snapshot being merged.
     pub snap: String,
+    /// The origin it merges into.
     pub origin: String,
     /// The merge is over: the origin is snapshot-origin again and the COW is freed.
     pub finished: bool,
+    /// Data sectors in the COW when the merge started.
     pub data_sectors_at_start: u64,
     /// Data sectors still in the COW (while the kernel merges).
     pub data_sectors_left: Option<u64>,
+    /// Percent merged so far.
     pub percent: f64,
 }
 
@@ -58,7 +63,7 @@ impl Classic<'_> {
         let dm = Dm::open()?;
         let _l = self.lock()?;
         self.settle(&dm)?;
-        let c = self.store.cow(snap)?.ok_or_else(|| self.no_such("snapshot", snap))?;
+        let c = self.store.snapshot(snap)?.ok_or_else(|| self.no_such("snapshot", snap))?;
         let mut o = self
             .store
             .origin(&c.origin)?
@@ -150,7 +155,7 @@ impl Classic<'_> {
         let o = self.store.origin(origin)?;
         let m = o.as_ref().and_then(|o| o.merge.clone()).filter(|m| m.snap == snap);
         let Some(m) = m else {
-            if self.store.cow(snap)?.is_some() {
+            if self.store.snapshot(snap)?.is_some() {
                 return Err(Error::invalid("merge", format!("snapshot '{snap}' is not merging; start it with `rcx-dm merge {snap}`")));
             }
             return Ok(MergeProgress {
@@ -213,7 +218,7 @@ impl Classic<'_> {
                     o.merge = None;
                     return self.store.put_origin(&o);
                 }
-                let Some(c) = self.store.cow(&m.snap)? else {
+                let Some(c) = self.store.snapshot(&m.snap)? else {
                     tracing::warn!(origin = name, snapshot = %m.snap, "merging snapshot has no record; forgetting the merge");
                     o.merge = None;
                     return self.store.put_origin(&o);
@@ -261,11 +266,11 @@ impl Classic<'_> {
             with_suspended(dm, &odev, || dm.load(&odev, &[line], false))?;
         }
         point("merge.swapped")?;
-        if let Some(c) = self.store.cow(&m.snap)? {
+        if let Some(c) = self.store.snapshot(&m.snap)? {
             self.remove_device(dm, &self.cow_name(&c.name), "COW device of", &c.name)?;
             self.free_cow_backing(&c.backing)?;
             point("merge.freed")?;
-            self.store.remove_cow(&c.name)?;
+            self.store.remove_snapshot(&c.name)?;
         }
         o.merge = None;
         self.store.put_origin(&o)

@@ -1,13 +1,17 @@
-//! Records of classic origins and COW snapshots, beside the pool's own store and written the
+//! Records of classic origins and snapshots, beside the pool's own store and written the
 //! same durable way (its helpers: temp file, fsync, rename, fsync of the directory).
 //!
-//! Layout under `<root>/<pool>/classic/`:
+//! Layout under `<root>/<pool>/classic/` (`cows/` and the intent's `cow_*` ops are the names
+//! snapshots had on disk before the code called them snapshots; they stay for existing pools):
+//!
+//! ```text
 //!   origins/<name>.json  OriginRecord (with the merge in progress, if any)
-//!   cows/<name>.json     CowRecord
+//!   cows/<name>.json     SnapshotRecord
 //!   intent.json          the one create/delete in flight (serialised by `lock`)
 //!   <name>.img           sparse backing file of an origin made with --size
 //!   <name>.cow           sparse backing file of a COW store
 //!   lock                 flock around each operation's short critical section
+//! ```
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,11 +27,20 @@ use crate::durable::{json, read_json, remove_durable, write_durable};
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum OriginBacking {
     /// A sparse file made by `origin create --size` (removed with the origin).
-    File { path: PathBuf },
+    File {
+        /// The file, under the classic directory.
+        path: PathBuf,
+    },
     /// A thin volume of the pool (kept when the origin is deleted).
-    Volume { id: u32 },
+    Volume {
+        /// The volume's thin id.
+        id: u32,
+    },
     /// A block device the caller owns (kept).
-    Device { path: PathBuf },
+    Device {
+        /// The device node.
+        path: PathBuf,
+    },
 }
 
 /// What a snapshot's `-cow` linear device maps; removed with the snapshot.
@@ -35,11 +48,18 @@ pub enum OriginBacking {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum CowBacking {
     /// A sparse file under the classic directory.
-    File { path: PathBuf },
+    File {
+        /// The file (`<snapshot>.cow`).
+        path: PathBuf,
+    },
     /// A thin volume of the pool, named `<snapshot>.cow`.
-    Volume { name: String },
+    Volume {
+        /// The volume's name.
+        name: String,
+    },
 }
 
+/// How far a recorded merge has gone.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum MergePhase {
@@ -49,29 +69,44 @@ pub enum MergePhase {
     Done,
 }
 
+/// A merge in progress, kept in its origin's record.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MergeRecord {
+    /// The snapshot being merged.
     pub snap: String,
+    /// How far it has gone.
     pub phase: MergePhase,
     /// Data sectors in the COW when the merge started, for progress.
     pub data_sectors_at_start: u64,
 }
 
+/// An origin (`origins/<name>.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OriginRecord {
+    /// Its name.
     pub name: String,
+    /// What its `-real` device maps.
     pub backing: OriginBacking,
+    /// Its size.
     pub size_bytes: u64,
+    /// The merge in progress into it, if any.
     pub merge: Option<MergeRecord>,
 }
 
+/// A snapshot (`cows/<name>.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CowRecord {
+pub struct SnapshotRecord {
+    /// Its name.
     pub name: String,
+    /// The origin it is a snapshot of.
     pub origin: String,
+    /// Its COW store.
     pub backing: CowBacking,
+    /// Size of the COW store.
     pub size_bytes: u64,
+    /// Chunk size in sectors.
     pub chunk_sectors: u64,
+    /// Persistent or transient exception table.
     pub persistence: Persistence,
 }
 
@@ -80,21 +115,48 @@ pub struct CowRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum ClassicIntent {
-    OriginCreate { name: String, backing: OriginBacking },
-    OriginDelete { name: String },
-    CowCreate { name: String, origin: String, backing: CowBacking },
-    CowDelete { name: String },
+    /// Creating an origin.
+    OriginCreate {
+        /// The origin.
+        name: String,
+        /// Its backing (a sparse file here is removed on roll-back).
+        backing: OriginBacking,
+    },
+    /// Deleting an origin.
+    OriginDelete {
+        /// The origin.
+        name: String,
+    },
+    /// Creating a snapshot.
+    #[serde(rename = "cow_create")]
+    SnapshotCreate {
+        /// The snapshot.
+        name: String,
+        /// Its origin (suspended while its snapshot device is removed on roll-back).
+        origin: String,
+        /// Its COW store (freed on roll-back).
+        backing: CowBacking,
+    },
+    /// Deleting a snapshot.
+    #[serde(rename = "cow_delete")]
+    SnapshotDelete {
+        /// The snapshot.
+        name: String,
+    },
 }
 
+/// The classic records of one pool, in `<pool dir>/classic`.
 pub struct ClassicStore {
     dir: PathBuf,
 }
 
 impl ClassicStore {
+    /// The store in `dir` (nothing is read or made until a call).
     pub fn new(dir: PathBuf) -> ClassicStore {
         ClassicStore { dir }
     }
 
+    /// The classic directory (also where the lock and sparse files live).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -104,6 +166,7 @@ impl ClassicStore {
         self.dir.join("origins").is_dir()
     }
 
+    /// Make the directories (before the first lock).
     pub fn init(&self) -> Result<()> {
         for d in [self.dir.clone(), self.dir.join("origins"), self.dir.join("cows")] {
             fs::create_dir_all(&d).ctx(|| format!("creating {}", d.display()))?;
@@ -115,42 +178,48 @@ impl ClassicStore {
         self.dir.join("origins").join(format!("{name}.json"))
     }
 
-    fn cow_path(&self, name: &str) -> PathBuf {
+    fn snapshot_path(&self, name: &str) -> PathBuf {
         self.dir.join("cows").join(format!("{name}.json"))
     }
 
-    /// Where a new sparse backing file for `name` goes (`img` for origins, `cow` for COWs).
+    /// Where a new sparse backing file for `name` goes (`img` for origins, `cow` for COW stores).
     pub fn file_for(&self, name: &str, ext: &str) -> PathBuf {
         self.dir.join(format!("{name}.{ext}"))
     }
 
+    /// The record of origin `name`, if any.
     pub fn origin(&self, name: &str) -> Result<Option<OriginRecord>> {
         read_json(&self.origin_path(name))
     }
 
+    /// Write an origin's record durably.
     pub fn put_origin(&self, o: &OriginRecord) -> Result<()> {
         write_durable(&self.origin_path(&o.name), &json(o)?)
     }
 
+    /// Forget origin `name` (gone already is fine).
     pub fn remove_origin(&self, name: &str) -> Result<()> {
         remove_durable(&self.origin_path(name))
     }
 
-    pub fn cow(&self, name: &str) -> Result<Option<CowRecord>> {
-        read_json(&self.cow_path(name))
+    /// The record of snapshot `name`, if any.
+    pub fn snapshot(&self, name: &str) -> Result<Option<SnapshotRecord>> {
+        read_json(&self.snapshot_path(name))
     }
 
-    pub fn put_cow(&self, c: &CowRecord) -> Result<()> {
-        write_durable(&self.cow_path(&c.name), &json(c)?)
+    /// Write a snapshot's record durably.
+    pub fn put_snapshot(&self, c: &SnapshotRecord) -> Result<()> {
+        write_durable(&self.snapshot_path(&c.name), &json(c)?)
     }
 
-    pub fn remove_cow(&self, name: &str) -> Result<()> {
-        remove_durable(&self.cow_path(name))
+    /// Forget snapshot `name` (gone already is fine).
+    pub fn remove_snapshot(&self, name: &str) -> Result<()> {
+        remove_durable(&self.snapshot_path(name))
     }
 
-    /// Origins and COW snapshots share one name space (their dm names share one too).
+    /// Origins and snapshots share one name space (their dm names share one too).
     pub fn name_taken(&self, name: &str) -> bool {
-        self.origin_path(name).exists() || self.cow_path(name).exists()
+        self.origin_path(name).exists() || self.snapshot_path(name).exists()
     }
 
     fn list<T: serde::de::DeserializeOwned>(&self, sub: &str) -> Result<Vec<T>> {
@@ -177,30 +246,36 @@ impl ClassicStore {
         Ok(out)
     }
 
+    /// Every origin's record, by name.
     pub fn origins(&self) -> Result<Vec<OriginRecord>> {
         self.list("origins")
     }
 
-    pub fn cows(&self) -> Result<Vec<CowRecord>> {
+    /// Every snapshot's record, by name.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
         self.list("cows")
     }
 
-    pub fn cows_of(&self, origin: &str) -> Result<Vec<CowRecord>> {
-        Ok(self.cows()?.into_iter().filter(|c| c.origin == origin).collect())
+    /// The records of `origin`'s snapshots, by name.
+    pub fn snapshots_of(&self, origin: &str) -> Result<Vec<SnapshotRecord>> {
+        Ok(self.snapshots()?.into_iter().filter(|c| c.origin == origin).collect())
     }
 
     fn intent_path(&self) -> PathBuf {
         self.dir.join("intent.json")
     }
 
+    /// The operation in flight, if any.
     pub fn intent(&self) -> Result<Option<ClassicIntent>> {
         read_json(&self.intent_path())
     }
 
+    /// Record the operation about to start (durably, before it touches anything).
     pub fn put_intent(&self, i: &ClassicIntent) -> Result<()> {
         write_durable(&self.intent_path(), &json(i)?)
     }
 
+    /// The operation finished (or was recovered): forget it.
     pub fn clear_intent(&self) -> Result<()> {
         remove_durable(&self.intent_path())
     }
@@ -225,7 +300,7 @@ mod tests {
             merge: Some(MergeRecord { snap: "s1".into(), phase: MergePhase::Started, data_sectors_at_start: 80 }),
         };
         s.put_origin(&o).unwrap();
-        let c = CowRecord {
+        let c = SnapshotRecord {
             name: "s1".into(),
             origin: "base".into(),
             backing: CowBacking::Volume { name: "s1.cow".into() },
@@ -233,19 +308,29 @@ mod tests {
             chunk_sectors: 8,
             persistence: Persistence::Persistent,
         };
-        s.put_cow(&c).unwrap();
-        s.put_cow(&CowRecord { name: "s0".into(), origin: "other".into(), ..c.clone() }).unwrap();
+        s.put_snapshot(&c).unwrap();
+        s.put_snapshot(&SnapshotRecord { name: "s0".into(), origin: "other".into(), ..c.clone() }).unwrap();
         assert_eq!(s.origin("base").unwrap(), Some(o));
-        assert_eq!(s.cows_of("base").unwrap(), vec![c]);
-        assert_eq!(s.cows().unwrap().len(), 2);
+        assert_eq!(s.snapshots_of("base").unwrap(), vec![c]);
+        assert_eq!(s.snapshots().unwrap().len(), 2);
         assert!(s.name_taken("base") && s.name_taken("s1") && !s.name_taken("s2"));
-        s.remove_cow("s1").unwrap();
-        s.remove_cow("s1").unwrap();
+        s.remove_snapshot("s1").unwrap();
+        s.remove_snapshot("s1").unwrap();
         assert!(!s.name_taken("s1"));
-        let i = ClassicIntent::CowCreate { name: "s2".into(), origin: "base".into(), backing: CowBacking::File { path: "/x".into() } };
+        let i = ClassicIntent::SnapshotCreate { name: "s2".into(), origin: "base".into(), backing: CowBacking::File { path: "/x".into() } };
         s.put_intent(&i).unwrap();
         assert_eq!(s.intent().unwrap(), Some(i));
         s.clear_intent().unwrap();
         assert_eq!(s.intent().unwrap(), None);
+    }
+
+    #[test]
+    fn snapshot_intents_keep_their_on_disk_op_names() {
+        let create = ClassicIntent::SnapshotCreate { name: "s".into(), origin: "o".into(), backing: CowBacking::File { path: "/x".into() } };
+        let delete = ClassicIntent::SnapshotDelete { name: "s".into() };
+        assert_eq!(serde_json::to_value(&create).unwrap()["op"], "cow_create");
+        assert_eq!(serde_json::to_value(&delete).unwrap()["op"], "cow_delete");
+        let old: ClassicIntent = serde_json::from_str(r#"{"op":"cow_delete","name":"s"}"#).unwrap();
+        assert_eq!(old, delete);
     }
 }

@@ -1,5 +1,6 @@
-//! `origin`, `cow`, `merge` and `revert`: the seed's classic snapshot walkthrough, one command
-//! per step, and thin revert. Every kernel or store action is a library call
+//! `origin`, `cow`, `merge` and `revert`: classic snapshots one command per step (make an
+//! origin, snapshot it, edit the snapshot, merge it back), and thin revert. `rcx-dm cow`
+//! handles classic snapshots (`classic::SnapshotView` and friends); the command keeps its name. Every kernel or store action is a library call
 //! (`rcx_dm::classic`, `Pool::revert`); this file only parses and prints.
 
 use std::io::{IsTerminal, Write};
@@ -8,15 +9,16 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use rcx_dm::classic::{self, Classic, CowOptions, CowView, MergeProgress, OriginSource, OriginView};
+use rcx_dm::classic::{self, Classic, MergeProgress, OriginSource, OriginView, SnapshotOptions, SnapshotView};
 use rcx_dm::dm::Persistence;
 use rcx_dm::pool::{Pool, VolRef};
 use rcx_dm::units::format_size;
 
 use super::{print_json, size_arg, JsonFlag};
 
+// `rcx-dm origin ...` (no doc comment here: clap would take it for help text).
 #[derive(Subcommand)]
-pub enum OriginCmd {
+pub(super) enum OriginCmd {
     /// Make origin NAME: NAME-real (linear over the source) and NAME (snapshot-origin);
     /// prints the origin's device path last. Write through that device from then on.
     #[command(group(clap::ArgGroup::new("source").required(true).args(["from", "size"])))]
@@ -40,8 +42,9 @@ pub enum OriginCmd {
     List(JsonFlag),
 }
 
+// `rcx-dm cow ...`: classic snapshots, under the command's historical name.
 #[derive(Subcommand)]
-pub enum CowCmd {
+pub(super) enum CowCmd {
     /// Make copy-on-write snapshot SNAP of origin NAME (the origin is suspended around the
     /// load, as the kernel requires); prints the snapshot's device path last.
     Create {
@@ -79,8 +82,9 @@ pub enum CowCmd {
     },
 }
 
+// `rcx-dm merge SNAP [--wait]`.
 #[derive(Args)]
-pub struct MergeArgs {
+pub(super) struct MergeArgs {
     /// The snapshot to merge back into its origin.
     #[arg(value_parser = classic_name)]
     snap: String,
@@ -91,8 +95,9 @@ pub struct MergeArgs {
     wait: bool,
 }
 
+// `rcx-dm revert VOLUME SNAPSHOT`.
 #[derive(Args)]
-pub struct RevertArgs {
+pub(super) struct RevertArgs {
     /// The thin volume to revert (id or name); it keeps its id and name.
     volume: VolRef,
     /// The thin volume whose content it gets (typically a snapshot taken earlier).
@@ -108,7 +113,8 @@ fn chunk_arg(s: &str) -> std::result::Result<u64, String> {
     classic::chunk_sectors(bytes).map(|_| bytes).map_err(|e| e.to_string())
 }
 
-pub fn origin(pool: &Pool, cmd: OriginCmd) -> Result<()> {
+/// `rcx-dm origin create|delete|list`.
+pub(super) fn origin(pool: &Pool, cmd: OriginCmd) -> Result<()> {
     let c = Classic::new(pool);
     match cmd {
         OriginCmd::Create { name, from, size } => {
@@ -149,17 +155,18 @@ fn print_origin(o: &OriginView) {
     );
 }
 
-pub fn cow(pool: &Pool, cmd: CowCmd) -> Result<()> {
+/// `rcx-dm cow create|status|delete`: classic snapshots.
+pub(super) fn cow(pool: &Pool, cmd: CowCmd) -> Result<()> {
     let c = Classic::new(pool);
     match cmd {
         CowCmd::Create { snap, origin, size, chunk, transient, in_pool } => {
-            let opts = CowOptions {
+            let opts = SnapshotOptions {
                 size_bytes: size,
                 chunk_bytes: chunk,
                 persistence: if transient { Persistence::Transient } else { Persistence::Persistent },
                 in_pool,
             };
-            let v = c.create_cow(&snap, &origin, &opts)?;
+            let v = c.create_snapshot(&snap, &origin, &opts)?;
             println!(
                 "created {} snapshot {snap} of {origin} (COW {}, chunk {})",
                 if transient { "transient" } else { "persistent" },
@@ -170,8 +177,8 @@ pub fn cow(pool: &Pool, cmd: CowCmd) -> Result<()> {
         }
         CowCmd::Status { snap, out } => {
             let list = match &snap {
-                Some(s) => vec![c.cow(s)?],
-                None => c.cows()?,
+                Some(s) => vec![c.snapshot(s)?],
+                None => c.snapshots()?,
             };
             if out.json {
                 return match snap {
@@ -181,15 +188,15 @@ pub fn cow(pool: &Pool, cmd: CowCmd) -> Result<()> {
             }
             println!("{:<16} {:<16} {:<12} {:>22} {:>8} {:>7} {:>6}  DEVICE", "NAME", "ORIGIN", "STATE", "ALLOCATED/TOTAL", "META", "USED", "CHUNK");
             for v in list {
-                print_cow(&v);
+                print_snapshot(&v);
             }
             Ok(())
         }
-        CowCmd::Delete { snap } => Ok(c.delete_cow(&snap)?),
+        CowCmd::Delete { snap } => Ok(c.delete_snapshot(&snap)?),
     }
 }
 
-fn print_cow(v: &CowView) {
+fn print_snapshot(v: &SnapshotView) {
     let opt = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
     let mut state = v.state.to_string();
     if let Some(p) = v.merge_percent {
@@ -208,7 +215,8 @@ fn print_cow(v: &CowView) {
     );
 }
 
-pub fn merge(pool: &Pool, a: MergeArgs) -> Result<()> {
+/// `rcx-dm merge`: start a merge, or with `--wait` see it through with a progress bar.
+pub(super) fn merge(pool: &Pool, a: MergeArgs) -> Result<()> {
     let c = Classic::new(pool);
     if !a.wait {
         let p = c.merge(&a.snap)?;
@@ -252,7 +260,8 @@ fn progress_bar(p: &MergeProgress) {
     let _ = err.flush();
 }
 
-pub fn revert(pool: &Pool, a: RevertArgs) -> Result<()> {
+/// `rcx-dm revert`: thin revert (a pool operation, next to the classic ones in the CLI).
+pub(super) fn revert(pool: &Pool, a: RevertArgs) -> Result<()> {
     let v = pool.revert(&a.volume, &a.snapshot)?;
     println!("reverted volume {} to the content of {}", v.id, a.snapshot);
     if let Some(d) = &v.device {
