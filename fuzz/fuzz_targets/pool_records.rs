@@ -80,16 +80,16 @@ fuzz_target!(|data: &[u8]| {
         }
         3 => {
             put(&dir.join("intent.json"), body);
-            let read = store.intent();
-            rcx_dm_fuzz::debug("store.intent()", &read);
+            let read = store.intent().get();
+            rcx_dm_fuzz::debug("store.intent().get()", &read);
             if let Ok(Some(i)) = read {
                 round_trip(&i);
             }
         }
         4 => {
             put(&dir.join("extend.json"), body);
-            let read = store.extend_intent();
-            rcx_dm_fuzz::debug("store.extend_intent()", &read);
+            let read = store.extend_intent().get();
+            rcx_dm_fuzz::debug("store.extend_intent().get()", &read);
             if let Ok(Some(i)) = read {
                 round_trip(&i);
             }
