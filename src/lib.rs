@@ -11,6 +11,7 @@
 
 pub mod dm;
 pub mod durable;
+pub mod file_lock;
 pub mod error;
 pub mod loopback;
 pub mod pool;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::store::{MergePhase, MergeRecord};
-use super::{in_use, live_target, with_suspended, Classic};
+use super::{in_use, live_target, Classic};
 use crate::dm::{self, snapshot::load_merge, Dm, SnapshotMergeTarget, SnapshotOriginTarget, SnapshotStatus, Target};
 use crate::error::{Error, IoContext, Result};
 use crate::pool::fault;
@@ -263,7 +263,7 @@ impl Classic<'_> {
         // Done: snapshot-origin again, then free the COW and forget the merge.
         if live_target(dm, &odev)?.as_deref() == Some("snapshot-merge") {
             let line = SnapshotOriginTarget { real }.line(0, sectors);
-            with_suspended(dm, &odev, || dm.load(&odev, &[line], false))?;
+            dm.with_suspended(&odev, || dm.load(&odev, &[line], false))?;
         }
         point("merge.swapped")?;
         if let Some(c) = self.store.snapshot(&m.snap)? {

@@ -25,12 +25,13 @@
 //! Every operation takes the classic lock (`classic/lock`, separate from the pool lock, which
 //! the pool calls made from here take themselves), first finishes whatever an interrupted
 //! command left (`settle`: the intent of a create/delete, suspended origins, merges that the
-//! kernel has finished), and suspends an origin only inside `with_suspended`, which resumes it
-//! on every path.
+//! kernel has finished), and suspends an origin inside `Dm::with_suspended`, which resumes it
+//! on every path; only the merge protocol (`merge`) suspends by hand, because whether it
+//! resumes depends on how far the merge got.
 //!
 //! Files: `origin` (origins), `snapshot` (snapshots and their COW devices), `merge`, `stack`
 //! (whole stacks up and down, and the one-device steps they are made of), `recover` (intents
-//! and settling after an interrupted command), `store` (the records), `suspend`.
+//! and settling after an interrupted command), `store` (the records).
 
 mod merge;
 mod origin;
@@ -40,7 +41,6 @@ mod stack;
 // Public only for the fuzz target that feeds torn records to its readers
 // (fuzz/fuzz_targets/pool_records.rs); everything else goes through `Classic`.
 pub mod store;
-mod suspend;
 
 use std::path::PathBuf;
 
@@ -48,13 +48,12 @@ use serde::Serialize;
 
 pub use merge::MergeProgress;
 pub use store::{CowBacking, OriginBacking};
-pub(crate) use suspend::with_suspended;
 
 use store::ClassicStore;
 
 use crate::dm::{snapshot::validate_chunk_sectors, DevInfo, Dm, Persistence};
 use crate::error::{Error, Result};
-use crate::pool::lock::PoolLock;
+use crate::file_lock::FileLock;
 use crate::pool::{names, Pool, VolRef};
 use crate::units::SECTOR;
 
@@ -278,9 +277,9 @@ impl<'p> Classic<'p> {
         Error::NoSuchClassic { kind, name: name.to_string(), pool: self.pool.name().to_string() }
     }
 
-    fn lock(&self) -> Result<PoolLock> {
+    fn lock(&self) -> Result<FileLock> {
         self.store.init()?;
-        PoolLock::acquire(self.store.dir())
+        FileLock::exclusive(&self.store.dir().join("lock"))
     }
 }
 

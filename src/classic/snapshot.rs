@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::store::{ClassicIntent, CowBacking, MergePhase, OriginRecord, SnapshotRecord};
-use super::{chunk_sectors, in_use, live_target, merge, validate_name, with_suspended, Classic, SnapshotOptions, SnapshotState, SnapshotView};
+use super::{chunk_sectors, in_use, live_target, merge, validate_name, Classic, SnapshotOptions, SnapshotState, SnapshotView};
 use crate::dm::{self, DevNum, Dm, LinearTarget, Persistence, SnapshotStatus, SnapshotTarget, Target};
 use crate::error::{Error, Result};
 use crate::loopback;
@@ -207,7 +207,7 @@ impl Classic<'_> {
             return Ok(());
         }
         let t = SnapshotTarget::new(real, cow, c.persistence, c.chunk_sectors)?;
-        with_suspended(dm, &self.dev_name(&o.name), || {
+        dm.with_suspended(&self.dev_name(&o.name), || {
             if live {
                 fault::point("cow-create.suspended")?;
             }
@@ -221,7 +221,7 @@ impl Classic<'_> {
         if self.info(dm, &sdev)?.is_none() {
             return Ok(());
         }
-        with_suspended(dm, &self.dev_name(origin), || self.remove_device(dm, &sdev, "snapshot", snap))
+        dm.with_suspended(&self.dev_name(origin), || self.remove_device(dm, &sdev, "snapshot", snap))
     }
 
     /// The block device under a `-cow` linear, made ready (loop attached, pool volume

@@ -5,7 +5,6 @@ pub mod autoextend;
 mod extend;
 pub(crate) mod fault;
 mod health;
-pub(crate) mod lock;
 pub mod monitor;
 pub mod names;
 mod recover;
@@ -30,7 +29,7 @@ use crate::dm::{self, DevInfo, Dm, PoolMode, Target, ThinPoolState, ThinPoolStat
 use crate::error::{Error, IoContext, Result};
 use crate::loopback;
 use crate::units::SECTOR;
-use lock::PoolLock;
+use crate::file_lock::FileLock;
 use store::{Backing, PoolConfig, Store};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/rcx-dm";
@@ -318,13 +317,13 @@ impl Pool {
         Ok(loopback::block_device(&dev)?.0)
     }
 
-    fn lock(&self) -> Result<PoolLock> {
-        PoolLock::acquire(self.store.dir())
+    fn lock(&self) -> Result<FileLock> {
+        FileLock::exclusive(&self.store.dir().join("lock"))
     }
 
     /// The prologue of every change to volumes: the pool lock, then whatever operation a crash
     /// interrupted finished or undone, so the change starts from a consistent pool.
-    fn lock_and_recover(&self, dm: &Dm) -> Result<PoolLock> {
+    fn lock_and_recover(&self, dm: &Dm) -> Result<FileLock> {
         let lock = self.lock()?;
         self.recover_locked(dm)?;
         Ok(lock)

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::extend::{host_space, ExtendRequest, SizeChange};
-use super::lock::PoolLock;
+use crate::file_lock::{FileLock, LockMode};
 use super::store::{Backing, PoolConfig};
 use super::{Pool, MAX_META_BYTES};
 use crate::dm::{Dm, PoolMode, ThinPoolState};
@@ -91,7 +91,7 @@ impl Pool {
     /// monitor (`pool monitor` or `serve`) already watches this pool.
     pub fn monitor(&self, opts: &MonitorOptions, stop: &MonitorStop) -> Result<()> {
         let path = self.dir().join("monitor.lock");
-        let Some(_only) = PoolLock::try_acquire_file(&path)? else {
+        let Some(_only) = FileLock::try_lock(&path, LockMode::Exclusive)? else {
             return Err(Error::MonitorRunning(self.name().to_string()));
         };
         let dm = Dm::open()?;

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::fs::{self, Fs};
-use crate::pool::lock::PoolLock;
+use crate::file_lock::FileLock;
 use crate::pool::store::VolumeRecord;
 use crate::pool::{Pool, VolRef, Volume};
 use crate::error::{Error, Result};
@@ -21,7 +21,7 @@ pub(crate) fn base_name(fs: Fs, size_bytes: u64) -> String {
 pub(crate) fn ensure_base(pool: &Pool, fs: Fs, size_bytes: u64) -> Result<VolumeRecord> {
     let name = base_name(fs, size_bytes);
     let by_name = VolRef::Name(name.clone());
-    let _l = PoolLock::acquire_file(&pool.dir().join("bases.lock"))?;
+    let _l = FileLock::exclusive(&pool.dir().join("bases.lock"))?;
     match pool.resolve(&by_name) {
         Ok(b) if b.read_only => return Ok(b),
         Ok(_) => {

@@ -26,7 +26,7 @@ use super::fs::Fs;
 use super::populate::{apply_layer, mountpoint, Progress};
 use super::{base, mount, oci, tree::Tree};
 use crate::error::{Error, IoContext, Result};
-use crate::pool::lock::PoolLock;
+use crate::file_lock::FileLock;
 use crate::durable::{read_json, remove_durable, write_durable};
 use crate::pool::{Pool, VolRef};
 
@@ -108,8 +108,8 @@ fn image_path(pool: &Pool, name: &str) -> PathBuf {
     images_dir(pool).join(format!("{name}.json"))
 }
 
-fn import_lock(pool: &Pool) -> Result<PoolLock> {
-    PoolLock::acquire_file(&pool.dir().join("images.lock"))
+fn import_lock(pool: &Pool) -> Result<FileLock> {
+    FileLock::exclusive(&pool.dir().join("images.lock"))
 }
 
 /// The record of image `name`; None if there is no such image.

@@ -13,18 +13,18 @@
 //! `runs/vol-<id>.lock` serialises runs that mount one volume in place (exclusive for a
 //! writable mount, shared for read-only ones).
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::cgroup;
 use super::network;
 use super::root_mount;
 use crate::error::{Error, IoContext, Result};
+use crate::file_lock::{FileLock, LockMode};
 use crate::durable::{read_json, sync_dir, write_durable};
 use crate::pool::{Pool, VolRef};
 
@@ -60,7 +60,7 @@ pub(super) struct RunState {
     pub(super) dir: PathBuf,
     /// What `run.json` in it says.
     pub(super) record: RunRecord,
-    _lock: Flock<File>,
+    _lock: FileLock,
 }
 
 /// Where a pool keeps its runs.
@@ -107,42 +107,23 @@ fn remove_run_dir(dir: &Path) -> Result<()> {
 }
 
 /// Try to lock a directory without waiting: None if a live process holds it.
-fn lock_dir(dir: &Path) -> Result<Option<Flock<File>>> {
-    let f = File::open(dir).ctx(|| format!("opening {}", dir.display()))?;
-    match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => Ok(Some(l)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, e)) => Err(std::io::Error::from(e)).ctx(|| format!("locking {}", dir.display())),
-    }
-}
-
-/// Held while a volume is mounted in place by a run.
-pub(super) struct VolumeLock {
-    _lock: Flock<File>,
+fn lock_dir(dir: &Path) -> Result<Option<FileLock>> {
+    FileLock::try_lock_existing(dir, LockMode::Exclusive)
 }
 
 /// Lock a volume for a run that mounts it in place: exclusive for a writable mount, shared for
-/// read-only ones; Busy if another run holds it.
-pub(super) fn lock_volume(pool: &Pool, id: u32, exclusive: bool) -> Result<VolumeLock> {
+/// read-only ones; Busy if another run holds it. Held until the run ends.
+pub(super) fn lock_volume(pool: &Pool, id: u32, exclusive: bool) -> Result<FileLock> {
     let runs = runs_dir(pool);
     fs::create_dir_all(&runs).ctx(|| format!("creating {}", runs.display()))?;
-    let path = runs.join(format!("vol-{id}.lock"));
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .ctx(|| format!("opening {}", path.display()))?;
-    let arg = if exclusive { FlockArg::LockExclusiveNonblock } else { FlockArg::LockSharedNonblock };
-    match Flock::lock(f, arg) {
-        Ok(l) => Ok(VolumeLock { _lock: l }),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::Busy(
+    let mode = if exclusive { LockMode::Exclusive } else { LockMode::Shared };
+    FileLock::try_lock(&runs.join(format!("vol-{id}.lock")), mode)?.ok_or_else(|| {
+        Error::Busy(
             id.to_string(),
             "in use by another rcx-dm run",
             "wait for that container to stop, or mark the volume read-only (`rcx-dm set-readonly`) to run snapshots of it",
-        )),
-        Err((_, e)) => Err(std::io::Error::from(e)).ctx(|| format!("locking {}", path.display())),
-    }
+        )
+    })
 }
 
 /// Undo what a run created, in reverse order. Idempotent; used after every run and for runs

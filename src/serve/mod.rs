@@ -17,7 +17,7 @@ use containerd_snapshots::tonic::{self, Status};
 use containerd_snapshots::{Info, Snapshotter};
 
 use crate::error::{Error, IoContext, Result};
-use crate::pool::lock::PoolLock;
+use crate::file_lock::{FileLock, LockMode};
 use crate::pool::{MonitorOptions, MonitorStop, Pool};
 pub use service::{Options, Service};
 use store::{Kind, Record};
@@ -199,8 +199,8 @@ fn lock_path(socket: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn try_lock(path: &Path, busy: impl FnOnce() -> String) -> Result<PoolLock> {
-    PoolLock::try_acquire_file(path)?.ok_or_else(|| Error::invalid("serve", busy()))
+fn try_lock(path: &Path, busy: impl FnOnce() -> String) -> Result<FileLock> {
+    FileLock::try_lock(path, LockMode::Exclusive)?.ok_or_else(|| Error::invalid("serve", busy()))
 }
 
 /// Whether a (stale) socket sits at `--socket`; anything else there is refused, never unlinked:
