@@ -123,8 +123,8 @@ fuzz_target!(|data: &[u8]| {
         8 => {
             put(&dir.join("classic/intent.json"), body);
             let c = ClassicStore::new(dir.join("classic"));
-            let read = c.intent();
-            rcx_dm_fuzz::debug("c.intent()", &read);
+            let read = c.intent().get();
+            rcx_dm_fuzz::debug("c.intent().get()", &read);
             if let Ok(Some(i)) = read {
                 round_trip(&i);
             }

@@ -33,7 +33,7 @@ impl Classic<'_> {
             if size == 0 || size % SECTOR != 0 {
                 return Err(Error::invalid("origin size", format!("{size} bytes; must be a positive multiple of 512")));
             }
-            self.store.put_intent(&ClassicIntent::OriginCreate { name: name.to_string(), backing: backing.clone() })?;
+            self.store.intent().put(&ClassicIntent::OriginCreate { name: name.to_string(), backing: backing.clone() })?;
             let made = (|| {
                 fault::point("origin-create.intent")?;
                 if let OriginBacking::File { path } = &backing {
@@ -71,7 +71,7 @@ impl Classic<'_> {
                 return Err(in_use("origin", name, i.open_count, "unmount it first"));
             }
         }
-        self.store.put_intent(&ClassicIntent::OriginDelete { name: o.name })?;
+        self.store.intent().put(&ClassicIntent::OriginDelete { name: o.name })?;
         let done = fault::point("origin-delete.intent").and_then(|_| self.recover_intent(&dm, true));
         self.finish_intent(&dm, done)
     }

@@ -14,7 +14,7 @@ impl Classic<'_> {
     /// (an error, not a crash) and report the original error.
     pub(super) fn finish_intent(&self, dm: &Dm, r: Result<()>) -> Result<()> {
         match r {
-            Ok(()) => self.store.clear_intent(),
+            Ok(()) => self.store.intent().clear(),
             Err(e) => {
                 if let Err(re) = self.recover_intent(dm, false) {
                     tracing::warn!("could not clean up after the failed operation: {re}");
@@ -55,7 +55,7 @@ impl Classic<'_> {
         if !self.store.exists() {
             return Ok(());
         }
-        let pending = self.store.intent()?.is_some() || self.store.origins()?.iter().any(|o| o.merge.is_some());
+        let pending = self.store.intent().get()?.is_some() || self.store.origins()?.iter().any(|o| o.merge.is_some());
         if pending {
             let _l = self.lock()?;
             self.settle(dm)?;
@@ -67,7 +67,7 @@ impl Classic<'_> {
     /// forward. Every step is idempotent. `live`: the delete command itself (fault points).
     pub(super) fn recover_intent(&self, dm: &Dm, live: bool) -> Result<()> {
         let point = |s: &str| if live { fault::point(s) } else { Ok(()) };
-        let Some(intent) = self.store.intent()? else { return Ok(()) };
+        let Some(intent) = self.store.intent().get()? else { return Ok(()) };
         if !live {
             tracing::info!(?intent, "finishing an interrupted classic operation");
         }
@@ -110,6 +110,6 @@ impl Classic<'_> {
                 }
             }
         }
-        self.store.clear_intent()
+        self.store.intent().clear()
     }
 }

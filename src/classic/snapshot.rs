@@ -46,7 +46,7 @@ impl Classic<'_> {
             } else {
                 CowBacking::File { path: self.store.file_for(name, "cow") }
             };
-            self.store.put_intent(&ClassicIntent::SnapshotCreate {
+            self.store.intent().put(&ClassicIntent::SnapshotCreate {
                 name: name.to_string(),
                 origin: origin.to_string(),
                 backing: backing.clone(),
@@ -101,7 +101,7 @@ impl Classic<'_> {
                 return Err(in_use("snapshot", name, i.open_count, "unmount it first"));
             }
         }
-        self.store.put_intent(&ClassicIntent::SnapshotDelete { name: name.to_string() })?;
+        self.store.intent().put(&ClassicIntent::SnapshotDelete { name: name.to_string() })?;
         let done = fault::point("cow-delete.intent").and_then(|_| self.recover_intent(&dm, true));
         self.finish_intent(&dm, done)
     }

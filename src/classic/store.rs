@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dm::Persistence;
 use crate::error::{IoContext, Result};
-use crate::durable::{json, read_json, remove_durable, write_durable};
+use crate::durable::{json, read_json, remove_durable, write_durable, IntentFile};
 
 /// What an origin's `-real` linear device maps.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -261,23 +261,10 @@ impl ClassicStore {
         Ok(self.snapshots()?.into_iter().filter(|c| c.origin == origin).collect())
     }
 
-    fn intent_path(&self) -> PathBuf {
-        self.dir.join("intent.json")
-    }
-
-    /// The operation in flight, if any.
-    pub fn intent(&self) -> Result<Option<ClassicIntent>> {
-        read_json(&self.intent_path())
-    }
-
-    /// Record the operation about to start (durably, before it touches anything).
-    pub fn put_intent(&self, i: &ClassicIntent) -> Result<()> {
-        write_durable(&self.intent_path(), &json(i)?)
-    }
-
-    /// The operation finished (or was recovered): forget it.
-    pub fn clear_intent(&self) -> Result<()> {
-        remove_durable(&self.intent_path())
+    /// The classic operation in flight (`intent.json`): put durably before it touches
+    /// anything, cleared when it finished or was recovered.
+    pub fn intent(&self) -> IntentFile<ClassicIntent> {
+        IntentFile::new(self.dir.join("intent.json"))
     }
 }
 
@@ -318,10 +305,10 @@ mod tests {
         s.remove_snapshot("s1").unwrap();
         assert!(!s.name_taken("s1"));
         let i = ClassicIntent::SnapshotCreate { name: "s2".into(), origin: "base".into(), backing: CowBacking::File { path: "/x".into() } };
-        s.put_intent(&i).unwrap();
-        assert_eq!(s.intent().unwrap(), Some(i));
-        s.clear_intent().unwrap();
-        assert_eq!(s.intent().unwrap(), None);
+        s.intent().put(&i).unwrap();
+        assert_eq!(s.intent().get().unwrap(), Some(i));
+        s.intent().clear().unwrap();
+        assert_eq!(s.intent().get().unwrap(), None);
     }
 
     #[test]
