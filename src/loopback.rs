@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use loopdev::{LoopControl, LoopDevice};
 
-use crate::dm::DevNum;
+use crate::dm::Device;
 use crate::error::{Errno, Error, IoContext, Result};
 
 /// Create a sparse file of `bytes`; it must not exist yet.
@@ -94,13 +94,13 @@ pub fn detach(file: &Path) -> Result<()> {
 }
 
 /// major:minor and size in bytes of a block device.
-pub fn block_device(path: &Path) -> Result<(DevNum, u64)> {
+pub fn block_device(path: &Path) -> Result<(Device, u64)> {
     let meta = std::fs::metadata(path).ctx(|| format!("examining {}", path.display()))?;
     if !meta.file_type().is_block_device() {
         return Err(Error::invalid("device", format!("{} is not a block device", path.display())));
     }
     let rdev = meta.rdev();
-    let dev = DevNum { major: nix::sys::stat::major(rdev) as u32, minor: nix::sys::stat::minor(rdev) as u32 };
+    let dev = Device { major: nix::sys::stat::major(rdev) as u32, minor: nix::sys::stat::minor(rdev) as u32 };
     let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
     Ok((dev, device_size(&f).ctx(|| format!("reading the size of {}", path.display()))?))
 }

@@ -7,7 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 
 use rcx_dm::dm::{
-    self, DevNum, LinearTarget, Persistence, SnapshotMergeTarget, SnapshotOriginTarget, SnapshotStatus, SnapshotTarget, Target,
+    self, Device, LinearTarget, Persistence, SnapshotMergeTarget, SnapshotOriginTarget, SnapshotStatus, SnapshotTarget, Target,
     TargetLine,
 };
 
@@ -342,8 +342,8 @@ fn classic_merge_is_refused_while_the_origin_or_the_snapshot_is_mounted() {
 struct HandStack {
     names: Vec<String>,
     _loops: (Loop, Loop),
-    real: DevNum,
-    cow: DevNum,
+    real: Device,
+    cow: Device,
     sectors: u64,
 }
 

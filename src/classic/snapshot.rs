@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::store::{ClassicIntent, CowBacking, MergePhase, OriginRecord, SnapshotRecord};
 use super::{chunk_sectors, in_use, live_target, merge, validate_name, Classic, SnapshotOptions, SnapshotState, SnapshotView};
-use crate::dm::{self, DevNum, Dm, LinearTarget, Persistence, SnapshotStatus, SnapshotTarget, Target};
+use crate::dm::{self, Device, Dm, LinearTarget, Persistence, SnapshotStatus, SnapshotTarget, Target};
 use crate::error::{Error, Result};
 use crate::loopback;
 use crate::pool::fault;
@@ -185,7 +185,7 @@ impl Classic<'_> {
     }
 
     /// The `-cow` linear of snapshot `c` over its COW store, made unless it exists.
-    pub(super) fn ensure_cow_device(&self, dm: &Dm, c: &SnapshotRecord) -> Result<DevNum> {
+    pub(super) fn ensure_cow_device(&self, dm: &Dm, c: &SnapshotRecord) -> Result<Device> {
         let path = self.cow_backing_dev(&c.backing)?;
         let (dev, _) = loopback::block_device(&path)?;
         Ok(self.ensure(dm, &self.cow_name(&c.name), LinearTarget { dev, offset_sectors: 0 }.line(0, c.size_bytes / SECTOR))?.dev)
@@ -197,8 +197,8 @@ impl Classic<'_> {
         dm: &Dm,
         o: &OriginRecord,
         c: &SnapshotRecord,
-        real: DevNum,
-        cow: DevNum,
+        real: Device,
+        cow: Device,
         live: bool,
     ) -> Result<()> {
         let sdev = self.dev_name(&c.name);

@@ -1,10 +1,10 @@
 //! `linear`: map a range onto another device at an offset.
 
-use super::{DevNum, Target};
+use super::{Device, Target};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinearTarget {
-    pub dev: DevNum,
+    pub dev: Device,
     pub offset_sectors: u64,
 }
 

@@ -20,18 +20,8 @@ use devicemapper::{DevId, DmError, DmFlags, DmName, DmOptions, DmUuid, DM};
 
 use crate::error::{Errno, Error, Result};
 
-/// A block device as the kernel's tables name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DevNum {
-    pub major: u32,
-    pub minor: u32,
-}
-
-impl std::fmt::Display for DevNum {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.major, self.minor)
-    }
-}
+/// A block device as the kernel's tables name it (`major:minor`): the devicemapper crate's.
+pub use devicemapper::Device;
 
 /// One target line of a table: sectors [start, start+length) mapped by `target` with `params`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +44,7 @@ pub trait Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevInfo {
     pub name: String,
-    pub dev: DevNum,
+    pub dev: Device,
     pub open_count: i32,
     pub suspended: bool,
     pub read_only: bool,
@@ -130,7 +120,7 @@ impl Dm {
                 let flags = i.flags();
                 Ok(Some(DevInfo {
                     name: name.to_string(),
-                    dev: DevNum { major: i.device().major, minor: i.device().minor },
+                    dev: i.device(),
                     open_count: i.open_count(),
                     suspended: flags.contains(DmFlags::DM_SUSPEND),
                     read_only: flags.contains(DmFlags::DM_READONLY),

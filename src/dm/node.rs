@@ -5,7 +5,7 @@
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use super::DevNum;
+use super::Device;
 use crate::error::{IoContext, Result};
 
 pub const MAPPER_DIR: &str = "/dev/mapper";
@@ -17,7 +17,7 @@ pub fn mapper_path(name: &str) -> PathBuf {
 /// Where the device can be opened, without touching /dev: the mapper link if it already
 /// reaches `dev`, else devtmpfs's `/dev/dm-<minor>`. For read-only views, which must not
 /// create links for a device a concurrent command may be removing.
-pub fn existing(name: &str, dev: DevNum) -> PathBuf {
+pub fn existing(name: &str, dev: Device) -> PathBuf {
     let link = mapper_path(name);
     if refers_to(&link, dev) {
         link
@@ -27,7 +27,7 @@ pub fn existing(name: &str, dev: DevNum) -> PathBuf {
 }
 
 /// Make sure `/dev/mapper/<name>` reaches the device `dev`; return that path.
-pub fn ensure(name: &str, dev: DevNum) -> Result<PathBuf> {
+pub fn ensure(name: &str, dev: Device) -> Result<PathBuf> {
     let link = mapper_path(name);
     if refers_to(&link, dev) {
         return Ok(link);
@@ -52,7 +52,7 @@ pub fn remove(name: &str) {
     let _ = std::fs::remove_file(mapper_path(name));
 }
 
-fn refers_to(path: &Path, dev: DevNum) -> bool {
+fn refers_to(path: &Path, dev: Device) -> bool {
     use std::os::unix::fs::MetadataExt;
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_block_device() => {

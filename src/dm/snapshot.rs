@@ -14,7 +14,7 @@
 
 use serde::Serialize;
 
-use super::{Dm, DevNum, Target};
+use super::{Dm, Device, Target};
 use crate::error::{Error, Result};
 
 /// The kernel refuses chunks larger than INT_MAX bytes: 2^21 sectors (1 GiB) is the largest
@@ -39,7 +39,7 @@ pub fn validate_chunk_sectors(sectors: u64) -> Result<()> {
 /// copies the old chunk into every snapshot's COW store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotOriginTarget {
-    pub real: DevNum,
+    pub real: Device,
 }
 
 impl Target for SnapshotOriginTarget {
@@ -71,15 +71,15 @@ impl Persistence {
 /// `snapshot <origin> <cow> <P|N> <chunk sectors>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotTarget {
-    real: DevNum,
-    cow: DevNum,
+    real: Device,
+    cow: Device,
     persistence: Persistence,
     chunk_sectors: u64,
 }
 
 impl SnapshotTarget {
     /// Refuses a chunk size the kernel would refuse, and a COW that is the origin itself.
-    pub fn new(real: DevNum, cow: DevNum, persistence: Persistence, chunk_sectors: u64) -> Result<SnapshotTarget> {
+    pub fn new(real: Device, cow: Device, persistence: Persistence, chunk_sectors: u64) -> Result<SnapshotTarget> {
         validate_chunk_sectors(chunk_sectors)?;
         if real == cow {
             return Err(Error::invalid("COW device", format!("{cow} is the origin itself")));
@@ -104,13 +104,13 @@ impl Target for SnapshotTarget {
 /// Only persistent stores can be merged, so there is no persistence to choose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotMergeTarget {
-    real: DevNum,
-    cow: DevNum,
+    real: Device,
+    cow: Device,
     chunk_sectors: u64,
 }
 
 impl SnapshotMergeTarget {
-    pub fn new(real: DevNum, cow: DevNum, chunk_sectors: u64) -> Result<SnapshotMergeTarget> {
+    pub fn new(real: Device, cow: Device, chunk_sectors: u64) -> Result<SnapshotMergeTarget> {
         validate_chunk_sectors(chunk_sectors)?;
         if real == cow {
             return Err(Error::invalid("COW device", format!("{cow} is the origin itself")));
@@ -218,8 +218,8 @@ pub fn load_merge(dm: &Dm, name: &str, merge: &SnapshotMergeTarget, sectors: u64
 mod tests {
     use super::*;
 
-    const REAL: DevNum = DevNum { major: 253, minor: 1 };
-    const COW: DevNum = DevNum { major: 253, minor: 2 };
+    const REAL: Device = Device { major: 253, minor: 1 };
+    const COW: Device = Device { major: 253, minor: 2 };
 
     #[test]
     fn chunk_sizes_follow_the_kernel() {

@@ -1,13 +1,13 @@
 //! `thin`: one thin volume of a pool, and its status line.
 
-use super::{DevNum, Target};
+use super::{Device, Target};
 pub use devicemapper::ThinStatus;
 
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThinTarget {
-    pub pool: DevNum,
+    pub pool: Device,
     pub id: u32,
 }
 
@@ -43,7 +43,7 @@ mod tests {
 
     #[test]
     fn renders_table() {
-        let t = ThinTarget { pool: DevNum { major: 253, minor: 0 }, id: 7 };
+        let t = ThinTarget { pool: Device { major: 253, minor: 0 }, id: 7 };
         assert_eq!(t.params(), "253:0 7");
     }
 }

@@ -2,13 +2,13 @@
 
 use serde::Serialize;
 
-use super::{DevNum, Target};
+use super::{Device, Target};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThinPoolTarget {
-    pub meta: DevNum,
-    pub data: DevNum,
+    pub meta: Device,
+    pub data: Device,
     pub block_sectors: u64,
     pub low_water_blocks: u64,
     /// Zero newly provisioned blocks (the kernel's default); off = `skip_block_zeroing`.
@@ -156,8 +156,8 @@ mod tests {
     #[test]
     fn renders_features() {
         let t = ThinPoolTarget {
-            meta: DevNum { major: 7, minor: 1 },
-            data: DevNum { major: 7, minor: 0 },
+            meta: Device { major: 7, minor: 1 },
+            data: Device { major: 7, minor: 0 },
             block_sectors: 128,
             low_water_blocks: 16,
             zero_new_blocks: true,

@@ -309,7 +309,7 @@ impl Pool {
         Ok(table.line(0, blocks * (c.block_bytes / SECTOR)))
     }
 
-    fn backing_dev(&self, b: &Backing) -> Result<dm::DevNum> {
+    fn backing_dev(&self, b: &Backing) -> Result<dm::Device> {
         let dev = match b {
             Backing::File(p) => loopback::attach(p)?,
             Backing::Device(p) => p.clone(),
