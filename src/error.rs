@@ -97,10 +97,10 @@ pub enum Error {
     MountedReadOnly { vol: String, op: &'static str },
 
     #[error("the kernel refused to {op} the {fs} filesystem on volume {vol}: {msg}")]
-    FsResize { vol: String, fs: crate::rootfs::fs::Fs, op: &'static str, msg: String },
+    FsResize { vol: String, fs: &'static str, op: &'static str, msg: String },
 
     #[error("making {fs} on volume {vol} failed: {msg}")]
-    Format { vol: String, fs: crate::rootfs::fs::Fs, msg: String },
+    Format { vol: String, fs: &'static str, msg: String },
 
     #[error("cgroup v2: {0}")]
     Cgroup(String),

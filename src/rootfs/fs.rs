@@ -159,7 +159,7 @@ pub fn format(vol: &str, dev: &Path, fs: Fs, alloc_unit: u64) -> Result<()> {
     if !out.status.success() {
         return Err(Error::Format {
             vol: vol.to_string(),
-            fs,
+            fs: fs.kernel_name(),
             msg: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
         });
     }

@@ -79,7 +79,7 @@ fn fs_bytes(root: &Path) -> Result<u64> {
 }
 
 fn refused(vol: &str, fs: Fs, e: nix::Error) -> Error {
-    Error::FsResize { vol: vol.to_string(), fs, op: "grow", msg: format!("{} ({e}); see dmesg", e.desc()) }
+    Error::FsResize { vol: vol.to_string(), fs: fs.kernel_name(), op: "grow", msg: format!("{} ({e}); see dmesg", e.desc()) }
 }
 
 fn grow_ext4(vol: &str, dir: &std::fs::File, root: &Path, dev_bytes: u64) -> Result<()> {
