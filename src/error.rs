@@ -44,8 +44,8 @@ pub enum Error {
     #[error("{0} already exists in the pool")]
     Exists(String),
 
-    #[error("volume {0} is {1}; {2}")]
-    Busy(String, &'static str, &'static str),
+    #[error("volume {what} is {state}; {advice}")]
+    Busy { what: String, state: &'static str, advice: &'static str },
 
     #[error("the pool is out of {0} space; delete volumes or grow the pool")]
     NoSpace(&'static str),

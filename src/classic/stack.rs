@@ -55,11 +55,11 @@ impl Classic<'_> {
         }
         let names: Vec<String> = self.store.origins()?.into_iter().map(|o| o.name).collect();
         if !names.is_empty() && !force {
-            return Err(Error::Busy(
-                format!("pool '{}'", self.pool.name()),
-                "holding classic origins",
-                "delete them (`rcx-dm origin delete`) or pass --force",
-            ));
+            return Err(Error::Busy {
+                what: format!("pool '{}'", self.pool.name()),
+                state: "holding classic origins",
+                advice: "delete them (`rcx-dm origin delete`) or pass --force",
+            });
         }
         self.deactivate()?;
         std::fs::remove_dir_all(self.store.dir()).ctx(|| format!("removing {}", self.store.dir().display()))

@@ -483,7 +483,7 @@ impl Pool {
         if !force {
             for v in self.store.volumes()? {
                 if self.thin_device(&dm, v.id)?.is_some() {
-                    return Err(Error::Busy(format!("{} in pool '{}'", v.id, self.name), "active", "deactivate it first or pass --force"));
+                    return Err(Error::Busy { what: format!("{} in pool '{}'", v.id, self.name), state: "active", advice: "deactivate it first or pass --force" });
                 }
             }
         }
@@ -538,7 +538,7 @@ impl Pool {
 
 pub(crate) fn busy_or(e: Error, what: &str) -> Error {
     if e.errno() == Some(crate::error::Errno::EBUSY) {
-        Error::Busy(what.to_string(), "in use", "unmount it or close what holds it open")
+        Error::Busy { what: what.to_string(), state: "in use", advice: "unmount it or close what holds it open" }
     } else {
         e
     }

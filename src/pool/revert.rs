@@ -49,11 +49,11 @@ impl Pool {
             let info = self.thin_device(&dm, v.id)?;
             if let Some(i) = &info {
                 if i.open_count > 0 {
-                    return Err(Error::Busy(
-                        vol.to_string(),
-                        "in use",
-                        "unmount it (or stop what holds it open) before reverting it",
-                    ));
+                    return Err(Error::Busy {
+                        what: vol.to_string(),
+                        state: "in use",
+                        advice: "unmount it (or stop what holds it open) before reverting it",
+                    });
                 }
             }
             let txid = self.writable_status(&dm)?.transaction_id;

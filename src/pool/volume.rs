@@ -313,7 +313,7 @@ impl Pool {
         let rec = self.resolve(v)?;
         if self.thin_device(&dm, rec.id)?.is_some() {
             if !force {
-                return Err(Error::Busy(format!("{v}"), "active", "deactivate it first or pass --force"));
+                return Err(Error::Busy { what: format!("{v}"), state: "active", advice: "deactivate it first or pass --force" });
             }
             self.remove_thin_device(&dm, rec.id)?;
         }

@@ -97,11 +97,11 @@ fn open_checked(vol: &str, dev: &Path, exclusive: bool) -> Result<File> {
     }
     match opts.open(dev) {
         Ok(f) => Ok(f),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::Busy(
-            format!("{vol} ({})", dev.display()),
-            "in use (mounted in another mount namespace, e.g. another container, or held open)",
-            "stop what uses it, or mark it read-only (`rcx-dm set-readonly`) and run snapshots of it",
-        )),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(Error::Busy {
+            what: format!("{vol} ({})", dev.display()),
+            state: "in use (mounted in another mount namespace, e.g. another container, or held open)",
+            advice: "stop what uses it, or mark it read-only (`rcx-dm set-readonly`) and run snapshots of it",
+        }),
         Err(e) => Err(e).ctx(|| format!("opening {}", dev.display())),
     }
 }

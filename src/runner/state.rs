@@ -118,11 +118,11 @@ pub(super) fn lock_volume(pool: &Pool, id: u32, exclusive: bool) -> Result<FileL
     fs::create_dir_all(&runs).ctx(|| format!("creating {}", runs.display()))?;
     let mode = if exclusive { LockMode::Exclusive } else { LockMode::Shared };
     FileLock::try_lock(&runs.join(format!("vol-{id}.lock")), mode)?.ok_or_else(|| {
-        Error::Busy(
-            id.to_string(),
-            "in use by another rcx-dm run",
-            "wait for that container to stop, or mark the volume read-only (`rcx-dm set-readonly`) to run snapshots of it",
-        )
+        Error::Busy {
+            what: id.to_string(),
+            state: "in use by another rcx-dm run",
+            advice: "wait for that container to stop, or mark the volume read-only (`rcx-dm set-readonly`) to run snapshots of it",
+        }
     })
 }
 
@@ -185,7 +185,7 @@ fn retry_busy(mut f: impl FnMut() -> Result<()>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         match f() {
-            Err(Error::Busy(..)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(Error::Busy { .. }) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
             r => return r,
         }
     }

@@ -52,7 +52,7 @@ pub fn status(e: Error) -> Status {
         Error::NoSuchVolume { .. } => Status::not_found(msg),
         Error::Exists(_) => Status::already_exists(msg),
         Error::Invalid { .. } => Status::invalid_argument(msg),
-        Error::Busy(..) | Error::VolumeMounted { .. } => Status::failed_precondition(msg),
+        Error::Busy { .. } | Error::VolumeMounted { .. } => Status::failed_precondition(msg),
         Error::NoSpace(_) => Status::resource_exhausted(msg),
         Error::PoolInactive(_) | Error::PoolUnhealthy { .. } => Status::unavailable(msg),
         _ => Status::internal(msg),
