@@ -13,7 +13,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rcx_dm::runner::{self, Fs, Net, RunOutcome, RunSpec, Target};
+use rcx_dm::runner::{self, ContainerRoot, Fs, Net, RunOutcome, RunSpec};
 
 struct Env {
     dev: PathBuf,
@@ -122,7 +122,7 @@ fn run_spec(env: &Env, spec: RunSpec) -> (rcx_dm::Result<RunOutcome>, String, St
         libc::dup2(of.as_raw_fd(), 1);
         libc::dup2(ef.as_raw_fd(), 2);
     }
-    let t = Target { device: &env.dev, fs: Fs::Ext4, mount_dir: &mount_dir, cgroup: None, read_only_base: false, bridge: None };
+    let t = ContainerRoot { device: &env.dev, fs: Fs::Ext4, mount_dir: &mount_dir, cgroup: None, read_only_base: false, bridge: None };
     let mut timings = Vec::new();
     let hostname = spec.hostname.clone().unwrap_or_else(|| "host-test".into());
     let r = runner::run_container(&t, &spec, &hostname, &mut timings);

@@ -38,7 +38,7 @@ pub struct RunOutcome {
 
 /// Where a container runs: an active block device and the host directory its mount namespace
 /// mounts it on, plus the cgroup to create (cgroup2 mount, group path).
-pub struct Target<'a> {
+pub struct ContainerRoot<'a> {
     /// The block device holding the root filesystem.
     pub device: &'a Path,
     /// The filesystem on it.
@@ -57,7 +57,7 @@ pub struct Target<'a> {
 /// activation, records and teardown; tests use it on loop devices). Creates the cgroup if one
 /// is given and leaves removing it to the caller (`remove_cgroup`).
 pub fn run_container(
-    t: &Target<'_>,
+    t: &ContainerRoot<'_>,
     spec: &RunSpec,
     hostname: &str,
     timings: &mut Vec<(&'static str, Duration)>,

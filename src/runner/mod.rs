@@ -40,7 +40,7 @@ mod step;
 use std::path::Path;
 
 pub use cgroup::{cpu_max, parse_cpus, parse_memory, parse_pids, Events, Limits};
-pub use container::{run_container, RunOutcome, Target};
+pub use container::{run_container, ContainerRoot, RunOutcome};
 pub use init::STOP_GRACE;
 pub use network::{BRIDGE, GATEWAY};
 pub use report::{EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SETUP};

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::cgroup::{self, Limits};
-use super::container::{run_container, RunOutcome, Target};
+use super::container::{run_container, RunOutcome, ContainerRoot};
 use super::report::monotonic_ns;
 use super::spec::{Net, RunSpec};
 use super::state::{self, RunState};
@@ -173,7 +173,7 @@ fn run_recorded(
     // Volume names may hold '_', hostnames may not.
     let hostname =
         spec.hostname.clone().or_else(|| spec.name.as_ref().map(|n| n.replace('_', "-"))).unwrap_or_else(|| st.record.id.clone());
-    let target = Target {
+    let target = ContainerRoot {
         device: &device,
         fs,
         mount_dir: &st.rootfs(),
