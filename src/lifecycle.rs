@@ -20,7 +20,6 @@ use crate::runner;
 
 /// What [`Pool::activate`] brought up.
 #[derive(Debug)]
-#[must_use = "an activation can be incomplete: look at `incomplete`"]
 pub struct Activation {
     /// Thin volumes activated.
     pub volumes: usize,
@@ -56,6 +55,7 @@ impl Pool {
 
     /// After a reboot or `deactivate`: re-attach the loops, load the pool, finish any
     /// interrupted operation, bring back the volumes that were active, then the classic stacks.
+    #[must_use = "an activation can be incomplete: look at `incomplete`, or call `into_result`"]
     pub fn activate(&self) -> Result<Activation> {
         let (volumes, incomplete) = match self.activate_thin_pool() {
             Ok(n) => (n, None),

@@ -408,7 +408,7 @@ fn classic_kernel_rules_chunk_size_merge_exclusion_old_snapshot_errors_and_merge
         let r = dm.create(&snap, None, &[raw(&bad.to_string())], false);
         dm.resume(&origin).unwrap();
         let e = r.expect_err(&format!("the kernel took chunk size {bad}"));
-        assert_eq!(e.errno(), Some(rcx_dm::error::Errno::EINVAL), "chunk {bad}: {e}");
+        assert_eq!(e.errno(), Some(rcx_dm::Errno::EINVAL), "chunk {bad}: {e}");
     }
     // The largest the kernel takes, 2^21 sectors, loads (transient: nothing is written).
     let t = SnapshotTarget::new(h.real, h.cow, Persistence::Transient, dm::MAX_CHUNK_SECTORS).unwrap();

@@ -596,7 +596,7 @@ fn containerd_serve_killed_during_prepares_then_restarted() {
 /// reconciled with the pool, and prepares from 8 threads at once all land.
 #[test]
 fn containerd_serve_reconciles_every_interrupted_state_and_prepares_in_parallel() {
-    use rcx_dm::serve::store::{Kind, State};
+    use rcx_dm::internals::serve_store::{Kind, State};
     use rcx_dm::serve::{Options, Service};
     use std::collections::BTreeMap;
 
@@ -683,7 +683,7 @@ fn containerd_serve_reconciles_every_interrupted_state_and_prepares_in_parallel(
 /// The soak found serve exiting 1 at start-up instead.
 #[test]
 fn containerd_serve_starts_when_a_record_cannot_be_settled_and_settles_it_next_time() {
-    use rcx_dm::serve::store::{Kind, State};
+    use rcx_dm::internals::serve_store::{Kind, State};
     use rcx_dm::serve::{Options, Service};
     use std::collections::BTreeMap;
 

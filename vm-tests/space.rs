@@ -302,7 +302,7 @@ fn dev_of(s: &Scenario, vol: &str) -> PathBuf {
 
 #[test]
 fn space_serve_remove_gives_the_space_back() {
-    use rcx_dm::serve::store::Kind;
+    use rcx_dm::internals::serve_store::Kind;
     use rcx_dm::serve::{Options, Service};
     let _big = big();
     let s = Scenario::new("ssrv");

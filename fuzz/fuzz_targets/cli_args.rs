@@ -95,7 +95,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(pool::validate_volume_name(s).is_ok() && s.len() <= 48);
     }
     // serve: containerd keys become file names.
-    if let Ok(e) = serve::store::encode_key(s) {
+    if let Ok(e) = rcx_dm::internals::serve_store::encode_key(s) {
         assert!(e.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-%".contains(&b)), "key file name {e:?}");
         assert!(!e.starts_with('.'), "key file name {e:?} starts with a dot");
         assert_eq!(decode_key(&e), s.as_bytes(), "encode_key is not one to one");

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use rcx_dm::rootfs::{layer, tree::Tree};
+use rcx_dm::internals::{layer, tree::Tree};
 use rcx_dm_fuzz::{check_sentinel, fresh, lower, sentinel, walk};
 use tar::{EntryType, Header};
 

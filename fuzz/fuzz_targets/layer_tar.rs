@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rcx_dm::rootfs::{archive, layer, tree::Tree};
+use rcx_dm::internals::{archive, layer, tree::Tree};
 use rcx_dm_fuzz::{check_sentinel, fresh, lower, sentinel, walk, Capped, MAX_STREAM_BYTES};
 
 fuzz_target!(|data: &[u8]| {

@@ -12,7 +12,8 @@
 use std::io::Read;
 
 use libfuzzer_sys::fuzz_target;
-use rcx_dm::rootfs::{archive, oci};
+use rcx_dm::internals::archive;
+use rcx_dm::rootfs::oci;
 use rcx_dm_fuzz::{fresh, Capped, MAX_STREAM_BYTES};
 
 const SEP: &[u8] = b"\n=====\n";

@@ -11,11 +11,11 @@ use std::fs;
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use rcx_dm::classic::store::ClassicStore;
-use rcx_dm::pool::store::Store;
+use rcx_dm::internals::classic_store::ClassicStore;
+use rcx_dm::internals::pool_store::Store;
 use rcx_dm::pool::Pool;
 use rcx_dm::rootfs::image;
-use rcx_dm::serve::store::SnapStore;
+use rcx_dm::internals::serve_store::SnapStore;
 use rcx_dm_fuzz::fresh;
 use serde::{de::DeserializeOwned, Serialize};
 

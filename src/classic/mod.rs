@@ -40,7 +40,7 @@ mod snapshot;
 mod stack;
 // Public only for the fuzz target that feeds torn records to its readers
 // (fuzz/fuzz_targets/pool_records.rs); everything else goes through `Classic`.
-pub mod store;
+pub(crate) mod store;
 
 use std::path::PathBuf;
 

@@ -10,7 +10,7 @@ pub mod names;
 mod recover;
 mod resize;
 mod revert;
-pub mod store;
+pub(crate) mod store;
 mod volume;
 
 use std::path::{Path, PathBuf};

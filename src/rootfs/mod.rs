@@ -16,15 +16,15 @@
 //! - `trim`: deleted files' blocks given back to the pool and the host (FITRIM).
 //! - `grow`: a filesystem grown to its volume's new size (`thin resize`).
 
-pub mod archive;
+pub(crate) mod archive;
 pub mod base;
-pub mod copy;
+mod copy;
 pub mod fs;
 pub mod grow;
 pub mod image;
-pub mod layer;
-pub mod mount;
+pub(crate) mod layer;
+pub(crate) mod mount;
 pub mod oci;
 pub mod populate;
-pub mod tree;
+pub(crate) mod tree;
 pub mod trim;

@@ -5,8 +5,8 @@
 //! - here: the `containerd-snapshots` crate's trait, each call on a blocking thread (pool
 //!   operations are ioctls and file syncs), the socket, and the one-serve-per-socket lock.
 
-pub mod service;
-pub mod store;
+mod service;
+pub(crate) mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
