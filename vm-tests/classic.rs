@@ -861,3 +861,38 @@ fn classic_stack_devices_left_without_a_table_are_made_again() {
     s.ok(&["cow", "delete", "s"]);
     s.ok(&["origin", "delete", "o"]);
 }
+
+/// The rules across layers are the library's own (lifecycle.rs), not the CLI's: an embedder
+/// calling `Pool::deactivate`, `activate` and `destroy` gets the classic stacks taken down before
+/// the pool, brought up after it, and refused (then removed with force) like the CLI does.
+#[test]
+fn library_entry_points_order_classic_stacks_around_the_pool() {
+    let s = Scenario::new("clife");
+    s.ok(&["pool", "create", "--data-size", "64M"]);
+    let o = s.device(&["origin", "create", "o", "--size", "16M"]);
+    let p0 = pattern(21, MIB);
+    write_direct_at(&o, 0, &p0);
+    s.ok(&["cow", "create", "s", "--origin", "o", "--size", "8M"]);
+    let pool = lib_pool(&s);
+
+    pool.deactivate().expect("library deactivate");
+    for gone in ["o", "o-real", "s", "s-cow"] {
+        assert!(dm().info(&dmname(&s, gone)).unwrap().is_none(), "{gone} left by the library's deactivate");
+    }
+    assert!(dm().info(&rcx_dm::pool::pool_dm_name(&s.pool)).unwrap().is_none(), "the pool left live");
+
+    let up = pool.activate().expect("library activate").into_result().expect("complete activation");
+    assert_eq!(up.classic_origins, 1, "{up:?}");
+    assert_eq!(live_target(&dmname(&s, "o")), "snapshot-origin");
+    assert_eq!(live_target(&dmname(&s, "s")), "snapshot");
+    assert!(same(&read_direct_at(&mapper(&s, "s"), 0, MIB), &p0), "the snapshot after the library's activate");
+
+    let e = lib_pool(&s).destroy(false).expect_err("destroy with a classic origin must be refused");
+    assert!(e.to_string().contains("holding classic origins"), "{e}");
+    assert_eq!(live_target(&dmname(&s, "o")), "snapshot-origin", "a refused destroy changed the stack");
+    lib_pool(&s).destroy(true).expect("forced destroy");
+    for gone in ["o", "o-real", "s", "s-cow"] {
+        assert!(dm().info(&dmname(&s, gone)).unwrap().is_none(), "{gone} left by the library's destroy");
+    }
+    assert!(!s.pool_dir().exists(), "the pool's directory is left");
+}
