@@ -64,9 +64,9 @@ pub fn delete_volume(pool: &Pool, v: &VolRef, force: bool) -> Result<()> {
     // A populate of it that was killed may have left its scratch volume, which only the next
     // populate of this volume would remove: with the volume gone, nothing else ever would.
     let scratch = VolRef::Name(crate::rootfs::populate::scratch_name(rec.id));
-    match pool.delete(&scratch, true) {
-        Ok(()) => tracing::info!(volume = rec.id, "removed the scratch volume an interrupted populate of it left"),
-        Err(Error::NoSuchVolume { .. }) => {}
+    match pool.delete_if_exists(&scratch, true) {
+        Ok(true) => tracing::info!(volume = rec.id, "removed the scratch volume an interrupted populate of it left"),
+        Ok(false) => {}
         Err(e) => tracing::warn!(volume = rec.id, error = %e, "could not remove the scratch volume an interrupted populate left"),
     }
     Ok(())

@@ -237,10 +237,7 @@ impl Classic<'_> {
     pub(super) fn free_cow_backing(&self, b: &CowBacking) -> Result<()> {
         match b {
             CowBacking::File { path } => super::stack::remove_file_backing(path),
-            CowBacking::Volume { name } => match self.pool.delete(&VolRef::Name(name.clone()), true) {
-                Err(Error::NoSuchVolume { .. }) => Ok(()),
-                r => r,
-            },
+            CowBacking::Volume { name } => self.pool.delete_if_exists(&VolRef::Name(name.clone()), true).map(|_| ()),
         }
     }
 }

@@ -303,6 +303,17 @@ impl Pool {
         Ok(())
     }
 
+    /// [`Pool::delete`], where a volume that does not exist is already deleted: true when this
+    /// call deleted it, false when it was not there (rcx-dm's own clean-ups of volumes a crash
+    /// may or may not have left).
+    pub fn delete_if_exists(&self, v: &VolRef, force: bool) -> Result<bool> {
+        match self.delete(v, force) {
+            Ok(()) => Ok(true),
+            Err(Error::NoSuchVolume { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Delete a volume and give its blocks back to the pool and, with the pool's
     /// `discard_on_delete` (the default), those only it used back to the host filesystem that
     /// holds a sparse data file (see `discard_before_delete`). An active volume is refused

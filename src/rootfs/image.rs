@@ -370,10 +370,8 @@ pub fn remove(pool: &Pool, name: &str) -> Result<Removed> {
             out.kept_volumes.push(l.volume);
             continue;
         }
-        match pool.delete(&VolRef::Id(l.volume), true) {
-            Ok(()) | Err(Error::NoSuchVolume { .. }) => out.deleted_volumes.push(l.volume),
-            Err(e) => return Err(e),
-        }
+        pool.delete_if_exists(&VolRef::Id(l.volume), true)?;
+        out.deleted_volumes.push(l.volume);
         remove_durable(&layer_record_path(pool, l.volume))?;
     }
     Ok(out)

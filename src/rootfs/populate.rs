@@ -148,10 +148,8 @@ pub fn populate(pool: &Pool, v: &VolRef, source: &Source, progress: Progress) ->
     let fs = volume_fs(pool, &rec)?;
     phase("probed");
     let scratch_name = scratch_name(rec.id);
-    match pool.delete(&VolRef::Name(scratch_name.clone()), true) {
-        Ok(()) => tracing::info!(scratch = %scratch_name, "removed a scratch volume left by an interrupted populate"),
-        Err(Error::NoSuchVolume { .. }) => {}
-        Err(e) => return Err(e),
+    if pool.delete_if_exists(&VolRef::Name(scratch_name.clone()), true)? {
+        tracing::info!(scratch = %scratch_name, "removed a scratch volume left by an interrupted populate");
     }
     let base = base::ensure_base(pool, fs, rec.size_bytes)?;
     let scratch = pool.snapshot_internal(None, &VolRef::Id(base.id), None, Some(&scratch_name))?;

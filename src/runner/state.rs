@@ -150,7 +150,7 @@ pub(super) fn cleanup(pool: &Pool, rec: &RunRecord, dir: &Path) -> Result<()> {
     if let Some(name) = rec.snapshot.as_deref().filter(|n| ours(n)) {
         let v = VolRef::Name(name.to_string());
         if rec.rm {
-            retry_busy(|| ignore_missing(pool.delete(&v, true)))?;
+            retry_busy(|| pool.delete_if_exists(&v, true).map(|_| ()))?;
         } else if pool.volume(&v).is_ok_and(|x| x.active) {
             retry_busy(|| ignore_missing(pool.deactivate_volume(&v)))?;
         }

@@ -283,8 +283,8 @@ impl Service {
             self.store.put(&rec).map_err(status)?;
             rec
         };
-        match self.pool.delete(&VolRef::Name(rec.volume.clone()), true) {
-            Ok(()) | Err(Error::NoSuchVolume { .. }) => {}
+        match self.pool.delete_if_exists(&VolRef::Name(rec.volume.clone()), true) {
+            Ok(_) => {}
             Err(e) => {
                 // A delete that fails after its intent was recorded is still finished (rolled
                 // forward before the error returns): then the snapshot is gone, and a record put
@@ -411,10 +411,7 @@ impl Service {
     }
 
     fn delete_volume(&self, name: &str) -> crate::Result<()> {
-        match self.pool.delete(&VolRef::Name(name.to_string()), true) {
-            Ok(()) | Err(Error::NoSuchVolume { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.pool.delete_if_exists(&VolRef::Name(name.to_string()), true).map(|_| ())
     }
 }
 
