@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 
+/// Bytes in a sector, the unit of dm tables and status lines: 512.
 pub const SECTOR: u64 = devicemapper::SECTOR_SIZE as u64;
 
 /// Parse bytes with an optional K/M/G/T suffix (powers of 1024; "KiB", "k", "B" also

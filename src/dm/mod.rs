@@ -26,36 +26,56 @@ pub use devicemapper::Device;
 /// One target line of a table: sectors [start, start+length) mapped by `target` with `params`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetLine {
+    /// First sector of the device this line maps, in 512-byte sectors.
     pub start: u64,
+    /// Number of 512-byte sectors the line maps.
     pub length: u64,
+    /// The kernel's target type name (`thin-pool`, `thin`, `linear`, `snapshot`, ...).
     pub target: String,
+    /// The target's parameters in a table (a load or `table` query), or its status fields in
+    /// a `status` query, as one space-separated string.
     pub params: String,
 }
 
 /// A target type that can be rendered into a table line.
 pub trait Target {
+    /// The kernel's name of the target type, as it appears in a table line (`thin-pool`).
     const TYPE: &'static str;
+    /// The target's parameters as the kernel parses them from a table line.
     fn params(&self) -> String;
+    /// A table line mapping the 512-byte sectors [`start`, `start + length`) with this target.
     fn line(&self, start: u64, length: u64) -> TargetLine {
         TargetLine { start, length, target: Self::TYPE.to_string(), params: self.params() }
     }
 }
 
+/// A dm device's state as the kernel's `DM_DEV_STATUS` ioctl reports it (see [`Dm::info`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DevInfo {
+    /// The device-mapper name (the one under `/dev/mapper`).
     pub name: String,
+    /// The block device's `major:minor` (devtmpfs names it `/dev/dm-<minor>`).
     pub dev: Device,
+    /// How many holders have the device open: mounts, open file descriptors, and other dm
+    /// tables that use it (a thin volume holds its pool, a snapshot its origin and COW).
     pub open_count: i32,
+    /// I/O is suspended (`DM_SUSPEND_FLAG`): new bios are held until a resume.
     pub suspended: bool,
+    /// The live table was loaded read-only (`DM_READONLY_FLAG`).
     pub read_only: bool,
+    /// The device has a live (active) table (`DM_ACTIVE_PRESENT_FLAG`); false for a device
+    /// created but never resumed with a table.
     pub live_table: bool,
     /// The uuid the device was created with, if any.
     pub uuid: Option<String>,
 }
 
+/// A target type the kernel has loaded (`DM_LIST_VERSIONS`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TargetVersion {
+    /// The target type's name, as used in table lines (`thin-pool`, `snapshot-merge`).
     pub name: String,
+    /// The target module's version (major, minor, patch).
     pub version: (u32, u32, u32),
 }
 
@@ -85,6 +105,8 @@ fn dm_name(name: &str) -> Result<&DmName> {
 }
 
 impl Dm {
+    /// Open `/dev/mapper/control`. `Error::DmUnavailable` when it does not exist (no dm
+    /// module, no devtmpfs) or the `devicemapper` crate cannot open it (e.g. not root).
     pub fn open() -> Result<Dm> {
         if !std::path::Path::new("/dev/mapper/control").exists() {
             return Err(Error::DmUnavailable("no /dev/mapper/control".into()));
@@ -168,6 +190,8 @@ impl Dm {
             .map_err(|e| dm_err("load", name, e))
     }
 
+    /// Suspend the device: wait for its in-flight I/O and flush it, then hold new I/O until
+    /// `resume`. A suspended device's live table stays in place.
     pub fn suspend(&self, name: &str) -> Result<()> {
         let opts = DmOptions::default().set_flags(DmFlags::DM_SUSPEND);
         self.dm.device_suspend(&DevId::Name(dm_name(name)?), opts).map(|_| ()).map_err(|e| dm_err("suspend", name, e))
@@ -201,6 +225,8 @@ impl Dm {
         }
     }
 
+    /// Resume the device: a table loaded into the inactive slot becomes live, and held I/O
+    /// proceeds.
     pub fn resume(&self, name: &str) -> Result<()> {
         self.dm
             .device_suspend(&DevId::Name(dm_name(name)?), DmOptions::default())

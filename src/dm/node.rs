@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use super::Device;
 use crate::error::{IoContext, Result};
 
+/// The directory of the dm devices' friendly names.
 pub const MAPPER_DIR: &str = "/dev/mapper";
 
+/// `/dev/mapper/<name>`: the path of dm device `name`, whether or not it exists yet.
 pub fn mapper_path(name: &str) -> PathBuf {
     Path::new(MAPPER_DIR).join(name)
 }

@@ -39,6 +39,7 @@ pub fn validate_chunk_sectors(sectors: u64) -> Result<()> {
 /// copies the old chunk into every snapshot's COW store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotOriginTarget {
+    /// The origin's real device, which holds the current data.
     pub real: Device,
 }
 
@@ -87,6 +88,7 @@ impl SnapshotTarget {
         Ok(SnapshotTarget { real, cow, persistence, chunk_sectors })
     }
 
+    /// The COW store's chunk size in 512-byte sectors: the unit copied on a first write.
     pub fn chunk_sectors(&self) -> u64 {
         self.chunk_sectors
     }
@@ -110,6 +112,8 @@ pub struct SnapshotMergeTarget {
 }
 
 impl SnapshotMergeTarget {
+    /// Refuses a chunk size the kernel would refuse, and a COW that is the origin itself.
+    /// The chunk size must be the one the snapshot's persistent store was made with.
     pub fn new(real: Device, cow: Device, chunk_sectors: u64) -> Result<SnapshotMergeTarget> {
         validate_chunk_sectors(chunk_sectors)?;
         if real == cow {
@@ -131,7 +135,14 @@ impl Target for SnapshotMergeTarget {
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum SnapshotStatus {
     /// `<allocated>/<total> <metadata>`, all in sectors; allocated includes the metadata.
-    Usage { allocated_sectors: u64, total_sectors: u64, metadata_sectors: u64 },
+    Usage {
+        /// 512-byte sectors of the COW store in use, data chunks and metadata together.
+        allocated_sectors: u64,
+        /// Size of the COW device in 512-byte sectors.
+        total_sectors: u64,
+        /// 512-byte sectors of the store's metadata (header and exception tables).
+        metadata_sectors: u64,
+    },
     /// The COW filled up (or failed): the snapshot is unusable and returns errors.
     Invalid,
     /// A write to the snapshot found no room (only with the `PO` store type); reads still work.
@@ -143,6 +154,9 @@ pub enum SnapshotStatus {
 }
 
 impl SnapshotStatus {
+    /// Parse a `snapshot` or `snapshot-merge` status line. `Error::Inconsistent` for anything
+    /// else, including figures that contradict each other (metadata above allocated, allocated
+    /// above total).
     pub fn parse(line: &str) -> Result<SnapshotStatus> {
         let bad = || Error::Inconsistent(format!("unexpected snapshot status '{line}'"));
         let t = line.trim();

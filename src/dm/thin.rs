@@ -5,9 +5,13 @@ pub use devicemapper::ThinStatus;
 
 use crate::error::{Error, Result};
 
+/// `thin <pool dev> <dev id>`: a thin volume whose blocks the pool provisions on first write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThinTarget {
+    /// The `thin-pool` dm device the volume lives in.
     pub pool: Device,
+    /// The volume's device id inside the pool (the kernel's 24-bit id, given to `create_thin`
+    /// or `create_snap`).
     pub id: u32,
 }
 

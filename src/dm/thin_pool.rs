@@ -5,11 +5,19 @@ use serde::Serialize;
 use super::{Device, Target};
 use crate::error::{Error, Result};
 
+/// `thin-pool <metadata dev> <data dev> <data block size> <low water mark> [<#features>
+/// <feature>...]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThinPoolTarget {
+    /// The metadata device (its space is counted in 4 KiB metadata blocks).
     pub meta: Device,
+    /// The data device the thin volumes' blocks are provisioned from.
     pub data: Device,
+    /// The pool's data block size in 512-byte sectors: the unit of provisioning, a multiple
+    /// of 128 (64 KiB) from 128 to 2097152 (1 GiB).
     pub block_sectors: u64,
+    /// Free data blocks below which the kernel raises a dm event (once) so the pool can be
+    /// extended before it fills; in data blocks, not sectors.
     pub low_water_blocks: u64,
     /// Zero newly provisioned blocks (the kernel's default); off = `skip_block_zeroing`.
     pub zero_new_blocks: bool,
@@ -36,11 +44,17 @@ impl Target for ThinPoolTarget {
     }
 }
 
+/// A working pool's mode, the status line's `rw`, `ro` or `out_of_data_space` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PoolMode {
+    /// `rw`: normal operation.
     Rw,
+    /// `ro`: the kernel switched the pool to read-only after a metadata error (or its metadata
+    /// space ran out): no provisioning, no metadata changes; usually `needs_check` follows.
     Ro,
+    /// `out_of_data_space`: no free data blocks; writes needing a new block are queued (or
+    /// failed with `error_if_no_space`) until the data device is extended.
     OutOfDataSpace,
 }
 
@@ -59,14 +73,23 @@ impl std::fmt::Display for PoolMode {
 /// data blocks are the pool's block size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ThinPoolStatus {
+    /// The metadata's transaction id: a number userspace sets (`set_transaction_id`) to tie
+    /// its own records to the pool's committed metadata.
     pub transaction_id: u64,
+    /// Metadata blocks (4 KiB each) in use.
     pub meta_used_blocks: u64,
+    /// Metadata blocks (4 KiB each) on the metadata device.
     pub meta_total_blocks: u64,
+    /// Data blocks (of the pool's block size) provisioned to thin volumes.
     pub data_used_blocks: u64,
+    /// Data blocks (of the pool's block size) on the data device.
     pub data_total_blocks: u64,
     /// Root of a reserved metadata snapshot (for checking live metadata), if any.
     pub held_metadata_root: Option<u64>,
+    /// The pool's mode (`rw`, `ro`, `out_of_data_space`).
     pub mode: PoolMode,
+    /// The kernel flagged the metadata as needing `thin_check`/`thin_repair` (`needs_check`):
+    /// the pool stays read-only until the metadata is repaired.
     pub needs_check: bool,
 }
 
@@ -74,6 +97,7 @@ pub struct ThinPoolStatus {
 /// pool has no transaction id, no usage, no mode: nothing may be judged against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ThinPoolState {
+    /// The pool is running; its status figures.
     Working(ThinPoolStatus),
     /// `Fail` (the metadata or data device failed: the pool is in fail mode) or `Error`
     /// (the kernel could not even produce a status); the kernel's word.

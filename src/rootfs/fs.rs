@@ -20,11 +20,14 @@ use crate::error::{Error, IoContext, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Fs {
+    /// ext4, made lazily (`lazy_itable_init`, `lazy_journal_init`, no discard).
     Ext4,
+    /// XFS, made without a discard pass; mounted `nouuid` since snapshots share the base's UUID.
     Xfs,
 }
 
 impl Fs {
+    /// The kernel's name of the filesystem, the type given to mount(2) (`ext4`, `xfs`).
     pub fn kernel_name(self) -> &'static str {
         match self {
             Fs::Ext4 => "ext4",

@@ -22,6 +22,8 @@ use crate::pool::{MonitorOptions, MonitorStop, Pool};
 pub use service::{Options, Service};
 use store::{Kind, Record};
 
+/// The unix socket `serve` listens on unless `--socket` says otherwise; containerd's
+/// `proxy_plugins` entry must name the same path.
 pub const DEFAULT_SOCKET: &str = "/run/rcx-dm/snapshotter.sock";
 
 /// The gRPC face of a `Service`.
@@ -127,10 +129,12 @@ impl Snapshotter for Snapshots {
 /// How `serve` is started.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// Path of the unix socket to listen on (`--socket`); its lock is `<socket>.lock`.
     pub socket: PathBuf,
     /// Permission bits of the socket (0o600 by default: whoever can connect can make, mount
     /// and remove volumes, so root only unless the operator says otherwise).
     pub socket_mode: u32,
+    /// The snapshotter's settings: filesystem and size of new snapshots.
     pub snapshots: Options,
     /// Run the pool's auto-extend monitor on a thread of its own (`Pool::monitor`).
     pub monitor: bool,

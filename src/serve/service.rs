@@ -34,6 +34,8 @@ impl Default for Options {
     }
 }
 
+/// The containerd snapshotter on one pool: the record store plus the pool, each call
+/// synchronous; failures come back as gRPC statuses containerd understands (`status`).
 pub struct Service {
     pool: Pool,
     store: SnapStore,
@@ -71,10 +73,12 @@ impl Service {
         Ok(Service { pool, store, opts, meta: Mutex::new(()), seq: AtomicU64::new(0) })
     }
 
+    /// The pool the snapshots' volumes live in.
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
+    /// The snapshotter's records (`<pool dir>/serve/snapshots/`).
     pub fn store(&self) -> &SnapStore {
         &self.store
     }
@@ -307,10 +311,15 @@ impl Service {
         Ok(())
     }
 
+    /// The record of snapshot `key`; NotFound unless it exists and no operation on it is in
+    /// flight (state ready).
     pub fn stat(&self, key: &str) -> Result<Record> {
         self.ready(key)
     }
 
+    /// Change snapshot `key`'s labels by containerd's Update rules (`update_labels`) and
+    /// return the new record; NotFound for a key not ready, InvalidArgument for a field path
+    /// other than `labels` or `labels.<key>`.
     pub fn update(&self, key: &str, labels: &BTreeMap<String, String>, paths: Option<&[String]>) -> Result<Record> {
         let _g = self.lock();
         let mut r = self.ready(key)?;
@@ -332,6 +341,7 @@ impl Service {
         Ok(Usage { bytes: v.mapped_bytes.unwrap_or(0), inodes })
     }
 
+    /// Every ready snapshot, sorted by key; records of operations in flight are left out.
     pub fn list(&self) -> Result<Vec<Record>> {
         Ok(self.store.all().map_err(status)?.into_iter().filter(|r| r.state == State::Ready).collect())
     }

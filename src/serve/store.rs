@@ -36,23 +36,33 @@ pub enum Kind {
 pub enum State {
     /// The key is reserved and the volume may or may not exist yet: rolled back on restart.
     Preparing,
+    /// Made and usable: the only state containerd's calls see.
     Ready,
     /// This committed record takes over the volume of active snapshot `from`: rolled forward.
-    Committing { from: String },
+    Committing {
+        /// The key of the active snapshot being committed.
+        from: String,
+    },
     /// The volume is being deleted: rolled forward.
     Removing,
 }
 
+/// A snapshot's usage as containerd's Usage call reports it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Usage {
+    /// Bytes the snapshot's thin volume has mapped (provisioned pool blocks, from the thin
+    /// target's mapped sectors), not the filesystem's used space.
     pub bytes: u64,
+    /// Inodes in use, from the filesystem's superblock (0 when it could not be read).
     pub inodes: u64,
 }
 
+/// One snapshot as serve keeps it, a JSON file per key in the [`SnapStore`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
     /// containerd's key (for committed snapshots, the name given to Commit).
     pub key: String,
+    /// Active, view or committed.
     pub kind: Kind,
     /// The parent's key; empty for a snapshot of the empty base.
     pub parent: String,
@@ -61,12 +71,17 @@ pub struct Record {
     /// The pool volume's id, once it exists.
     #[serde(default)]
     pub volume_id: Option<u32>,
+    /// The volume's filesystem: the parent's, or the configured one for a snapshot of the base.
     pub fs: Fs,
+    /// Where the record is in its life (stored flattened as a `state` field).
     #[serde(flatten)]
     pub state: State,
+    /// containerd's labels on the snapshot, as given to Prepare, View, Commit or Update.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// When the record was made by Prepare, View or Commit.
     pub created: SystemTime,
+    /// When the record was made or its labels last changed.
     pub updated: SystemTime,
     /// Committed snapshots: usage measured at commit, while the volume was still active.
     #[serde(default)]
@@ -93,6 +108,8 @@ pub fn encode_key(key: &str) -> Result<String> {
     Ok(out)
 }
 
+/// The directory of serve's records, `<pool dir>/serve/snapshots/`, one `<encoded key>.json`
+/// per snapshot (see [`encode_key`]).
 pub struct SnapStore {
     dir: PathBuf,
 }
@@ -106,6 +123,7 @@ impl SnapStore {
         Ok(SnapStore { dir })
     }
 
+    /// `<pool dir>/serve`: the records' directory's parent, also home of `serve.lock`.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -114,15 +132,20 @@ impl SnapStore {
         Ok(self.dir.join("snapshots").join(format!("{}.json", encode_key(key)?)))
     }
 
+    /// The record of `key` in any state; None when there is none, `Inconsistent` when its
+    /// file does not parse, `Invalid` for an empty or overlong key.
     pub fn get(&self, key: &str) -> Result<Option<Record>> {
         read_json(&self.path(key)?)
     }
 
+    /// Write `r` under its key, replacing any record there, atomically and durably (temp file,
+    /// fsync, rename, directory fsync).
     pub fn put(&self, r: &Record) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(r).map_err(|e| Error::Inconsistent(format!("encoding record: {e}")))?;
         write_durable(&self.path(&r.key)?, &bytes)
     }
 
+    /// Remove the record of `key` durably; a key without a record is already removed (Ok).
     pub fn remove(&self, key: &str) -> Result<()> {
         remove_durable(&self.path(key)?)
     }
