@@ -60,6 +60,7 @@ impl std::str::FromStr for Step {
 pub struct Autoextend {
     /// Extend when use reaches this percentage of the device; 100 turns auto-extend off.
     pub threshold_percent: u8,
+    /// How much one extend adds to the device that crossed the threshold.
     pub step: Step,
     /// Data never grows past this many bytes; None: only the host's space (or the block
     /// device's size) limits it. Metadata stops at the kernel's maximum.
@@ -68,10 +69,13 @@ pub struct Autoextend {
     pub host_reserve_bytes: u64,
 }
 
-/// Defaults an operator would expect: on, at 80% used, grow by 20%, unbounded except by the
-/// host filesystem, which always keeps 1 GiB free.
+/// Default threshold in percent: extend at 80% used. With [`DEFAULT_STEP`] and
+/// [`DEFAULT_HOST_RESERVE`], the defaults an operator would expect: on, at 80% used, grow by
+/// 20%, unbounded except by the host filesystem, which always keeps 1 GiB free.
 pub const DEFAULT_THRESHOLD: u8 = 80;
+/// Default step: grow by 20% of the device's current size.
 pub const DEFAULT_STEP: Step = Step::Percent(20);
+/// Default host reserve in bytes: 1 GiB kept free on the host filesystem.
 pub const DEFAULT_HOST_RESERVE: u64 = 1 << 30;
 
 impl Default for Autoextend {
@@ -81,6 +85,7 @@ impl Default for Autoextend {
 }
 
 impl Autoextend {
+    /// Whether auto-extend is on (threshold below 100%).
     pub fn enabled(&self) -> bool {
         self.threshold_percent < 100
     }

@@ -29,7 +29,9 @@ const META_BLOCK: u64 = 4096;
 /// A new size, absolute ("10G") or relative ("+1G").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SizeChange {
+    /// Grow to this many bytes.
     To(u64),
+    /// Grow by this many bytes.
     By(u64),
 }
 
@@ -47,7 +49,9 @@ impl std::str::FromStr for SizeChange {
 /// device's current size.
 #[derive(Debug, Clone, Default)]
 pub struct ExtendRequest {
+    /// New data size in bytes; it must stay a whole number of pool blocks.
     pub data: Option<SizeChange>,
+    /// New metadata size in bytes; a multiple of 4 KiB, at most `MAX_META_BYTES`.
     pub meta: Option<SizeChange>,
     /// Allow sparse files larger than the host filesystem can back (see `HostOvercommit`).
     pub overcommit: bool,
@@ -56,9 +60,13 @@ pub struct ExtendRequest {
 /// Sizes before and after.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ExtendOutcome {
+    /// Data size in bytes before.
     pub old_data_bytes: u64,
+    /// Data size in bytes after (equal to before when data did not grow).
     pub new_data_bytes: u64,
+    /// Metadata size in bytes before.
     pub old_meta_bytes: u64,
+    /// Metadata size in bytes after (equal to before when metadata did not grow).
     pub new_meta_bytes: u64,
 }
 

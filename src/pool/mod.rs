@@ -32,10 +32,15 @@ use crate::units::SECTOR;
 use crate::file_lock::FileLock;
 use store::{Backing, PoolConfig, Store};
 
+/// The root under which pools keep their state directories (`<root>/<pool>/`) unless the
+/// caller names another (`--root`, `RCX_DM_ROOT`).
 pub const DEFAULT_ROOT: &str = "/var/lib/rcx-dm";
 /// Thin device ids are 24 bits in the kernel's metadata.
 pub const MAX_THIN_ID: u32 = (1 << 24) - 1;
+/// Smallest pool block size in bytes (64 KiB, the kernel's minimum); every block size is a
+/// multiple of it.
 pub const MIN_BLOCK: u64 = 64 << 10;
+/// Largest pool block size in bytes (1 GiB, the kernel's maximum).
 pub const MAX_BLOCK: u64 = 1 << 30;
 /// The kernel uses at most this much of a metadata device (dm-thin THIN_METADATA_MAX_SECTORS).
 pub const MAX_META_BYTES: u64 = 255 * (1 << 14) * 8 * SECTOR;
@@ -48,12 +53,26 @@ pub struct PoolOptions {
     pub data_size: Option<u64>,
     /// Metadata size; None computes it from data size and block size.
     pub meta_size: Option<u64>,
+    /// Pool block size in bytes, the unit the pool allocates data in: a multiple of 64 KiB from
+    /// 64 KiB to 1 GiB (`validate_block_size`). Default 64 KiB.
     pub block_size: u64,
+    /// The kernel's low-water mark in pool blocks (it raises a dm event when fewer data blocks
+    /// are free), used while auto-extend is off; None: 1% of the data blocks, at least 1. With
+    /// auto-extend on, the mark follows its threshold instead.
     pub low_water_blocks: Option<u64>,
+    /// A block device (owned by the caller) for the data, instead of a sparse `data.img` in the
+    /// pool directory.
     pub data_dev: Option<PathBuf>,
+    /// A block device (owned by the caller) for the metadata, instead of a sparse `meta.img` in
+    /// the pool directory; its first MiB is zeroed so the kernel formats it.
     pub meta_dev: Option<PathBuf>,
+    /// The kernel zeroes a newly provisioned block before a volume uses it (off:
+    /// `skip_block_zeroing`, faster, but a volume may read data a deleted volume left). Default on.
     pub zero_new_blocks: bool,
+    /// Writes to a pool whose data is full fail at once (the kernel's `error_if_no_space`); off:
+    /// they queue until the pool grows or the kernel's timeout. Default on.
     pub error_if_no_space: bool,
+    /// The auto-extend policy stored with the pool (applied by `pool monitor` and `serve`).
     pub autoextend: Autoextend,
     /// Allow sparse files larger than the host filesystem's free space (see `HostOvercommit`).
     pub overcommit: bool,
@@ -84,6 +103,8 @@ pub fn auto_meta_size(data_bytes: u64, block_bytes: u64) -> u64 {
     bytes.clamp(MIN_META_BYTES, MAX_META_BYTES)
 }
 
+/// Check a pool block size in bytes: a multiple of 64 KiB from 64 KiB to 1 GiB, as the kernel
+/// takes it; anything else is `Error::Invalid`.
 pub fn validate_block_size(bytes: u64) -> Result<()> {
     if !(MIN_BLOCK..=MAX_BLOCK).contains(&bytes) || bytes % MIN_BLOCK != 0 {
         return Err(Error::invalid(
@@ -98,19 +119,31 @@ pub fn validate_block_size(bytes: u64) -> Result<()> {
 /// `pool status`: the store's view plus the kernel's status line when the pool is live.
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolStatus {
+    /// The pool's name as given at `pool create` (not the escaped dm name).
     pub name: String,
+    /// Whether the thin-pool device is loaded in the kernel.
     pub active: bool,
+    /// `/dev/mapper/<dm name>` of the thin-pool device; None when inactive.
     pub device: Option<PathBuf>,
+    /// Data size in bytes as recorded in pool.json (the length of the thin-pool table).
     pub data_bytes: u64,
+    /// Metadata size in bytes as recorded in pool.json.
     pub meta_bytes: u64,
+    /// Pool block size in bytes (the unit of the kernel's data block counts).
     pub block_bytes: u64,
+    /// Number of volume records in the store, active or not.
     pub volumes: usize,
     /// Free data space in percent of the pool's data size (kernel figures; None when inactive).
     pub data_free_percent: Option<f64>,
     /// Free metadata space in percent (kernel figures; None when inactive).
     pub meta_free_percent: Option<f64>,
+    /// The pool's auto-extend policy.
     pub autoextend: Autoextend,
+    /// Whether deleting a volume first discards its blocks, so the host gets the space back.
     pub discard_on_delete: bool,
+    /// The kernel's status of the live, working pool, flattened into the JSON: transaction id,
+    /// data use in pool blocks, metadata use in 4 KiB metadata blocks, mode, needs_check. None
+    /// when inactive or failed.
     #[serde(flatten)]
     pub kernel: Option<ThinPoolStatus>,
     /// Set when the kernel failed the live pool (`Fail` or `Error`); `kernel` is then None.
@@ -121,6 +154,10 @@ pub struct PoolStatus {
     pub host_allocated_bytes: Option<u64>,
 }
 
+/// An open pool: its name, its state store (`<root>/<pool>/`) and the configuration last read
+/// from it. Every change takes the pool lock (an flock on `<root>/<pool>/lock`) and first
+/// finishes or undoes the operation a crash interrupted (the intent in the store), so each
+/// command starts from a consistent pool.
 pub struct Pool {
     name: String,
     store: Store,
@@ -154,6 +191,7 @@ impl Pool {
         Ok(out)
     }
 
+    /// The pool's name as given at `pool create` (see `pool_dm_name` for its dm name).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -491,6 +529,9 @@ impl Pool {
         std::fs::remove_dir_all(self.store.dir()).ctx(|| format!("removing {}", self.store.dir().display()))
     }
 
+    /// The pool's sizes and settings and, when it is live, the kernel's figures. Takes the pool
+    /// lock; on a live pool it first finishes an interrupted operation (a failure there is logged,
+    /// not returned, since status is for diagnosis).
     pub fn status(&self) -> Result<PoolStatus> {
         let dm = Dm::open()?;
         let _l = self.lock()?;

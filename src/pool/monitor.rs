@@ -45,14 +45,18 @@ pub struct MonitorStop(Arc<AtomicBool>);
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 impl MonitorStop {
+    /// A handle not yet stopped; give a clone of it to the monitor.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Ask the monitor to stop; it notices within about a second.
     pub fn stop(&self) {
         self.0.store(true, Ordering::SeqCst)
     }
 
+    /// Whether `stop` was called on this handle or a clone of it, or SIGINT/SIGTERM arrived
+    /// after `stop_on_signals`.
     pub fn stopped(&self) -> bool {
         self.0.load(Ordering::SeqCst) || SIGNALLED.load(Ordering::SeqCst)
     }
@@ -81,7 +85,12 @@ pub enum Decision {
     /// Below the thresholds (or auto-extend off, or the pool inactive).
     Idle,
     /// Extended to these sizes.
-    Extended { data_bytes: u64, meta_bytes: u64 },
+    Extended {
+        /// Data size in bytes after the extend.
+        data_bytes: u64,
+        /// Metadata size in bytes after the extend.
+        meta_bytes: u64,
+    },
     /// Past the threshold but at a limit; the pool is left to fail fast.
     AtLimit,
 }

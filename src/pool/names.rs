@@ -89,7 +89,10 @@ pub const MAX_ESCAPED_POOL: usize = 64;
 /// A device's name and the uuid rcx-dm gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DmId {
+    /// The dm device name, `<escaped pool>-<local part>` (at most 118 bytes).
     pub name: String,
+    /// The dm uuid, `RCXDM-<kind>-<escaped pool>-<local part>`: what marks the device as
+    /// rcx-dm's under that name.
     pub uuid: String,
 }
 

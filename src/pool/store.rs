@@ -3,12 +3,16 @@
 //! same with 10 or 10,000 volumes; only listing reads the whole directory.
 //!
 //! Layout under `<root>/<pool>/`:
+//!
+//! ```text
 //!   pool.json          PoolConfig
 //!   volumes/<id>.json  VolumeRecord
-//!   names/<name>       the id that name refers to (created with O_EXCL: names are unique)
+//!   names/<name>       the id that name refers to (linked into place with link(2), which
+//!                      fails if the name exists: names are unique)
 //!   intent.json        the one volume operation in flight (serialised by the lock)
 //!   extend.json        a `pool extend` in flight (see `ExtendIntent`)
 //!   next-id            allocation hint, not authoritative
+//! ```
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
@@ -19,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::durable::{read_json, remove_durable, sync_dir, write_json, IntentFile};
 use crate::error::{Error, IoContext, Result};
 
+/// Where a pool's data or metadata lives; in pool.json as `{"kind": "file" or "device",
+/// "path": ...}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "path")]
 pub enum Backing {
@@ -29,6 +35,7 @@ pub enum Backing {
 }
 
 impl Backing {
+    /// The sparse file's or the block device's path.
     pub fn path(&self) -> &Path {
         match self {
             Backing::File(p) | Backing::Device(p) => p,
@@ -36,16 +43,31 @@ impl Backing {
     }
 }
 
+/// A pool's configuration (`pool.json`): backing, sizes (in bytes), the thin-pool table's
+/// options and the pool's policies.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PoolConfig {
+    /// The pool's name (its directory under the root; not the escaped dm name).
     pub name: String,
+    /// Where the data lives: `data.img` in the pool directory, or the caller's block device.
     pub data: Backing,
+    /// Where the metadata lives: `meta.img` in the pool directory, or the caller's block device.
     pub meta: Backing,
+    /// Data size in bytes, a whole number of pool blocks: the thin-pool table's length. While an
+    /// `ExtendIntent` is pending its new size wins; this is updated last.
     pub data_bytes: u64,
+    /// Metadata size in bytes; the kernel uses it in 4 KiB metadata blocks, and no more than
+    /// `MAX_META_BYTES` of it.
     pub meta_bytes: u64,
+    /// Pool block size in bytes (64 KiB to 1 GiB, a multiple of 64 KiB); the table takes it in
+    /// 512-byte sectors.
     pub block_bytes: u64,
+    /// The kernel's low-water mark in pool blocks, used while auto-extend is off (with it on, the
+    /// mark comes from the threshold: `Autoextend::low_water_blocks`).
     pub low_water_blocks: u64,
+    /// The kernel zeroes newly provisioned blocks (false: `skip_block_zeroing` in the table).
     pub zero_new_blocks: bool,
+    /// Writes to a full pool fail at once instead of queueing (`error_if_no_space` in the table).
     pub error_if_no_space: bool,
     /// When and how far `pool monitor` (and `serve`) grow the pool. Pools made before
     /// auto-extend existed read the defaults.
@@ -61,11 +83,18 @@ fn yes() -> bool {
     true
 }
 
+/// One volume's record (`volumes/<id>.json`), written once the kernel has committed the volume.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VolumeRecord {
+    /// The thin device id in the kernel's pool metadata (24 bits: 0 to `MAX_THIN_ID`); the
+    /// record's key.
     pub id: u32,
+    /// The user's name for the volume, claimed in `names/<name>`; None for an unnamed volume.
     pub name: Option<String>,
+    /// The id of the volume this one was snapshotted from (or, after a revert or `set_parent`,
+    /// took its content from); None for a volume created empty.
     pub parent: Option<u32>,
+    /// Virtual size in bytes, a multiple of 512 (the thin table's length in sectors times 512).
     pub size_bytes: u64,
     /// The pool transaction id that committed this volume.
     pub txid: u64,
@@ -76,16 +105,52 @@ pub struct VolumeRecord {
     pub read_only: bool,
 }
 
-/// An operation that may have touched the kernel but not finished: rolled forward or back
-/// by `Pool::recover`, decided by the pool's transaction id (`txid` is the id before it).
+/// The one volume operation in flight (`intent.json`), recorded before the kernel is touched.
+/// If it does not finish, the next command, under the pool lock, rolls it forward or back as
+/// the kernel's transaction id says (`txid` is the id before the operation; see `recover.rs`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum Intent {
-    Create { id: u32, name: Option<String>, parent: Option<u32>, size_bytes: u64, txid: u64 },
-    Delete { id: u32, name: Option<String>, txid: u64 },
+    /// `create_thin` or `snapshot`: committed when the kernel's transaction id is `txid + 1`
+    /// (the record and name are written), undone when it is still `txid` (the thin id deleted,
+    /// the record and name dropped).
+    Create {
+        /// The new volume's thin id.
+        id: u32,
+        /// The name it claims, if any.
+        name: Option<String>,
+        /// The origin's thin id for a snapshot; None for an empty volume.
+        parent: Option<u32>,
+        /// Its virtual size in bytes.
+        size_bytes: u64,
+        /// The pool's transaction id before the operation.
+        txid: u64,
+    },
+    /// `delete`: once recorded, always rolled forward (discard when `discard_on_delete`, the
+    /// kernel's delete, commit to `txid + 1`, record and name removed).
+    Delete {
+        /// The thin id of the volume being deleted.
+        id: u32,
+        /// Its name, released at the end; None for an unnamed volume.
+        name: Option<String>,
+        /// The pool's transaction id before the delete.
+        txid: u64,
+    },
     /// `revert`: volume `id` gets `snapshot`'s content, keeping its id and name. `tmp` is a
     /// scratch thin id; the kernel's transaction id counts the steps done (see `revert.rs`).
-    Revert { id: u32, snapshot: u32, tmp: u32, txid: u64, reactivate: bool },
+    Revert {
+        /// The volume that gets the snapshot's content (and keeps this thin id).
+        id: u32,
+        /// The thin id of the snapshot whose content it gets.
+        snapshot: u32,
+        /// The scratch thin id holding the content between steps 1 and 3; no record uses it.
+        tmp: u32,
+        /// The pool's transaction id before step 1; the kernel's id less this counts the steps
+        /// done (0 to 4).
+        txid: u64,
+        /// Whether the volume was active, so its device is loaded again at the end.
+        reactivate: bool,
+    },
 }
 
 /// A `pool extend` in flight: backing storage and the pool's table grow from the `old_*` to the
@@ -94,21 +159,29 @@ pub enum Intent {
 /// once the pool has grown, and the extend must neither wait for it nor overwrite it.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExtendIntent {
+    /// Data size in bytes before the extend.
     pub old_data_bytes: u64,
+    /// Data size in bytes to grow to (a whole number of pool blocks).
     pub new_data_bytes: u64,
+    /// Metadata size in bytes before the extend.
     pub old_meta_bytes: u64,
+    /// Metadata size in bytes to grow to (a multiple of the 4 KiB metadata block).
     pub new_meta_bytes: u64,
 }
 
+/// A pool's state directory (`<root>/<pool>/`) and the records in it. It takes no lock itself:
+/// callers that change records hold the pool lock.
 pub struct Store {
     dir: PathBuf,
 }
 
 impl Store {
+    /// The store in `dir` (`<root>/<pool>`); nothing is read or created until used (see `init`).
     pub fn new(dir: PathBuf) -> Store {
         Store { dir }
     }
 
+    /// The pool's state directory, `<root>/<pool>`.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -121,14 +194,18 @@ impl Store {
         Ok(())
     }
 
+    /// Path of the pool's configuration, `<dir>/pool.json`.
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("pool.json")
     }
 
+    /// The pool's configuration; None when pool.json does not exist (no such pool, or a
+    /// `pool create` that never finished).
     pub fn config(&self) -> Result<Option<PoolConfig>> {
         read_json(&self.config_path())
     }
 
+    /// Write pool.json durably (temp file, fsync, rename, fsync of the directory).
     pub fn put_config(&self, c: &PoolConfig) -> Result<()> {
         write_json(&self.config_path(), c)
     }
@@ -137,18 +214,22 @@ impl Store {
         self.dir.join("volumes").join(format!("{id}.json"))
     }
 
+    /// Volume `id`'s record; None when it has none.
     pub fn volume(&self, id: u32) -> Result<Option<VolumeRecord>> {
         read_json(&self.volume_path(id))
     }
 
+    /// Whether volume `id` has a record (the file exists; nothing is parsed).
     pub fn has_volume(&self, id: u32) -> bool {
         self.volume_path(id).exists()
     }
 
+    /// Write a volume's record durably, replacing any earlier one for its id.
     pub fn put_volume(&self, v: &VolumeRecord) -> Result<()> {
         write_json(&self.volume_path(v.id), v)
     }
 
+    /// Remove volume `id`'s record durably; a missing record is not an error.
     pub fn remove_volume(&self, id: u32) -> Result<()> {
         remove_durable(&self.volume_path(id))
     }
@@ -171,6 +252,7 @@ impl Store {
         Ok(out)
     }
 
+    /// Number of volume records, counted without reading them.
     pub fn volume_count(&self) -> Result<usize> {
         let dir = self.dir.join("volumes");
         Ok(fs::read_dir(&dir)
@@ -184,6 +266,8 @@ impl Store {
         self.dir.join("names").join(name)
     }
 
+    /// The id that volume name `name` refers to; None when it is unclaimed (or its claim was torn
+    /// by a crash). A name file holding anything but an id is `Error::Inconsistent`.
     pub fn lookup_name(&self, name: &str) -> Result<Option<u32>> {
         match fs::read_to_string(self.name_path(name)) {
             // Empty: a claim torn by a crash of an older rcx-dm, which created the file before
@@ -248,6 +332,8 @@ impl Store {
         IntentFile::new(self.dir.join("extend.json"))
     }
 
+    /// Where automatic id allocation starts looking (`next-id`); 0 when the file is missing or
+    /// unreadable.
     pub fn next_id_hint(&self) -> u32 {
         fs::read_to_string(self.dir.join("next-id")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
     }

@@ -16,7 +16,9 @@ use crate::units::SECTOR;
 /// A volume as users name it: by id or by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolRef {
+    /// The volume's thin id.
     Id(u32),
+    /// The volume's user-given name.
     Name(String),
 }
 
@@ -40,6 +42,8 @@ impl std::fmt::Display for VolRef {
     }
 }
 
+/// Parse a thin volume id: decimal, 0 to `MAX_THIN_ID` (24 bits); anything else is
+/// `Error::Invalid`.
 pub fn parse_id(s: &str) -> Result<u32> {
     match s.parse::<u64>() {
         Ok(n) if n <= MAX_THIN_ID as u64 => Ok(n as u32),
@@ -50,11 +54,20 @@ pub fn parse_id(s: &str) -> Result<u32> {
 /// A volume as reported to users: the store's record and the kernel's state.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Volume {
+    /// The thin device id in the pool's metadata.
     pub id: u32,
+    /// The user's name for the volume, if it has one.
     pub name: Option<String>,
+    /// The id of the volume it was snapshotted from (or took its content from); None for a
+    /// volume created empty.
     pub parent: Option<u32>,
+    /// Virtual size in bytes (what the device reports; blocks are allocated in the pool only
+    /// as they are written).
     pub size_bytes: u64,
+    /// Whether its dm device is live (exists with a loaded table).
     pub active: bool,
+    /// Where to open the device: `/dev/mapper/<dm name>`, or `/dev/dm-<minor>` while that link
+    /// is missing; None when inactive.
     pub device: Option<PathBuf>,
     /// Bytes the volume has mapped in the pool (only known while active).
     pub mapped_bytes: Option<u64>,
