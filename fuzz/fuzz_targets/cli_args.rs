@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use rcx_dm::pool::{self, SizeChange, Step, VolRef, MAX_THIN_ID, RESERVED_PREFIXES};
 use rcx_dm::rootfs::{fs::Fs, image, oci};
-use rcx_dm::{classic, runner, serve, units};
+use rcx_dm::{classic, runner, units};
 
 fn name_chars_ok(s: &str) -> bool {
     !s.is_empty()
