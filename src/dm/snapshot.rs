@@ -264,7 +264,7 @@ mod tests {
 
     #[test]
     fn parses_status_lines() {
-        // The seed's `dmsetup status` line for a fresh persistent snapshot.
+        // `dmsetup status` of a fresh persistent snapshot (8-sector chunks) of a 200 MB origin.
         let s = SnapshotStatus::parse("16/390625 16").unwrap();
         assert_eq!(s, SnapshotStatus::Usage { allocated_sectors: 16, total_sectors: 390625, metadata_sectors: 16 });
         assert!(s.is_merge_complete());

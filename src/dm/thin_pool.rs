@@ -166,7 +166,7 @@ mod tests {
         assert_eq!(s.mode, PoolMode::OutOfDataSpace);
         assert_eq!(s.held_metadata_root, Some(42));
         assert!(s.needs_check);
-        // Issue 13, defect 6: `Fail` was read as a pool with transaction id 0.
+        // `Fail` was once read as a pool with transaction id 0.
         assert_eq!(ThinPoolState::parse("Fail").unwrap(), ThinPoolState::Failed("Fail".into()));
         assert_eq!(ThinPoolState::parse("Error").unwrap(), ThinPoolState::Failed("Error".into()));
         assert!(ThinPoolStatus::parse("Fail").is_err());

@@ -425,7 +425,7 @@ mod tests {
         assert_eq!(s.intent().get().unwrap(), None);
     }
 
-    /// Issue 13, defect 4: an older rcx-dm created the name file before writing it, so a kill
+    /// An older rcx-dm created the name file before writing it, so a kill
     /// in between left an empty file that made every later command fail.
     #[test]
     fn a_torn_name_claim_is_free_and_can_be_claimed_again() {

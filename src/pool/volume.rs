@@ -45,9 +45,10 @@ impl std::fmt::Display for VolRef {
 /// Parse a thin volume id: decimal, 0 to `MAX_THIN_ID` (24 bits); anything else is
 /// `Error::Invalid`.
 pub fn parse_id(s: &str) -> Result<u32> {
-    match s.parse::<u64>() {
-        Ok(n) if n <= MAX_THIN_ID as u64 => Ok(n as u32),
-        _ => Err(Error::invalid("volume id", format!("'{s}'; ids are 0 to {MAX_THIN_ID} (24 bits)"))),
+    // The 24-bit limit is the devicemapper crate's ThinDevId rule (the kernel's metadata format).
+    match s.parse::<u64>().ok().and_then(|n| devicemapper::ThinDevId::new_u64(n).ok()) {
+        Some(id) => Ok(u32::from(id)),
+        None => Err(Error::invalid("volume id", format!("'{s}'; ids are 0 to {MAX_THIN_ID} (24 bits)"))),
     }
 }
 

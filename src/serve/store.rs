@@ -229,8 +229,8 @@ pub fn inodes_in_use(sb: &[u8], fs: Fs) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// Issue 13, defect 7: List (`all`) removed `*.tmp.<pid>` files, including the one a
-    /// concurrent Prepare was about to rename into place.
+    /// A List (`all`) once removed `*.tmp.<pid>` files, including the one a concurrent Prepare
+    /// was about to rename into place.
     #[test]
     fn listing_never_removes_a_write_in_progress_and_start_up_removes_only_dead_ones() {
         let d = tempfile::tempdir().unwrap();
