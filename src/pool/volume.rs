@@ -308,11 +308,20 @@ impl Pool {
     pub fn deactivate_volume(&self, v: &VolRef) -> Result<()> {
         let dm = Dm::open()?;
         let _l = self.lock_and_recover(&dm)?;
-        let mut rec = self.resolve(v)?;
-        self.remove_thin_device(&dm, rec.id)?;
+        let rec = self.resolve(v)?;
+        // The record first, the device second, as every change here: a kill in between leaves
+        // the device up and the record saying "inactive", so the next `pool activate` honours
+        // the request (the other order brought back, after a reboot, a volume the user had
+        // deactivated, with `list` calling it inactive until then: the soak's final check).
         if rec.autoactivate {
-            rec.autoactivate = false;
-            self.store.put_volume(&rec)?;
+            self.store.put_volume(&VolumeRecord { autoactivate: false, ..rec.clone() })?;
+        }
+        if let Err(e) = self.remove_thin_device(&dm, rec.id) {
+            // Not deactivated (busy, most often): the record says so again.
+            if rec.autoactivate {
+                self.store.put_volume(&rec)?;
+            }
+            return Err(e);
         }
         Ok(())
     }
