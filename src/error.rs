@@ -308,6 +308,22 @@ pub enum Error {
         msg: String,
     },
 
+    /// `--cap-add` / `--cap-drop` named a capability that does not exist.
+    #[error("unknown capability '{name}'; use a name as Docker spells it (e.g. NET_ADMIN or CAP_NET_ADMIN, any case), or ALL")]
+    UnknownCapability {
+        /// The name as given.
+        name: String,
+    },
+
+    /// A `--security-opt` value that is not understood or is malformed.
+    #[error("invalid --security-opt '{opt}': {why}")]
+    SecurityOpt {
+        /// The option as given.
+        opt: String,
+        /// What is wrong with it and what is accepted.
+        why: String,
+    },
+
     // ---- classic snapshots (snapshot-origin / snapshot / snapshot-merge) and revert ----
     /// A classic origin or snapshot with that name is not in the pool's classic records.
     #[error("no {kind} '{name}' in pool '{pool}'; `rcx-dm origin list` and `rcx-dm cow status` show them")]

@@ -44,6 +44,22 @@ fn other_bad_arguments_are_refused() {
 }
 
 #[test]
+fn bad_capabilities_and_security_options_are_refused() {
+    refused(&["run", "--cap-add", "SYS_ADMINS", "1", "--", "true"], 2, "unknown capability 'SYS_ADMINS'");
+    refused(&["run", "--cap-drop", "CAP_NOPE", "1", "--", "true"], 2, "unknown capability 'CAP_NOPE'");
+    refused(&["run", "--security-opt", "seccomp", "1", "--", "true"], 2, "invalid --security-opt 'seccomp'");
+    refused(&["run", "--security-opt", "seccomp=", "1", "--", "true"], 2, "seccomp=unconfined or seccomp=PROFILE.json");
+    refused(&["run", "--security-opt", "no-new-privileges=yes", "1", "--", "true"], 2, "true or false");
+    refused(&["run", "--security-opt", "apparmor=unconfined", "1", "--", "true"], 2, "does not support");
+    refused(&["run", "--security-opt", "bogus", "1", "--", "true"], 2, "unknown option");
+}
+
+#[test]
+fn a_missing_seccomp_profile_is_refused() {
+    refused(&["run", "--security-opt", "seccomp=/nonexistent/profile.json", "1", "--", "true"], 2, "no such file");
+}
+
+#[test]
 fn a_missing_pool_is_named() {
     refused(&["run", "1", "--", "true"], 125, "pool 'rcx' does not exist");
     refused(&["set-readonly", "1"], 1, "pool 'rcx' does not exist");
@@ -69,7 +85,10 @@ fn run_without_root_is_refused() {
 fn help_describes_run() {
     let root = tempfile::tempdir().unwrap();
     let out = String::from_utf8_lossy(&run(root.path(), &["run", "--help"]).stdout).into_owned();
-    for want in ["--rm", "--memory", "--pids", "--cpus", "--net", "--env", "--workdir", "--read-only", "--init", "127"] {
+    for want in [
+        "--rm", "--memory", "--pids", "--cpus", "--net", "--env", "--workdir", "--read-only", "--init", "127", "--cap-add",
+        "--cap-drop", "--privileged", "--security-opt", "--interactive",
+    ] {
         assert!(out.contains(want), "run --help lacks {want}:\n{out}");
     }
 }

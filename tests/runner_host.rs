@@ -1,6 +1,7 @@
 //! Host test of the runner's core (`rcx_dm::runner::run_container`) on a loop device: the
-//! namespaces, pivot_root, /proc, /dev, /sys, hostname, exec and exit-status paths need no
-//! device-mapper, so they are checked here on every `cargo test`. (Snapshots, activation,
+//! namespaces, pivot_root, /proc, /dev, /sys, hostname, exec and exit-status paths, and the
+//! isolation (capabilities, masked and read-only paths, cgroup namespace, descriptors, session,
+//! stdin) need no device-mapper, so they are checked here on every `cargo test`. (Snapshots, activation,
 //! cgroup limits and crash cleanup need dm and cgroup v2 controllers: vm-tests/runner.rs.)
 //!
 //! harness = false: the runner clones the calling process, which must be single-threaded, so
@@ -57,6 +58,12 @@ fn main() {
         ("exit_statuses_and_missing_commands", exit_statuses),
         ("env_workdir_and_read_only_root", env_workdir_ro),
         ("init_is_pid_1_reaps_and_passes_the_signal_status", init_mode),
+        ("capabilities_default_add_drop_and_privileged", capabilities),
+        ("proc_and_sys_are_masked_and_read_only", proc_sys_protected),
+        ("cgroup_namespace_and_read_only_cgroup2", cgroup_namespace),
+        ("only_0_1_2_are_open_and_nothing_leads_to_the_host", descriptors),
+        ("new_session_and_stdin_is_dev_null_without_i", session_and_stdin),
+        ("chown_low_ports_and_setuid_still_work", ordinary_things),
     ];
     let mut failed = 0;
     for (name, f) in cases {
@@ -81,7 +88,7 @@ fn devnum(dev: &Path) -> (u64, u64) {
 
 const APPLETS: &[&str] = &[
     "sh", "ps", "hostname", "cat", "ls", "mkdir", "echo", "sleep", "true", "false", "env", "pwd", "touch", "kill", "wc",
-    "id", "grep", "dd", "seq", "readlink", "stat",
+    "id", "grep", "dd", "seq", "readlink", "stat", "mount", "cp", "chmod", "chown", "su", "ping", "nc", "ln", "printf", "rm",
 ];
 
 /// A busybox root: /bin/busybox and applet links, the usual top directories, a marker file.
@@ -110,6 +117,11 @@ fn umount(env: &Env) {
 
 /// Run argv in the container with stdout and stderr captured; returns (outcome, stdout, stderr).
 fn run_spec(env: &Env, spec: RunSpec) -> (rcx_dm::Result<RunOutcome>, String, String) {
+    run_in(env, spec, None)
+}
+
+/// `run_spec`, born in the cgroup (cgroup2 mount, group) if one is given.
+fn run_in(env: &Env, spec: RunSpec, cgroup: Option<(&Path, &Path)>) -> (rcx_dm::Result<RunOutcome>, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let mount_dir = dir.path().join("rootfs");
     std::fs::create_dir(&mount_dir).unwrap();
@@ -122,7 +134,7 @@ fn run_spec(env: &Env, spec: RunSpec) -> (rcx_dm::Result<RunOutcome>, String, St
         libc::dup2(of.as_raw_fd(), 1);
         libc::dup2(ef.as_raw_fd(), 2);
     }
-    let t = ContainerRoot { device: &env.dev, fs: Fs::Ext4, mount_dir: &mount_dir, cgroup: None, read_only_base: false, bridge: None };
+    let t = ContainerRoot { device: &env.dev, fs: Fs::Ext4, mount_dir: &mount_dir, cgroup, read_only_base: false, bridge: None };
     let mut timings = Vec::new();
     let hostname = spec.hostname.clone().unwrap_or_else(|| "host-test".into());
     let r = runner::run_container(&t, &spec, &hostname, &mut timings);
@@ -177,7 +189,13 @@ fn hostname_mounts_ls(env: &Env) {
     assert_eq!(ok(env, spec(&["hostname"])), "host-test\n");
     let mounts = ok(env, spec(&["cat", "/proc/mounts"]));
     // (/dev/console appears too when this test runs on a terminal: the terminal passed through.)
-    let mut points: Vec<&str> = mounts.lines().map(|l| l.split(' ').nth(1).unwrap()).filter(|p| *p != "/dev/console").collect();
+    // (Below /proc and /sys: the masked and read-only paths and cgroup2, checked in
+    // proc_sys_protected and cgroup_namespace.)
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap())
+        .filter(|p| *p != "/dev/console" && !p.starts_with("/proc/") && !p.starts_with("/sys/"))
+        .collect();
     points.sort_unstable();
     assert_eq!(points, vec!["/", "/dev", "/dev/pts", "/dev/shm", "/proc", "/sys"], "{mounts}");
     let dev = env.dev.display().to_string();
@@ -263,4 +281,207 @@ fn init_mode(env: &Env) {
     // Orphans are reaped: a grandchild left behind does not stay a zombie.
     let out = ok(env, RunSpec { init: true, ..spec(&["sh", "-c", "(sleep 0 &); sleep 1; ps -o stat,comm | grep -c Z || true"]) });
     assert_eq!(out.trim(), "0", "zombies left: {out}");
+}
+
+/// A spec with the given flags applied (`--privileged`, `--cap-add X`, `--cap-drop X`,
+/// `--security-opt X`, `-i`, `--init`), as the CLI would build it.
+fn with(flags: &[&str], argv: &[&str]) -> RunSpec {
+    let mut s = spec(argv);
+    let mut it = flags.iter();
+    let mut opts = Vec::new();
+    while let Some(f) = it.next() {
+        match *f {
+            "--privileged" => s.security.privileged = true,
+            "--cap-add" => s.security.cap_add.push(runner::parse_capability(it.next().unwrap()).unwrap()),
+            "--cap-drop" => s.security.cap_drop.push(runner::parse_capability(it.next().unwrap()).unwrap()),
+            "--security-opt" => opts.push(runner::parse_security_opt(it.next().unwrap()).unwrap()),
+            "-i" => s.interactive = true,
+            "--init" => s.init = true,
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    s.security.apply_opts(&opts);
+    s
+}
+
+/// The Cap* lines of /proc/PID/status inside the container: (Inh, Prm, Eff, Bnd, Amb).
+fn caps_of(env: &Env, flags: &[&str], pid: &str) -> [u64; 5] {
+    let out = ok(env, with(flags, &["grep", "^Cap", &format!("/proc/{pid}/status")]));
+    let mut v = [0u64; 5];
+    for (i, key) in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"].iter().enumerate() {
+        let line = out.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key} in {out}"));
+        v[i] = u64::from_str_radix(line[key.len()..].trim(), 16).unwrap();
+    }
+    v
+}
+
+fn capabilities(env: &Env) {
+    let default = 0xa804_25fb; // Docker's and runc's set
+    assert_eq!(runner::CapSet::default_set().0, default);
+    assert_eq!(caps_of(env, &[], "self"), [default, default, default, default, 0]);
+    let sys_admin = 1 << 21;
+    let d = default | sys_admin;
+    assert_eq!(caps_of(env, &["--cap-add", "SYS_ADMIN"], "self"), [d, d, d, d, 0]);
+    let d = default & !1;
+    assert_eq!(caps_of(env, &["--cap-drop", "chown"], "self"), [d, d, d, d, 0]);
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").unwrap().trim().parse().unwrap();
+    // Everything this kernel has, as far as the test process has it (a sandboxed host may lack
+    // some): no more than rcx-dm holds.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let own = status.lines().find_map(|l| l.strip_prefix("CapPrm:")).map(|v| u64::from_str_radix(v.trim(), 16).unwrap()).unwrap();
+    let all = runner::CapSet::all(last).0 & own;
+    assert_eq!(caps_of(env, &["--privileged"], "self"), [all, all, all, all, 0]);
+    // Under --init, PID 1 (the init) has no more than the command.
+    assert_eq!(caps_of(env, &["--init"], "1"), [default, default, default, default, 0]);
+    assert_eq!(caps_of(env, &["--init"], "self"), [default, default, default, default, 0]);
+    // Without CAP_SYS_ADMIN no mount; with it, one works.
+    let (r, _, err) = run_spec(env, spec(&["mount", "-t", "tmpfs", "none", "/tmp"]));
+    assert_ne!(r.unwrap().code, 0, "mounted without CAP_SYS_ADMIN");
+    assert!(err.contains("Operation not permitted") || err.contains("permission denied"), "{err}");
+    ok(env, with(&["--cap-add", "SYS_ADMIN"], &["mount", "-t", "tmpfs", "none", "/tmp"]));
+}
+
+fn proc_sys_protected(env: &Env) {
+    // core_pattern (and the rest of /proc/sys) cannot be written.
+    let (r, _, err) = run_spec(env, spec(&["sh", "-c", "echo '|/bin/evil' > /proc/sys/kernel/core_pattern"]));
+    assert_ne!(r.unwrap().code, 0, "wrote core_pattern");
+    assert!(err.contains("Read-only file system"), "{err}");
+    let (r, _, _) = run_spec(env, spec(&["sh", "-c", "echo 1 > /proc/sysrq-trigger"]));
+    assert_ne!(r.unwrap().code, 0, "wrote sysrq-trigger");
+    // Still readable.
+    assert!(!ok(env, spec(&["cat", "/proc/sys/kernel/ostype"])).is_empty());
+    // /proc/kcore and /proc/keys are /dev/null: nothing to read.
+    // (A kernel without one of them, like /proc/kcore on some sandboxes, is skipped.)
+    for f in ["/proc/kcore", "/proc/keys", "/proc/timer_list"].into_iter().filter(|f| Path::new(f).exists()) {
+        assert_eq!(ok(env, spec(&["sh", "-c", &format!("cat {f} | wc -c")])).trim(), "0", "{f}");
+        assert_eq!(ok(env, spec(&["stat", "-c", "%t:%T", f])).trim(), "1:3", "{f} is /dev/null");
+    }
+    let mounts = ok(env, spec(&["cat", "/proc/mounts"]));
+    for (path, how) in [("/proc/sys", "proc ro,"), ("/proc/sysrq-trigger", "proc ro,"), ("/sys/firmware", "tmpfs ro,")] {
+        if !Path::new(path).exists() {
+            continue;
+        }
+        let line = mounts.lines().find(|l| l.split(' ').nth(1) == Some(path)).unwrap_or_else(|| panic!("{path} not mounted:\n{mounts}"));
+        assert!(line.contains(how), "{path}: {line}");
+    }
+    if Path::new("/sys/firmware").exists() {
+        assert_eq!(ok(env, spec(&["ls", "-A", "/sys/firmware"])), "");
+    }
+    // --privileged: nothing masked, /proc/sys and /sys writable (not written to: they are the
+    // host's).
+    let mounts = ok(env, with(&["--privileged"], &["cat", "/proc/mounts"]));
+    assert!(!mounts.lines().any(|l| l.contains(" /proc/kcore ") || l.contains(" /proc/sys ")), "{mounts}");
+    assert!(mounts.contains("sysfs /sys sysfs rw,"), "{mounts}");
+}
+
+fn cgroup_namespace(env: &Env) {
+    let mnt = runner::cgroup_mount().expect("cgroup v2 on this host");
+    let group = mnt.join(format!("rcx-dm-host-test-{}", std::process::id()));
+    let r = std::panic::catch_unwind(|| {
+        let (r, out, err) = run_in(env, spec(&["cat", "/proc/self/cgroup"]), Some((&mnt, &group)));
+        runner::remove_cgroup(&group).unwrap();
+        assert_eq!(r.unwrap_or_else(|e| panic!("{e}: {err}")).code, 0, "{err}");
+        assert!(out.lines().any(|l| l == "0::/"), "the container's own group is its root:\n{out}");
+        // cgroup2 is mounted read-only: no moving out, no changing the limits, no new mount.
+        let script = "grep ' /sys/fs/cgroup ' /proc/mounts; mkdir /sys/fs/cgroup/x && echo made; \
+                      echo 1 > /sys/fs/cgroup/cgroup.procs && echo moved; \
+                      mkdir -p /tmp/cg && mount -t cgroup2 none /tmp/cg && echo mounted; true";
+        let (r, out, _) = run_in(env, spec(&["sh", "-c", script]), Some((&mnt, &group)));
+        assert_eq!(r.unwrap().code, 0);
+        assert!(out.contains("cgroup2 ro,") || out.contains(" cgroup2 ro"), "{out}");
+        for bad in ["made", "moved", "mounted"] {
+            assert!(!out.lines().any(|l| l == bad), "{bad}:\n{out}");
+        }
+    });
+    runner::remove_cgroup(&group).unwrap();
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}
+
+/// The descriptors of `pid` inside the container, as "N -> target" lines, and whether any is a
+/// directory.
+/// (`ls` in a subshell to a file, not a glob, `$(...)` or a redirection in sh: those would open
+/// a descriptor in sh, PID 1, itself.)
+const FD_SCRIPT: &str = "for p in $PIDS; do (ls /proc/$p/fd > /tmp/fds); for n in $(cat /tmp/fds); do f=/proc/$p/fd/$n; \
+    if [ -d $f ]; then echo \"$p $n DIR $(readlink $f)\"; else echo \"$p $n\"; fi; done; \
+    echo \"$p cwd $(readlink /proc/$p/cwd) root $(readlink /proc/$p/root)\"; done";
+
+fn descriptors(env: &Env) {
+    // A directory descriptor in rcx-dm (not close-on-exec) must not reach the container, nor
+    // a cgroup directory.
+    let leak = nix::fcntl::open("/tmp", nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY, nix::sys::stat::Mode::empty()).unwrap();
+    let mnt = runner::cgroup_mount().expect("cgroup v2 on this host");
+    let group = mnt.join(format!("rcx-dm-host-test-fd-{}", std::process::id()));
+    let r = std::panic::catch_unwind(|| {
+        for (flags, pids) in [(&[][..], "1"), (&["--init"][..], "1 2")] {
+            let s = with(flags, &["sh", "-c", &format!("PIDS='{pids}'; {FD_SCRIPT}")]);
+            let (r, out, err) = run_in(env, s, Some((&mnt, &group)));
+            runner::remove_cgroup(&group).unwrap();
+            assert_eq!(r.unwrap_or_else(|e| panic!("{e}: {err}")).code, 0, "{err}");
+            for p in pids.split(' ') {
+                let fds: Vec<&str> = out.lines().filter(|l| l.starts_with(&format!("{p} ")) && !l.contains(" cwd ")).collect();
+                let nums: Vec<&str> = fds.iter().map(|l| l.split(' ').nth(1).unwrap()).collect();
+                assert_eq!(nums, ["0", "1", "2"], "{flags:?} PID {p} holds more than 0, 1, 2:\n{out}");
+                assert!(!out.contains("DIR"), "a directory descriptor in the container:\n{out}");
+                assert!(out.contains(&format!("{p} cwd / root /")), "{out}");
+            }
+        }
+    });
+    drop(leak);
+    runner::remove_cgroup(&group).unwrap();
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}
+
+/// Field `n` (0-based) of /proc/self/stat printed by the container.
+fn stat_field(out: &str, n: usize) -> String {
+    let after = &out[out.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(n - 2).unwrap().to_string()
+}
+
+fn session_and_stdin(env: &Env) {
+    // The session leader is the container's PID 1 (outside the pid namespace it would show 0).
+    let out = ok(env, spec(&["cat", "/proc/self/stat"]));
+    assert_eq!(stat_field(&out, 5), "1", "session id:\n{out}");
+    let out = ok(env, with(&["--init"], &["cat", "/proc/self/stat"]));
+    assert_eq!(stat_field(&out, 5), "1", "session id under --init:\n{out}");
+    // And it is not rcx-dm's session.
+    assert_ne!(nix::unistd::getsid(None).unwrap().as_raw(), 1);
+    // stdin: /dev/null without -i, rcx-dm's with it (here the test's own stdin).
+    assert_eq!(ok(env, spec(&["readlink", "/proc/self/fd/0"])).trim(), "/dev/null");
+    let ours = std::fs::read_link("/proc/self/fd/0").map(|p| p.display().to_string()).unwrap_or_default();
+    let theirs = ok(env, with(&["-i"], &["readlink", "/proc/self/fd/0"]));
+    if ours != "/dev/null" {
+        assert_ne!(theirs.trim(), "/dev/null", "-i keeps stdin ({ours})");
+    }
+}
+
+fn ordinary_things(env: &Env) {
+    // chown under the default set.
+    let out = ok(env, spec(&["sh", "-c", "touch /tmp/f && chown 65534:65534 /tmp/f && stat -c %u:%g /tmp/f; rm -f /tmp/f"]));
+    assert_eq!(out.trim(), "65534:65534");
+    let (r, _, err) = run_spec(env, with(&["--cap-drop", "CHOWN"], &["chown", "65534", "/etc/marker"]));
+    assert_ne!(r.unwrap().code, 0, "chown without CAP_CHOWN");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    // A port below 1024 with --net none (the default): listening on 80 (0x0050).
+    let listen = "nc -l -p 80 </dev/null >/dev/null 2>&1 & p=$!; i=0; \
+                  while [ $i -lt 50 ] && ! grep -qE ':0050 0+:0000 0A' /proc/net/tcp /proc/net/tcp6; do sleep 0.1; i=$((i+1)); done; \
+                  grep -qE ':0050 0+:0000 0A' /proc/net/tcp /proc/net/tcp6 && echo listening; kill $p 2>/dev/null; true";
+    assert_eq!(ok(env, spec(&["sh", "-c", listen])).trim(), "listening");
+    assert_eq!(ok(env, with(&["--cap-drop", "NET_BIND_SERVICE"], &["sh", "-c", listen])).trim(), "");
+    // A setuid-root binary run by nobody gains root: busybox ping needs a raw socket (the new
+    // network namespace allows no unprivileged ICMP socket), which only root with CAP_NET_RAW
+    // gets. The same copy without the setuid bit fails: the control.
+    // (busybox su, as root, needs no password; nobody comes from an /etc/passwd made here.)
+    let setuid = "printf 'root:x:0:0::/root:/bin/sh\\nnobody:x:65534:65534::/:/bin/sh\\n' > /etc/passwd && \
+                  mkdir -p /tmp/su /tmp/plain && cp /bin/busybox /tmp/su/busybox && cp /bin/busybox /tmp/plain/busybox && \
+                  chmod u+s /tmp/su/busybox && \
+                  su -s /bin/sh -c '/tmp/su/busybox ping -c 1 -W 2 127.0.0.1' nobody >/dev/null 2>&1 && echo suid-ok; \
+                  su -s /bin/sh -c '/tmp/plain/busybox ping -c 1 -W 2 127.0.0.1' nobody >/dev/null 2>&1 && echo plain-ok; \
+                  rm -rf /tmp/su /tmp/plain /etc/passwd; true";
+    assert_eq!(ok(env, spec(&["sh", "-c", setuid])), "suid-ok\n");
+    // no-new-privileges: the setuid bit grants nothing.
+    assert_eq!(ok(env, with(&["--security-opt", "no-new-privileges"], &["sh", "-c", setuid])), "");
 }

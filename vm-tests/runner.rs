@@ -179,9 +179,16 @@ fn runner_isolation_pid1_hostname_mounts_and_exit_statuses() {
     // /proc/mounts: the volume as /, fresh proc, sysfs read-only, the minimal /dev; nothing of
     // the host (9p root, tmpfs scratch, the pool's files) and no old root.
     let mounts = run_code(&s, &["--rm", "base", "--", "cat", "/proc/mounts"], 0);
-    let mut points: Vec<&str> = mounts.lines().map(|l| l.split(' ').nth(1).unwrap()).collect();
+    // (Below /proc and /sys: runc's masked and read-only paths and cgroup2 read-only.)
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap())
+        .filter(|p| !p.starts_with("/proc/") && !p.starts_with("/sys/"))
+        .collect();
     points.sort_unstable();
     assert_eq!(points, ["/", "/dev", "/dev/pts", "/dev/shm", "/proc", "/sys"], "{mounts}");
+    assert!(mounts.lines().any(|l| l.starts_with("cgroup /sys/fs/cgroup cgroup2 ro,")), "{mounts}");
+    assert!(mounts.lines().any(|l| l.starts_with("proc /proc/sys proc ro,")), "{mounts}");
     let first: Vec<&str> = mounts.lines().next().unwrap().split(' ').collect();
     assert!(first[0].starts_with(&format!("/dev/mapper/{}", s.dm_prefix())), "{mounts}");
     assert_ne!(Path::new(first[0]), base_dev, "the root is a snapshot, not the base:\n{mounts}");
@@ -333,8 +340,8 @@ fn runner_sigkill_of_rcx_dm_mid_run_is_cleaned_by_the_next_command() {
     s.ok(&["pool", "create", "--data-size", "4G"]);
     make_base(&s, "base");
 
-    // A fork bomb under --pids 16 (PID 1 waits on its stdin, which the test holds open).
-    let c = spawn_run(&s, &["--rm", "--pids", "16", "base", "--", "sh", "-c", "bomb() { bomb | bomb & }; bomb; read x"], Stdio::piped());
+    // A fork bomb under --pids 16 (PID 1 waits on its stdin, which the test holds open: -i).
+    let c = spawn_run(&s, &["--rm", "-i", "--pids", "16", "base", "--", "sh", "-c", "bomb() { bomb | bomb & }; bomb; read x"], Stdio::piped());
     let cg = wait_for_container(&s);
     wait_for("the fork bomb to hit pids.max", 60, || {
         let n: u64 = cg_read(&cg, "pids.current").parse().ok()?;

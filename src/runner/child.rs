@@ -1,7 +1,9 @@
-//! The container side, from the clone to execve: mount the volume privately, pivot_root into it
-//! and detach the old root, fresh /proc, /sys and /dev, hostname, loopback (and eth0) up,
-//! working directory, and execve of the command, which is PID 1 of its pid namespace (or PID 2
-//! under `--init`). Each stage is stamped, and a failure reported, on the report pipe (`report`).
+//! The container side, from the clone to execve: drop every inherited descriptor but the
+//! standard ones and its pipes, a new session and cgroup namespace, mount the volume privately,
+//! pivot_root into it and detach the old root, fresh /proc, /sys and /dev with runc's masked and
+//! read-only paths and cgroup2 read-only, hostname, loopback (and eth0) up, stdin, working
+//! directory, then the lock-down (capabilities, no_new_privs, seccomp: `security`) and execve of
+//! the command, which is PID 1 of its pid namespace (or PID 2 under `--init`). Each stage is stamped, and a failure reported, on the report pipe (`report`).
 //!
 //! Everything the child needs is prepared before the clone (`ChildPlan`: C strings, pointer
 //! arrays, the command's search list), so the child mostly makes system calls.
@@ -15,6 +17,7 @@ use nix::mount::{umount2, MntFlags};
 
 use super::report::{self, FailureKind, Stage};
 use super::root_mount::{self, RootPlan};
+use super::security::{self, SecurityPlan};
 use super::step::{Fail, Step};
 use super::{devices, init, network};
 use crate::error::{Error, Result};
@@ -39,6 +42,11 @@ pub(super) struct ChildPlan {
     hostname: String,
     workdir: CString,
     init: bool,
+    /// `-i`: keep rcx-dm's stdin; otherwise the container's /dev/null.
+    interactive: bool,
+    /// Capabilities and the rest of the lock-down (`with_security`; none until then: a plan
+    /// must get one before it is used).
+    security: Option<SecurityPlan>,
     /// Program paths to try in order: `argv[0]` itself if it has a '/', else each PATH entry.
     candidates: Vec<CString>,
     argv: Vec<CString>,
@@ -74,6 +82,8 @@ impl ChildPlan {
             hostname: hostname.to_string(),
             workdir: cstr(workdir, "working directory")?,
             init,
+            interactive: false,
+            security: None,
             candidates,
             argv,
             argv_ptrs: Vec::new(),
@@ -83,6 +93,13 @@ impl ChildPlan {
         plan.argv_ptrs = plan.argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
         plan.envp_ptrs = plan.envp.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
         Ok(plan)
+    }
+
+    /// Add what `security` computed, and whether stdin is kept (`-i`).
+    pub(super) fn with_security(mut self, security: SecurityPlan, interactive: bool) -> ChildPlan {
+        self.security = Some(security);
+        self.interactive = interactive;
+        self
     }
 
     /// `argv[0]`, for error messages.
@@ -125,15 +142,35 @@ pub(super) fn main(plan: &ChildPlan, rep: RawFd, alive: RawFd, go: Option<RawFd>
         // SAFETY: as above.
         unsafe { libc::_exit(FailureKind::Setup.exit_code()) }
     }
+    // Nothing else of rcx-dm's (the cgroup directory, the run directory and its lock, the pool's
+    // files) may stay open in the container: a directory descriptor would lead to the host
+    // through /proc/N/fd (runc's CVE-2024-21626). The alive pipe has done its job too.
+    close_inherited(rep, go);
+    let Some(security) = &plan.security else {
+        fail(rep, Fail::new("starting the container (no security plan)", Errno::EINVAL));
+    };
+    // A session of its own: the caller's session and terminal are not the container's.
+    if let Err(e) = nix::unistd::setsid() {
+        fail(rep, Fail::new("starting a new session", e));
+    }
+    // The clone put this process in its cgroup: that group becomes the namespace's root.
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
+        fail(rep, Fail::new("creating the cgroup namespace", e));
+    }
     report::stamp(rep, Stage::Start);
     if let Err(f) = root_mount::mount_root(&plan.root) {
         fail(rep, f);
     }
     report::stamp(rep, Stage::Mounted);
-    if let Err(f) = enter_root(plan, go) {
+    if let Err(f) = enter_root(plan, security, go) {
         fail(rep, f);
     }
     report::stamp(rep, Stage::Ready);
+    // After the last step that needs CAP_SYS_ADMIN, before --init forks: the init and the
+    // command both run with the container's capabilities only.
+    if let Err(f) = security::lock_down(security) {
+        fail(rep, f);
+    }
     if plan.init {
         // Returns only in the command's process (PID 2); PID 1 stays in the init loop.
         init::become_init(rep);
@@ -142,7 +179,7 @@ pub(super) fn main(plan: &ChildPlan, rep: RawFd, alive: RawFd, go: Option<RawFd>
 }
 
 /// pivot_root into the mounted volume and build the rest of the container's view.
-fn enter_root(plan: &ChildPlan, go: Option<RawFd>) -> Step<()> {
+fn enter_root(plan: &ChildPlan, security: &SecurityPlan, go: Option<RawFd>) -> Step<()> {
     let ro = plan.root.read_only;
     nix::unistd::chdir(plan.root.target.as_c_str()).map_err(|e| Fail::new("entering the mounted volume", e))?;
     // /dev first, while the host's terminal is still reachable for /dev/console.
@@ -152,7 +189,8 @@ fn enter_root(plan: &ChildPlan, go: Option<RawFd>) -> Step<()> {
     nix::unistd::pivot_root(".", ".").map_err(|e| Fail::new("pivot_root into the volume", e))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| Fail::new("detaching the old root", e))?;
     nix::unistd::chdir("/").map_err(|e| Fail::new("entering the new root", e))?;
-    root_mount::mount_proc_sys(ro)?;
+    root_mount::mount_proc_sys(ro, security.privileged)?;
+    security::protect_proc_sys(security)?;
     nix::unistd::sethostname(&plan.hostname).map_err(|e| Fail::new("setting the hostname", e))?;
     match plan.net {
         ChildNet::Host => {}
@@ -162,11 +200,19 @@ fn enter_root(plan: &ChildPlan, go: Option<RawFd>) -> Step<()> {
             let mut b = [0u8; 1];
             // SAFETY: reading one byte from our pipe; EOF means rcx-dm gave up (or died).
             let n = unsafe { libc::read(go.unwrap_or(-1), b.as_mut_ptr().cast(), 1) };
+            // Done with it; --init's PID 1, which never execs, must not keep it.
+            if let Some(fd) = go {
+                // SAFETY: closing our own descriptor.
+                unsafe { libc::close(fd) };
+            }
             if n != 1 {
                 return Err(Fail::new("waiting for rcx-dm to create eth0", Errno::EPIPE));
             }
             network::configure_container(ip)?;
         }
+    }
+    if !plan.interactive {
+        stdin_from_dev_null()?;
     }
     let wd = std::path::Path::new(std::ffi::OsStr::from_bytes(plan.workdir.as_bytes()));
     if !wd.is_dir() && !ro {
@@ -176,6 +222,50 @@ fn enter_root(plan: &ChildPlan, go: Option<RawFd>) -> Step<()> {
     }
     nix::unistd::chdir(plan.workdir.as_c_str())
         .map_err(|e| Fail::new(format!("entering the working directory {}", wd.display()), e))
+}
+
+/// Close every descriptor but 0, 1, 2, the report pipe and the go pipe.
+fn close_inherited(rep: RawFd, go: Option<RawFd>) {
+    let mut keep = [rep, go.unwrap_or(-1)];
+    keep.sort_unstable();
+    let close = |from: RawFd, to: RawFd| {
+        // SAFETY: closing descriptors of this single-threaded process; none is used afterwards.
+        let r = unsafe { libc::syscall(libc::SYS_close_range, from as u32, to as u32, 0u32) };
+        if r != 0 {
+            // Before Linux 5.9: one by one, as far as any descriptor can reasonably be.
+            for fd in from..=to.min(1 << 16) {
+                // SAFETY: as above.
+                unsafe { libc::close(fd) };
+            }
+        }
+    };
+    let mut from: RawFd = 3;
+    for k in keep {
+        if k >= from {
+            if k > from {
+                close(from, k - 1);
+            }
+            from = k + 1;
+        }
+    }
+    close(from, RawFd::MAX);
+}
+
+/// Without `-i` the container's stdin is its own /dev/null, as Docker's.
+fn stdin_from_dev_null() -> Step<()> {
+    let fd = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty())
+        .map_err(|e| Fail::new("opening /dev/null for stdin", e))?;
+    use std::os::fd::AsRawFd;
+    if fd.as_raw_fd() != 0 {
+        // SAFETY: dup2 onto descriptor 0 of this process; `fd` is closed on drop.
+        if unsafe { libc::dup2(fd.as_raw_fd(), 0) } != 0 {
+            return Err(Fail::new("making /dev/null the container's stdin", Errno::last()));
+        }
+    } else {
+        // It took the free slot 0 already: keep it open there.
+        std::mem::forget(fd);
+    }
+    Ok(())
 }
 
 /// A new network namespace has only `lo`, and it is down: bring it up, as docker's none.

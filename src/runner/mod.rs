@@ -8,14 +8,16 @@
 //! 4. a cgroup v2 group with the limits (`cgroup`);
 //! 5. clone3 into new mount, pid, uts, ipc (and net) namespaces, inside that cgroup; the child
 //!    mounts the volume privately, pivot_roots into it, detaches the old root, mounts /proc,
-//!    /sys (read-only) and a minimal /dev, sets the hostname and execs the command as PID 1
-//!    (`fork` clones, `child` runs the steps in the container, `root_mount`, `devices`; the
-//!    child reports each stage, or its failure, on a pipe: `report`);
+//!    /sys (read-only) and a minimal /dev, sets the hostname, locks itself down (a new session
+//!    and cgroup namespace, masked and read-only paths, capabilities: `security`) and execs the
+//!    command as PID 1 (`fork` clones, `child` runs the steps in the container, `root_mount`,
+//!    `devices`; the child reports each stage, or its failure, on a pipe: `report`);
 //! 6. rcx-dm forwards signals and waits (`init`); the exit status is the command's, or 128+n
 //!    if signal n killed it;
 //! 7. teardown: cgroup removed, snapshot deactivated (or deleted with --rm), record removed.
 //!
-//! Files: `spec` (what a run asks for), `run` (steps 1-3 and 7), `container` (steps 4-6 on any
+//! Files: `spec` (what a run asks for), `security` (capabilities, security options, and the
+//! child's lock-down), `run` (steps 1-3 and 7), `container` (steps 4-6 on any
 //! block device), `state` (the record and crash cleanup), `step` (how a child-side step fails).
 //!
 //! No process is spawned besides the container itself. If rcx-dm dies, the container dies
@@ -33,6 +35,7 @@ mod network;
 mod report;
 mod root_mount;
 mod run;
+mod security;
 mod spec;
 mod state;
 mod step;
@@ -46,6 +49,9 @@ pub use network::{BRIDGE, GATEWAY};
 pub use report::{EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SETUP};
 pub use root_mount::{detect as detect_filesystem, parse_mountinfo, Fs, MountEntry};
 pub use run::run;
+pub use security::{
+    capability_set, parse_capability, parse_security_opt, CapSet, Capability, SeccompProfile, Security, SecurityOpt,
+};
 pub use spec::{parse_env, validate_hostname, Net, RunSpec, DEFAULT_PATH};
 pub use state::{reap_dead_runs, RunRecord, RUNS_DIR};
 

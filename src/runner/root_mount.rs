@@ -161,15 +161,16 @@ pub(super) fn ensure_dir(path: &'static str, read_only: bool) -> Step<()> {
         .map_err(|e| Fail::new(format!("creating {}", path.display()), e))
 }
 
-/// After pivot_root: a fresh procfs for the container's pid namespace, and sysfs read-only (for
-/// --net none it shows the container's own network namespace).
-pub(super) fn mount_proc_sys(read_only: bool) -> Step<()> {
+/// After pivot_root: a fresh procfs for the container's pid namespace, and sysfs read-only
+/// unless `sys_writable` (`--privileged`; for --net none it shows the container's own network
+/// namespace).
+pub(super) fn mount_proc_sys(read_only: bool, sys_writable: bool) -> Step<()> {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     ensure_dir("/proc", read_only)?;
     mount(Some("proc"), "/proc", Some("proc"), nosuid_nodev_noexec, None::<&str>).map_err(|e| Fail::new("mounting /proc", e))?;
     ensure_dir("/sys", read_only)?;
-    mount(Some("sysfs"), "/sys", Some("sysfs"), nosuid_nodev_noexec | MsFlags::MS_RDONLY, None::<&str>)
-        .map_err(|e| Fail::new("mounting /sys read-only", e))
+    let ro = if sys_writable { MsFlags::empty() } else { MsFlags::MS_RDONLY };
+    mount(Some("sysfs"), "/sys", Some("sysfs"), nosuid_nodev_noexec | ro, None::<&str>).map_err(|e| Fail::new("mounting /sys", e))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! What a run asks for (`RunSpec`, `Net`) and the checks on it, done before anything is touched.
 
 use super::cgroup::Limits;
+use super::security::Security;
 use crate::error::{Error, Result};
 use crate::pool::VolRef;
 
@@ -42,6 +43,10 @@ pub struct RunSpec {
     pub read_only: bool,
     /// A tiny init as PID 1 (signal forwarding, reaping); the command is then PID 2.
     pub init: bool,
+    /// `-i`: the container's stdin is rcx-dm's; otherwise it is /dev/null.
+    pub interactive: bool,
+    /// Capabilities, `--privileged`, no-new-privileges and seccomp.
+    pub security: Security,
     /// The command and its arguments (`argv[0]` is searched in the container's PATH).
     pub argv: Vec<String>,
 }
@@ -94,7 +99,7 @@ impl RunSpec {
                 return Err(Error::invalid("working directory", format!("'{w}'; give an absolute path like /root")));
             }
         }
-        Ok(())
+        self.security.validate()
     }
 
     /// The container's environment: PATH, HOME, HOSTNAME, TERM (from rcx-dm's, for the
