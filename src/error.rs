@@ -324,6 +324,18 @@ pub enum Error {
         why: String,
     },
 
+    /// A seccomp profile for `run` cannot be used: the file is missing or unreadable, it is not
+    /// Docker's profile format, or it asks for something rcx-dm cannot enforce (an unknown
+    /// action or operator, SCMP_ACT_NOTIFY, a host architecture other than x86_64). Found
+    /// before anything of the run is created.
+    #[error("seccomp profile {profile}: {why}; fix the profile, or pass `--security-opt seccomp=unconfined` to run without a filter")]
+    SeccompProfile {
+        /// The profile's path, or `built-in default` for the embedded one.
+        profile: String,
+        /// What is wrong, naming the offending entry or value.
+        why: String,
+    },
+
     // ---- classic snapshots (snapshot-origin / snapshot / snapshot-merge) and revert ----
     /// A classic origin or snapshot with that name is not in the pool's classic records.
     #[error("no {kind} '{name}' in pool '{pool}'; `rcx-dm origin list` and `rcx-dm cow status` show them")]

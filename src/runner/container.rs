@@ -91,9 +91,6 @@ pub fn run_container(
         (Net::Bridge, None) => return Err(Error::invalid("network", "--net bridge needs an address (use runner::run)")),
     };
     let security = spec.security.plan()?;
-    // TODO(merge): compile the seccomp filter here, in the parent, and carry it in the plan:
-    //     let seccomp = SeccompFilter::compile(&spec.security.effective_seccomp(), &security.caps.names())?;
-    // (`security::lock_down` has the install site.)
     let plan = ChildPlan::new(root, net, hostname, workdir, spec.init, &spec.argv, &env)?
         .with_security(security, spec.interactive);
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;

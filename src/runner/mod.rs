@@ -19,6 +19,8 @@
 //! Files: `spec` (what a run asks for), `security` (capabilities, security options, and the
 //! child's lock-down), `run` (steps 1-3 and 7), `container` (steps 4-6 on any
 //! block device), `state` (the record and crash cleanup), `step` (how a child-side step fails).
+//! `seccomp`: the container's seccomp profile, compiled to BPF in the parent, installed by the
+//! child.
 //!
 //! No process is spawned besides the container itself. If rcx-dm dies, the container dies
 //! with it (PR_SET_PDEATHSIG), the kernel drops the mount with the container's mount
@@ -35,6 +37,7 @@ mod network;
 mod report;
 mod root_mount;
 mod run;
+mod seccomp;
 mod security;
 mod spec;
 mod state;
@@ -49,9 +52,8 @@ pub use network::{BRIDGE, GATEWAY};
 pub use report::{EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SETUP};
 pub use root_mount::{detect as detect_filesystem, parse_mountinfo, Fs, MountEntry};
 pub use run::run;
-pub use security::{
-    capability_set, parse_capability, parse_security_opt, CapSet, Capability, SeccompProfile, Security, SecurityOpt,
-};
+pub use seccomp::SeccompProfile;
+pub use security::{capability_set, parse_capability, parse_security_opt, CapSet, Capability, Security, SecurityOpt};
 pub use spec::{parse_env, validate_hostname, Net, RunSpec, DEFAULT_PATH};
 pub use state::{reap_dead_runs, RunRecord, RUNS_DIR};
 

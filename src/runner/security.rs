@@ -12,22 +12,9 @@ use std::path::PathBuf;
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 
+use super::seccomp::{SeccompFilter, SeccompProfile};
 use super::step::{Fail, Step};
 use crate::error::{Error, IoContext, Result};
-
-/// The seccomp profile a container runs under.
-// TODO(merge): placeholder until src/runner/seccomp.rs lands; that module defines the real
-// `SeccompProfile` (same variants) and this one goes, with `pub use seccomp::SeccompProfile`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum SeccompProfile {
-    /// Docker's default profile.
-    #[default]
-    Default,
-    /// No filter (`--security-opt seccomp=unconfined`).
-    Unconfined,
-    /// A profile in Docker's JSON format (`--security-opt seccomp=PROFILE.json`).
-    File(PathBuf),
-}
 
 /// The capabilities by number, as the kernel's `linux/capability.h` numbers them.
 const CAP_NAMES: [&str; 41] = [
@@ -325,9 +312,13 @@ impl Security {
     /// is as much as rcx-dm has.
     pub(super) fn plan(&self) -> Result<SecurityPlan> {
         let last_cap = last_cap()?;
-        let caps = capability_set(self.privileged, &self.cap_add, &self.cap_drop, last_cap);
+        let caps = CapSet(capability_set(self.privileged, &self.cap_add, &self.cap_drop, last_cap).0 & own_permitted()?.0);
+        // Compiled here, in the parent: the profile's capability conditions are judged against
+        // the set the container will hold.
+        let seccomp = SeccompFilter::compile(&self.effective_seccomp(), &caps.names())?;
         Ok(SecurityPlan {
-            caps: CapSet(caps.0 & own_permitted()?.0),
+            caps,
+            seccomp,
             last_cap,
             no_new_privileges: self.no_new_privileges,
             privileged: self.privileged,
@@ -336,10 +327,12 @@ impl Security {
 }
 
 /// The child's share of `Security`, computed before the clone.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(super) struct SecurityPlan {
     /// Kept in the bounding, permitted, effective and inheritable sets.
     pub(super) caps: CapSet,
+    /// The compiled seccomp filter; None when unconfined.
+    seccomp: Option<SeccompFilter>,
     /// The kernel's highest capability number: the bounding set is dropped up to it.
     last_cap: u32,
     no_new_privileges: bool,
@@ -453,13 +446,13 @@ pub(super) fn lock_down(plan: &SecurityPlan) -> Step<()> {
             return Err(Fail::new("setting no_new_privs", Errno::last()));
         }
     }
-    // TODO(merge): SECCOMP INSTALL SITE, the only one. `SeccompFilter::install(&self)` goes
-    // here, with the filter compiled in the parent and carried in the plan:
-    //     if let Some(f) = &plan.seccomp { f.install().map_err(|e| Fail::new("installing the seccomp filter", e))?; }
-    // It must come before capset below: once CAP_SYS_ADMIN is gone, installing a filter needs
-    // no_new_privs, which is off by default (runc orders it the same way). What runs after it
-    // (capset, --init's fork/sigwaitinfo/kill/wait4, the signal resets, close_range, execve)
-    // is allowed by Docker's default profile.
+    // Before capset: once CAP_SYS_ADMIN is gone, installing a filter needs no_new_privs, which
+    // is off by default (runc orders it the same way). What runs after it (capset, --init's
+    // fork/sigwaitinfo/kill/wait4, the signal resets, close_range, execve) the default profile
+    // allows.
+    if let Some(f) = &plan.seccomp {
+        f.install().map_err(|e| Fail::new("installing the seccomp filter", e))?;
+    }
     let words = plan.caps.words();
     let data = [0, 1].map(|i| CapData { effective: words[i], permitted: words[i], inheritable: words[i] });
     let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
