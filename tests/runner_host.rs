@@ -64,6 +64,7 @@ fn main() {
         ("only_0_1_2_are_open_and_nothing_leads_to_the_host", descriptors),
         ("new_session_and_stdin_is_dev_null_without_i", session_and_stdin),
         ("chown_low_ports_and_setuid_still_work", ordinary_things),
+        ("seccomp_default_unconfined_privileged_and_a_docker_profile", seccomp),
     ];
     let mut failed = 0;
     for (name, f) in cases {
@@ -484,4 +485,38 @@ fn ordinary_things(env: &Env) {
     assert_eq!(ok(env, spec(&["sh", "-c", setuid])), "suid-ok\n");
     // no-new-privileges: the setuid bit grants nothing.
     assert_eq!(ok(env, with(&["--security-opt", "no-new-privileges"], &["sh", "-c", setuid])), "");
+}
+
+/// The `Seccomp:` line of /proc/self/status inside the container (0 none, 2 filter).
+fn seccomp_mode(env: &Env, flags: &[&str]) -> String {
+    let out = ok(env, with(flags, &["grep", "^Seccomp:", "/proc/self/status"]));
+    out.split_whitespace().nth(1).unwrap_or_default().to_string()
+}
+
+fn seccomp(env: &Env) {
+    assert_eq!(seccomp_mode(env, &[]), "2", "no filter by default");
+    assert_eq!(seccomp_mode(env, &["--init"]), "2", "no filter on the command under --init");
+    assert_eq!(seccomp_mode(env, &["--security-opt", "seccomp=unconfined"]), "0");
+    assert_eq!(seccomp_mode(env, &["--privileged"]), "0", "--privileged is unconfined, as Docker's");
+    // The default filter lets mount through only with CAP_SYS_ADMIN (`capabilities` shows
+    // --cap-add SYS_ADMIN mounting under it); without, EPERM.
+    let (r, _, err) = run_spec(env, spec(&["mount", "-t", "tmpfs", "none", "/tmp"]));
+    assert_ne!(r.unwrap().code, 0);
+    assert!(err.contains("Operation not permitted") || err.contains("permission denied"), "{err}");
+    // A Docker-format profile that allows everything but mkdir/mkdirat: mkdir is refused, the
+    // rest of the container runs.
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64"],
+            "syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let (r, _, err) = run_spec(env, with(&["--security-opt", &opt], &["mkdir", "/tmp/x"]));
+    assert_ne!(r.unwrap().code, 0, "mkdir worked under a profile that denies it");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert_eq!(ok(env, with(&["--security-opt", &opt], &["echo", "runs"])), "runs\n");
+    ok(env, spec(&["sh", "-c", "mkdir /tmp/y && rmdir /tmp/y"]));
 }
