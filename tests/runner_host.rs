@@ -65,6 +65,7 @@ fn main() {
         ("new_session_and_stdin_is_dev_null_without_i", session_and_stdin),
         ("chown_low_ports_and_setuid_still_work", ordinary_things),
         ("seccomp_default_unconfined_privileged_and_a_docker_profile", seccomp),
+        ("device_nodes_made_inside_do_not_open_but_the_standard_ones_do", devices),
     ];
     let mut failed = 0;
     for (name, f) in cases {
@@ -90,6 +91,7 @@ fn devnum(dev: &Path) -> (u64, u64) {
 const APPLETS: &[&str] = &[
     "sh", "ps", "hostname", "cat", "ls", "mkdir", "echo", "sleep", "true", "false", "env", "pwd", "touch", "kill", "wc",
     "id", "grep", "dd", "seq", "readlink", "stat", "mount", "cp", "chmod", "chown", "su", "ping", "nc", "ln", "printf", "rm",
+    "mknod", "head",
 ];
 
 /// A busybox root: /bin/busybox and applet links, the usual top directories, a marker file.
@@ -198,9 +200,14 @@ fn hostname_mounts_ls(env: &Env) {
         .filter(|p| *p != "/dev/console" && !p.starts_with("/proc/") && !p.starts_with("/sys/"))
         .collect();
     points.sort_unstable();
-    assert_eq!(points, vec!["/", "/dev", "/dev/pts", "/dev/shm", "/proc", "/sys"], "{mounts}");
+    // The standard device nodes are bind mounts of their own: /dev under them is nodev.
+    assert_eq!(
+        points,
+        vec!["/", "/dev", "/dev/full", "/dev/null", "/dev/pts", "/dev/random", "/dev/shm", "/dev/tty", "/dev/urandom", "/dev/zero", "/proc", "/sys"],
+        "{mounts}"
+    );
     let dev = env.dev.display().to_string();
-    assert!(mounts.lines().next().unwrap().starts_with(&format!("{dev} / ext4 rw")), "{mounts}");
+    assert!(mounts.lines().next().unwrap().starts_with(&format!("{dev} / ext4 rw,nodev,")), "{mounts}");
     assert!(mounts.contains("sysfs /sys sysfs ro,"), "{mounts}");
     let ls = ok(env, spec(&["ls", "/"]));
     let mut got: Vec<&str> = ls.split_whitespace().collect();
@@ -519,4 +526,27 @@ fn seccomp(env: &Env) {
     assert!(err.contains("Operation not permitted"), "{err}");
     assert_eq!(ok(env, with(&["--security-opt", &opt], &["echo", "runs"])), "runs\n");
     ok(env, spec(&["sh", "-c", "mkdir /tmp/y && rmdir /tmp/y"]));
+}
+
+fn devices(env: &Env) {
+    // The host's block device under the container (its own volume's loop device): a node the
+    // container makes for it, on the root or in /dev, does not open; nor does a character device
+    // outside the standard set (/dev/mem is 1:1).
+    let (maj, min) = devnum(&env.dev);
+    for path in ["/tmp/blk", "/dev/blk"] {
+        let cmd = format!("rm -f {path}; mknod {path} b {maj} {min} && head -c 512 {path} | wc -c");
+        let (r, out, err) = run_spec(env, spec(&["sh", "-c", &cmd]));
+        let r = r.unwrap();
+        assert!(err.contains("Permission denied"), "{path}: read the host's block device: {out} {err} {r:?}");
+        assert_eq!(out.trim(), "0", "{path}: {out}");
+    }
+    let (_, out, err) = run_spec(env, spec(&["sh", "-c", "rm -f /tmp/mem; mknod /tmp/mem c 1 1 && head -c 1 /tmp/mem | wc -c"]));
+    assert!(err.contains("Permission denied") && out.trim() == "0", "/dev/mem opened: {out} {err}");
+    // The standard nodes work.
+    let out = ok(env, spec(&["sh", "-c", "echo x > /dev/null && head -c 4 /dev/zero | wc -c && head -c 4 /dev/urandom | wc -c"]));
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["4", "4"], "{out}");
+    // --privileged lifts it (as Docker's does): the same node reads.
+    let cmd = format!("rm -f /tmp/blk; mknod /tmp/blk b {maj} {min} && head -c 512 /tmp/blk | wc -c");
+    assert_eq!(ok(env, with(&["--privileged"], &["sh", "-c", &cmd])).trim(), "512");
+    ok(env, spec(&["rm", "-f", "/tmp/blk", "/tmp/mem"]));
 }

@@ -179,14 +179,21 @@ fn runner_isolation_pid1_hostname_mounts_and_exit_statuses() {
     // /proc/mounts: the volume as /, fresh proc, sysfs read-only, the minimal /dev; nothing of
     // the host (9p root, tmpfs scratch, the pool's files) and no old root.
     let mounts = run_code(&s, &["--rm", "base", "--", "cat", "/proc/mounts"], 0);
-    // (Below /proc and /sys: runc's masked and read-only paths and cgroup2 read-only.)
+    // (Below /proc and /sys: runc's masked and read-only paths and cgroup2 read-only. The
+    // standard device nodes are bind mounts of their own: /dev under them is nodev.)
     let mut points: Vec<&str> = mounts
         .lines()
         .map(|l| l.split(' ').nth(1).unwrap())
         .filter(|p| !p.starts_with("/proc/") && !p.starts_with("/sys/"))
         .collect();
     points.sort_unstable();
-    assert_eq!(points, ["/", "/dev", "/dev/pts", "/dev/shm", "/proc", "/sys"], "{mounts}");
+    assert_eq!(
+        points,
+        ["/", "/dev", "/dev/full", "/dev/null", "/dev/pts", "/dev/random", "/dev/shm", "/dev/tty", "/dev/urandom", "/dev/zero", "/proc", "/sys"],
+        "{mounts}"
+    );
+    assert!(mounts.lines().any(|l| l.starts_with("tmpfs /dev tmpfs rw,nosuid,nodev,")), "{mounts}");
+    assert!(first_is_nodev(&mounts), "the root is not nodev:\n{mounts}");
     assert!(mounts.lines().any(|l| l.starts_with("cgroup /sys/fs/cgroup cgroup2 ro,")), "{mounts}");
     assert!(mounts.lines().any(|l| l.starts_with("proc /proc/sys proc ro,")), "{mounts}");
     let first: Vec<&str> = mounts.lines().next().unwrap().split(' ').collect();
@@ -437,4 +444,9 @@ fn runner_net_bridge_connects_two_containers() {
         .unwrap_or_default();
     assert!(!claims.iter().any(|c| c.contains(path_str(&s.pool_dir()))), "address claims left: {claims:?}");
     assert_nothing_left(&s);
+}
+
+/// The container's root (the first line of its /proc/mounts) is mounted nodev.
+fn first_is_nodev(mounts: &str) -> bool {
+    mounts.lines().next().and_then(|l| l.split(' ').nth(3)).is_some_and(|o| o.split(',').any(|f| f == "nodev"))
 }

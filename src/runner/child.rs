@@ -183,7 +183,7 @@ fn enter_root(plan: &ChildPlan, security: &SecurityPlan, go: Option<RawFd>) -> S
     let ro = plan.root.read_only;
     nix::unistd::chdir(plan.root.target.as_c_str()).map_err(|e| Fail::new("entering the mounted volume", e))?;
     // /dev first, while the host's terminal is still reachable for /dev/console.
-    devices::setup(ro)?;
+    devices::setup(ro, plan.root.nodev)?;
     // pivot_root(".", ".") stacks the old root on top of the new one; unmounting "." then
     // detaches the old root, with no directory made in the volume for it.
     nix::unistd::pivot_root(".", ".").map_err(|e| Fail::new("pivot_root into the volume", e))?;

@@ -82,7 +82,7 @@ pub fn run_container(
     let cg_fd = cg.as_ref().map(|c| c.dir_fd()).transpose()?;
     timings.push(("cgroup", t_cg.elapsed()));
     let env = spec.environment(hostname);
-    let root = RootPlan::new(t.device, t.mount_dir, t.fs, spec.read_only, t.read_only_base)?;
+    let root = RootPlan::new(t.device, t.mount_dir, t.fs, spec.read_only, t.read_only_base, !spec.security.privileged)?;
     let workdir = spec.workdir.as_deref().unwrap_or("/");
     let (net, bridge) = match (spec.net, &t.bridge) {
         (Net::None, _) => (ChildNet::None, None),

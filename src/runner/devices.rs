@@ -31,7 +31,10 @@ const LINKS: [(&str, &str); 6] = [
 ];
 
 /// Build /dev in `dev` under the current directory (the mounted volume, before pivot_root).
-pub(super) fn setup(read_only_root: bool) -> Step<()> {
+/// `nodev`: only the standard nodes open; a node the container makes in /dev later does not
+/// (each standard node is bind-mounted onto itself, a mount of its own, and the tmpfs under
+/// them is remounted `nodev`).
+pub(super) fn setup(read_only_root: bool, nodev: bool) -> Step<()> {
     ensure_dir("dev", read_only_root)?;
     mount(Some("tmpfs"), "dev", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=64k"))
         .map_err(|e| Fail::new("mounting a tmpfs on /dev", e))?;
@@ -46,6 +49,20 @@ pub(super) fn setup(read_only_root: bool) -> Step<()> {
             nix::sys::stat::FchmodatFlags::FollowSymlink,
         )
         .map_err(|e| Fail::new(format!("setting the mode of /{path}"), e))?;
+    }
+    if nodev {
+        for (path, _, _) in DEVICES {
+            mount(Some(path), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| Fail::new(format!("bind-mounting /{path} onto itself"), e))?;
+        }
+        mount(
+            None::<&str>,
+            "dev",
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+            Some("mode=755,size=64k"),
+        )
+        .map_err(|e| Fail::new("remounting /dev nodev", e))?;
     }
     for (dir, mode) in [("dev/pts", 0o755), ("dev/shm", 0o1777)] {
         nix::unistd::mkdir(dir, Mode::from_bits_truncate(mode)).map_err(|e| Fail::new(format!("creating /{dir}"), e))?;

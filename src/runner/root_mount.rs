@@ -107,17 +107,22 @@ pub(super) struct RootPlan {
     data: Option<&'static str>,
     /// Mount it read-only (--read-only).
     pub(super) read_only: bool,
+    /// Mount it `nodev` (all but `--privileged`): a device node the container makes on it
+    /// (it has CAP_MKNOD, as under Docker) cannot be opened, so no block device of the host
+    /// (loop, dm, disks) is reachable through one.
+    pub(super) nodev: bool,
 }
 
 impl RootPlan {
     /// `read_only_base`: the device is a read-only base, mounted without journal replay.
-    pub(super) fn new(device: &Path, target: &Path, fs: Fs, read_only: bool, read_only_base: bool) -> Result<RootPlan> {
+    pub(super) fn new(device: &Path, target: &Path, fs: Fs, read_only: bool, read_only_base: bool, nodev: bool) -> Result<RootPlan> {
         Ok(RootPlan {
             device: cpath(device)?,
             target: cpath(target)?,
             fstype: fs.kernel_name(),
             data: fs.mount_data(read_only_base),
             read_only,
+            nodev,
         })
     }
 }
@@ -126,14 +131,19 @@ fn cpath(p: &Path) -> Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::invalid("path", format!("{} contains a NUL byte", p.display())))
 }
 
-/// In the container's fresh mount namespace: stop propagation both ways (so nothing mounted
-/// here reaches the host, and the host's later mounts stay out), then mount the volume.
+/// In the container's fresh mount namespace: make every mount a slave (runc's default), so
+/// nothing mounted here reaches the host while the host's unmounts still reach the copies this
+/// namespace holds until pivot_root drops them (a private copy would keep a host filesystem,
+/// and the device under it, busy meanwhile); then mount the volume.
 pub(super) fn mount_root(p: &RootPlan) -> Step<()> {
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(|e| Fail::new("making the mount tree private", e))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(|e| Fail::new("making the mount tree a slave of the host's", e))?;
     let mut flags = MsFlags::empty();
     if p.read_only {
         flags |= MsFlags::MS_RDONLY;
+    }
+    if p.nodev {
+        flags |= MsFlags::MS_NODEV;
     }
     mount(Some(p.device.as_c_str()), p.target.as_c_str(), Some(p.fstype), flags, p.data).map_err(|e| {
         Fail::new(
