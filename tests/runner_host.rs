@@ -66,6 +66,7 @@ fn main() {
         ("chown_low_ports_and_setuid_still_work", ordinary_things),
         ("seccomp_default_unconfined_privileged_and_a_docker_profile", seccomp),
         ("device_nodes_made_inside_do_not_open_but_the_standard_ones_do", devices),
+        ("child_cgroups_made_inside_are_removed_at_once", nested_cgroups),
     ];
     let mut failed = 0;
     for (name, f) in cases {
@@ -549,4 +550,22 @@ fn devices(env: &Env) {
     let cmd = format!("rm -f /tmp/blk; mknod /tmp/blk b {maj} {min} && head -c 512 /tmp/blk | wc -c");
     assert_eq!(ok(env, with(&["--privileged"], &["sh", "-c", &cmd])).trim(), "512");
     ok(env, spec(&["rm", "-f", "/tmp/blk", "/tmp/mem"]));
+}
+
+fn nested_cgroups(env: &Env) {
+    // A container with a writable cgroup2 (--privileged) that makes groups below its own and
+    // leaves a process in the deepest: the teardown kills it and removes them all, at once
+    // (removal was EBUSY for 10 s, then failed, while a child group existed).
+    let mnt = runner::cgroup_mount().expect("cgroup v2 on this host");
+    let group = mnt.join(format!("rcx-dm-host-nested-{}", std::process::id()));
+    let script = "mkdir -p /sys/fs/cgroup/a/b && echo $$ > /sys/fs/cgroup/a/b/cgroup.procs && sleep 100 & sleep 0.2; \
+                  cat /sys/fs/cgroup/a/b/cgroup.procs | wc -l";
+    let (r, out, err) = run_in(env, with(&["--privileged"], &["sh", "-c", script]), Some((&mnt, &group)));
+    assert_eq!(r.unwrap_or_else(|e| panic!("{e}: {err}")).code, 0, "{err}");
+    assert!(out.trim().parse::<u32>().is_ok_and(|n| n > 0), "no process in the child group: {out} {err}");
+    assert!(group.join("a/b").is_dir(), "the child group was not made");
+    let t = std::time::Instant::now();
+    runner::remove_cgroup(&group).unwrap();
+    assert!(!group.exists(), "{} left", group.display());
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "removal took {:?}", t.elapsed());
 }

@@ -129,39 +129,55 @@ pub(super) fn lock_volume(pool: &Pool, id: u32, exclusive: bool) -> Result<FileL
 /// Undo what a run created, in reverse order. Idempotent; used after every run and for runs
 /// whose rcx-dm died.
 pub(super) fn cleanup(pool: &Pool, rec: &RunRecord, dir: &Path) -> Result<()> {
+    // Every step is tried whatever the one before returned (a cgroup that cannot go must not
+    // keep the snapshot, the volume or the address); the first error is returned, and the
+    // record stays for the next command to retry.
+    let mut first: Option<Error> = None;
+    let mut step = |r: Result<()>| {
+        if let Err(e) = r {
+            tracing::warn!(run = %rec.id, error = %e, "a teardown step failed; going on with the others");
+            first.get_or_insert(e);
+        }
+    };
     if let Some(cg) = &rec.cgroup {
-        cgroup::remove(cg)?;
+        step(cgroup::remove(cg));
     }
     // The volume is mounted only in the container's namespace, gone with it. Should a mount of
     // the run's root be visible here anyway, detach it.
     let root = dir.join("rootfs");
-    if root_mount::mountinfo()?.iter().any(|m| m.mount_point == root) {
-        let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
-    }
+    step(root_mount::mountinfo().map(|m| {
+        if m.iter().any(|m| m.mount_point == root) {
+            let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }));
     // A run killed while its snapshot was being made leaves that snapshot to the pool's
     // pending intent: recover it first, or the snapshot would be recorded after this cleanup
     // (found by name: not yet) and never deleted (the soak found such `run-*` volumes). While
     // the pool is inactive the record waits for `pool activate`.
     if rec.snapshot.is_some() {
-        pool.recover_pending_or_fail(&crate::dm::Dm::open()?)?;
+        if let Err(e) = crate::dm::Dm::open().and_then(|dm| pool.recover_pending_or_fail(&dm)) {
+            // The snapshot's fate is unknown until recovery: nothing more of it now.
+            step(Err(e));
+            return Err(first.take().unwrap_or_else(|| Error::Inconsistent("teardown failed".into())));
+        }
     }
     // Only a snapshot of the run's volume is the run's (a name alone could be someone else's).
     let ours = |name: &str| pool.resolve(&VolRef::Name(name.to_string())).is_ok_and(|v| v.parent == Some(rec.volume));
     if let Some(name) = rec.snapshot.as_deref().filter(|n| ours(n)) {
         let v = VolRef::Name(name.to_string());
         if rec.rm {
-            retry_busy(|| pool.delete_if_exists(&v, true).map(|_| ()))?;
+            step(retry_busy(|| pool.delete_if_exists(&v, true).map(|_| ())));
         } else if pool.volume(&v).is_ok_and(|x| x.active) {
-            retry_busy(|| ignore_missing(pool.deactivate_volume(&v)))?;
+            step(retry_busy(|| ignore_missing(pool.deactivate_volume(&v))));
         }
     }
     if let Some(id) = rec.deactivate {
-        retry_busy(|| ignore_missing(pool.deactivate_volume(&VolRef::Id(id))))?;
+        step(retry_busy(|| ignore_missing(pool.deactivate_volume(&VolRef::Id(id)))));
     }
     if let Some(ip) = &rec.ip {
         network::release_address(ip, dir);
     }
-    Ok(())
+    first.map_or(Ok(()), Err)
 }
 
 /// Whether the process that made the run directory `.new-<id>-<pid>` is alive. A name without
