@@ -13,7 +13,7 @@ use crate::common::*;
 
 const APPLETS: &[&str] = &[
     "sh", "ps", "hostname", "cat", "ls", "mkdir", "echo", "sleep", "true", "false", "touch", "dd", "kill", "wc", "seq",
-    "env", "pwd", "grep", "ip", "ping", "nc",
+    "env", "pwd", "grep", "ip", "ping", "nc", "mknod", "head", "unshare", "mount", "chown", "readlink", "rm",
 ];
 /// What `ls /` shows in the base.
 const ROOT_ENTRIES: &[&str] = &["bin", "dev", "etc", "lost+found", "proc", "root", "sys", "tmp"];
@@ -449,4 +449,66 @@ fn runner_net_bridge_connects_two_containers() {
 /// The container's root (the first line of its /proc/mounts) is mounted nodev.
 fn first_is_nodev(mounts: &str) -> bool {
     mounts.lines().next().and_then(|l| l.split(' ').nth(3)).is_some_and(|o| o.split(',').any(|f| f == "nodev"))
+}
+
+/// The escapes a new user would try from inside a container on a pool, each refused by the
+/// default isolation; then what `--cap-add`, `--privileged` and a Docker-format seccomp
+/// profile change. (tests/runner_host.rs covers the same on a plain loop device, with more
+/// detail; here the kernel is the VM's and the devices are the pool's.)
+#[test]
+fn runner_escapes_from_inside_are_refused_by_default() {
+    let s = Scenario::new("runesc");
+    s.ok(&["pool", "create", "--data-size", "4G"]);
+    let (_, base_dev) = make_base(&s, "base");
+    use std::os::unix::fs::MetadataExt;
+    let st = |p: &Path| std::fs::metadata(p).unwrap().rdev();
+    let (dm_maj, dm_min) = (nix::sys::stat::major(st(&base_dev)), nix::sys::stat::minor(st(&base_dev)));
+    let data = rcx_dm::loopback::find(&s.pool_dir().join("data.img")).unwrap().expect("the pool's loop device");
+    let (lo_maj, lo_min) = (nix::sys::stat::major(st(&data)), nix::sys::stat::minor(st(&data)));
+    let script = format!(
+        "echo '|/tmp/x' > /proc/sys/kernel/core_pattern && echo ESCAPE-core_pattern; \
+         mknod /tmp/dm b {dm_maj} {dm_min} && head -c 512 /tmp/dm > /tmp/got && [ -s /tmp/got ] && echo ESCAPE-dm; \
+         mknod /dev/lo b {lo_maj} {lo_min} && head -c 512 /dev/lo > /tmp/got && [ -s /tmp/got ] && echo ESCAPE-loop; \
+         head -c 16 /proc/kcore > /tmp/got; [ -s /tmp/got ] && echo ESCAPE-kcore; \
+         mkdir -p /tmp/cg && mount -t cgroup2 none /tmp/cg && echo ESCAPE-cgroup-mount; \
+         echo $$ > /sys/fs/cgroup/cgroup.procs && echo ESCAPE-cgroup-move; \
+         unshare -U -r true && echo ESCAPE-userns; \
+         unshare -m mount -t tmpfs none /tmp && echo ESCAPE-mount; \
+         (ls /proc/1/fd > /tmp/fds); for n in $(cat /tmp/fds); do [ -d /proc/1/fd/$n ] && echo ESCAPE-fd-$n; done; \
+         grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; echo done"
+    );
+    for init in [false, true] {
+        let mut args = vec!["--rm"];
+        if init {
+            args.push("--init");
+        }
+        args.extend(["base", "--", "sh", "-c", &script]);
+        let out = run_code(&s, &args, 0);
+        assert!(!out.contains("ESCAPE"), "--init {init}: an escape worked:\n{out}");
+        assert!(out.contains("Seccomp:\t2") && out.ends_with("done\n"), "--init {init}:\n{out}");
+    }
+    // The pool's devices are untouched and still readable from the host.
+    assert_eq!(read_direct(&base_dev, 4096).len(), 4096);
+
+    // Ordinary work under the default set: chown, a low port.
+    run_code(&s, &["--rm", "base", "--", "sh", "-c", "touch /tmp/f && chown 1:1 /tmp/f && nc -l -p 80 -w 1 </dev/null & sleep 0.3; true"], 0);
+    // --cap-add SYS_ADMIN: mount works (the default filter follows the capability).
+    run_code(&s, &["--rm", "--cap-add", "SYS_ADMIN", "base", "--", "mount", "-t", "tmpfs", "none", "/tmp"], 0);
+    // --privileged: every capability, no filter.
+    let st = run_code(&s, &["--rm", "--privileged", "base", "--", "grep", "-E", "^(CapBnd|Seccomp):", "/proc/self/status"], 0);
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").unwrap().trim().parse().unwrap();
+    assert!(st.contains(&format!("CapBnd:\t{:016x}", (1u64 << (last + 1)) - 1)) && st.contains("Seccomp:\t0"), "{st}");
+    // A Docker-format profile denying mkdir.
+    let profile = scratch().join(format!("no-mkdir-{}.json", std::process::id()));
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let o = run(&s, &["--rm", "--security-opt", &opt, "base", "--", "mkdir", "/tmp/d"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(text(&o.stderr).contains("Operation not permitted"), "{}", text(&o.stderr));
+    let _ = std::fs::remove_file(&profile);
+    assert_nothing_left(&s);
 }
