@@ -512,3 +512,32 @@ fn runner_escapes_from_inside_are_refused_by_default() {
     let _ = std::fs::remove_file(&profile);
     assert_nothing_left(&s);
 }
+
+/// A container that made groups below its own (a writable cgroup2 with --privileged, as a
+/// nested runtime or systemd would) and whose rcx-dm was killed: the next command removes
+/// them deepest first and deletes the run's snapshot at once, instead of retrying an EBUSY
+/// rmdir for 10 s and then keeping the snapshot.
+#[test]
+fn runner_child_cgroups_of_a_dead_run_do_not_wedge_the_next_command() {
+    let s = Scenario::new("runcg");
+    s.ok(&["pool", "create", "--data-size", "4G"]);
+    make_base(&s, "base");
+    let script = "mkdir -p /sys/fs/cgroup/a/b && echo $$ > /sys/fs/cgroup/a/b/cgroup.procs && exec sleep 600";
+    let mut c = spawn_run(&s, &["--rm", "--privileged", "base", "--", "sh", "-c", script], Stdio::null());
+    let cg = wait_for_container(&s);
+    wait_for("the container's process to move into its child group", 60, || {
+        (!cg_read(&cg.join("a/b"), "cgroup.procs").is_empty()).then_some(())
+    });
+    c.kill().unwrap(); // SIGKILL: rcx-dm runs no code after this
+    c.wait().unwrap();
+    let t = Instant::now();
+    let names = volume_names(&s); // the next command cleans up
+    let first = t.elapsed();
+    assert_eq!(names, ["base"], "the --rm snapshot of the dead run is left");
+    assert!(!cg.exists(), "{} is left", cg.display());
+    assert!(first < Duration::from_secs(5), "the first command after took {first:?}");
+    let t = Instant::now();
+    s.ok(&["list"]);
+    assert!(t.elapsed() < Duration::from_secs(1), "list took {:?}", t.elapsed());
+    assert_nothing_left(&s);
+}
