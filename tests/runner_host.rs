@@ -28,6 +28,8 @@ fn main() {
         (!Path::new("/dev/loop-control").exists(), "/dev/loop-control"),
         (Command::new("mkfs.ext4").arg("-V").output().is_err(), "mkfs.ext4"),
         (!Path::new("/bin/busybox").exists(), "/bin/busybox"),
+        // For the TIOCSTI case (busybox has no tool for the ioctl); perl-base is essential on Debian.
+        (Command::new("ldd").arg("/usr/bin/perl").output().is_err(), "perl and ldd"),
     ]
     .into_iter()
     .filter_map(|(m, what)| m.then_some(what))
@@ -67,6 +69,11 @@ fn main() {
         ("seccomp_default_unconfined_privileged_and_a_docker_profile", seccomp),
         ("device_nodes_made_inside_do_not_open_but_the_standard_ones_do", devices),
         ("child_cgroups_made_inside_are_removed_at_once", nested_cgroups),
+        ("tty_gives_a_fresh_pty_its_size_output_and_exit_status", tty_basics),
+        ("tty_input_with_i_none_without_and_the_callers_modes_restored", tty_input),
+        ("tty_follows_the_callers_window_size", tty_resize),
+        ("tty_raw_mode_is_restored_after_a_forwarded_signal_and_an_error", tty_restored),
+        ("tiocsti_inside_never_reaches_the_callers_terminal", tiocsti),
     ];
     let mut failed = 0;
     for (name, f) in cases {
@@ -92,7 +99,7 @@ fn devnum(dev: &Path) -> (u64, u64) {
 const APPLETS: &[&str] = &[
     "sh", "ps", "hostname", "cat", "ls", "mkdir", "echo", "sleep", "true", "false", "env", "pwd", "touch", "kill", "wc",
     "id", "grep", "dd", "seq", "readlink", "stat", "mount", "cp", "chmod", "chown", "su", "ping", "nc", "ln", "printf", "rm",
-    "mknod", "head",
+    "mknod", "head", "stty", "tty", "test",
 ];
 
 /// A busybox root: /bin/busybox and applet links, the usual top directories, a marker file.
@@ -107,6 +114,7 @@ fn populate(env: &Env) {
         std::os::unix::fs::symlink("busybox", r.join("bin").join(a)).unwrap();
     }
     std::fs::write(r.join("etc/marker"), "rootfs\n").unwrap();
+    copy_perl(r);
     umount(env);
 }
 
@@ -124,14 +132,21 @@ fn run_spec(env: &Env, spec: RunSpec) -> (rcx_dm::Result<RunOutcome>, String, St
     run_in(env, spec, None)
 }
 
-/// `run_spec`, born in the cgroup (cgroup2 mount, group) if one is given.
-fn run_in(env: &Env, spec: RunSpec, cgroup: Option<(&Path, &Path)>) -> (rcx_dm::Result<RunOutcome>, String, String) {
+/// A run's scratch directory (removed on drop), its mount point, and the files for stdout and
+/// stderr (created; rcx-dm's stdout flushed before they take its place).
+fn scratch() -> (tempfile::TempDir, PathBuf, (PathBuf, std::fs::File), (PathBuf, std::fs::File)) {
     let dir = tempfile::tempdir().unwrap();
     let mount_dir = dir.path().join("rootfs");
     std::fs::create_dir(&mount_dir).unwrap();
     let (o, e) = (dir.path().join("out"), dir.path().join("err"));
     let (of, ef) = (std::fs::File::create(&o).unwrap(), std::fs::File::create(&e).unwrap());
     std::io::stdout().flush().unwrap();
+    (dir, mount_dir, (o, of), (e, ef))
+}
+
+/// `run_spec`, born in the cgroup (cgroup2 mount, group) if one is given.
+fn run_in(env: &Env, spec: RunSpec, cgroup: Option<(&Path, &Path)>) -> (rcx_dm::Result<RunOutcome>, String, String) {
+    let (_dir, mount_dir, (o, of), (e, ef)) = scratch();
     let saved = (nix::unistd::dup(std::io::stdout()).unwrap(), nix::unistd::dup(std::io::stderr()).unwrap());
     // SAFETY: swapping fds 1 and 2 of this single-threaded test process and back.
     unsafe {
@@ -192,13 +207,12 @@ fn hostname_mounts_ls(env: &Env) {
     assert_eq!(ok(env, RunSpec { hostname: Some("box1".into()), ..spec(&["hostname"]) }), "box1\n");
     assert_eq!(ok(env, spec(&["hostname"])), "host-test\n");
     let mounts = ok(env, spec(&["cat", "/proc/mounts"]));
-    // (/dev/console appears too when this test runs on a terminal: the terminal passed through.)
-    // (Below /proc and /sys: the masked and read-only paths and cgroup2, checked in
+    // (No /dev/console without -t, even when this test runs on a terminal.) (Below /proc and /sys: the masked and read-only paths and cgroup2, checked in
     // proc_sys_protected and cgroup_namespace.)
     let mut points: Vec<&str> = mounts
         .lines()
         .map(|l| l.split(' ').nth(1).unwrap())
-        .filter(|p| *p != "/dev/console" && !p.starts_with("/proc/") && !p.starts_with("/sys/"))
+        .filter(|p| !p.starts_with("/proc/") && !p.starts_with("/sys/"))
         .collect();
     points.sort_unstable();
     // The standard device nodes are bind mounts of their own: /dev under them is nodev.
@@ -213,7 +227,8 @@ fn hostname_mounts_ls(env: &Env) {
     let ls = ok(env, spec(&["ls", "/"]));
     let mut got: Vec<&str> = ls.split_whitespace().collect();
     got.sort_unstable();
-    assert_eq!(got, vec!["bin", "dev", "etc", "lost+found", "proc", "root", "sys", "tmp"], "{ls}");
+    // (lib, lib64 and usr: the perl of the TIOCSTI case.)
+    assert_eq!(got, vec!["bin", "dev", "etc", "lib", "lib64", "lost+found", "proc", "root", "sys", "tmp", "usr"], "{ls}");
     assert_eq!(ok(env, spec(&["cat", "/etc/marker"])), "rootfs\n");
 }
 
@@ -306,6 +321,8 @@ fn with(flags: &[&str], argv: &[&str]) -> RunSpec {
             "--security-opt" => opts.push(runner::parse_security_opt(it.next().unwrap()).unwrap()),
             "-i" => s.interactive = true,
             "--init" => s.init = true,
+            "-t" => s.tty = true,
+            "-it" => (s.interactive, s.tty) = (true, true),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -568,4 +585,244 @@ fn nested_cgroups(env: &Env) {
     runner::remove_cgroup(&group).unwrap();
     assert!(!group.exists(), "{} left", group.display());
     assert!(t.elapsed() < std::time::Duration::from_secs(2), "removal took {:?}", t.elapsed());
+}
+
+/// The host's perl and the libraries it loads (ldd), at the same paths in the image: busybox
+/// has no tool for an arbitrary ioctl, a perl one-liner does TIOCSTI.
+fn copy_perl(root: &Path) {
+    let out = Command::new("ldd").arg("/usr/bin/perl").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut files = vec!["/usr/bin/perl".to_string()];
+    files.extend(text.split_whitespace().filter(|w| w.starts_with('/')).map(str::to_string));
+    for f in files {
+        let to = root.join(f.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &to).unwrap_or_else(|e| panic!("copying {f}: {e}"));
+    }
+}
+
+/// The library directories of the copied perl (no ld.so.cache in the image).
+const PERL_ENV: (&str, &str) = ("LD_LIBRARY_PATH", "/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:/lib64:/lib");
+
+/// What the user at the caller's terminal does when `trigger` first shows in the output.
+#[derive(Clone, Copy)]
+enum Act {
+    Nothing,
+    /// Resize the terminal (rows, cols) and send rcx-dm SIGWINCH, as a terminal emulator does.
+    Resize(u16, u16),
+    /// Send rcx-dm this signal.
+    Signal(nix::sys::signal::Signal),
+}
+
+/// A run under a terminal of the test's making.
+struct TtyRun {
+    r: rcx_dm::Result<RunOutcome>,
+    /// Everything written to the terminal, without the "\r"s of both terminals' ONLCR.
+    out: String,
+    err: String,
+    /// The caller's terminal modes before and after the run.
+    before: nix::sys::termios::Termios,
+    after: nix::sys::termios::Termios,
+    /// What is left in the caller's terminal's input queue afterwards (a complete line).
+    left: String,
+    /// The caller's terminal's device number, as stat prints it (%t:%T).
+    rdev: String,
+}
+
+/// Run with the test's stdin and stdout on a fresh pty (the "caller's terminal", `rows` x
+/// `cols`, `typed` already typed into it) and stderr to a file. A forked process plays the
+/// terminal: it reads everything the run writes (so large outputs do not block) and does `act`
+/// once `trigger` appears. (A process, not a thread: the runner clones this one, which must be
+/// single-threaded.)
+fn run_tty(env: &Env, spec: RunSpec, typed: &[u8], (rows, cols): (u16, u16), trigger: &str, act: Act) -> TtyRun {
+    use nix::sys::termios::tcgetattr;
+    use std::os::fd::AsFd;
+    let ws = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+    nix::unistd::write(&pty.master, typed).unwrap();
+    let before = tcgetattr(&pty.slave).unwrap();
+    let rdev = {
+        let st = nix::sys::stat::fstat(&pty.slave).unwrap();
+        format!("{:x}:{:x}", nix::sys::stat::major(st.st_rdev), nix::sys::stat::minor(st.st_rdev))
+    };
+    let (_dir, mount_dir, (o, of), (e, ef)) = scratch();
+    let trig = trigger.as_bytes().to_vec();
+    // SAFETY: this process is single-threaded; the child only reads, writes, signals and exits.
+    let term = match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            // SAFETY: closing the slave in this child, so its master reads EOF once the test closes it.
+            unsafe { libc::close(pty.slave.as_raw_fd()) };
+            let (m, out) = (pty.master.as_raw_fd(), of.as_raw_fd());
+            let mut seen: Vec<u8> = Vec::new();
+            let mut done = trig.is_empty();
+            let mut buf = [0u8; 4096];
+            loop {
+                // SAFETY: plain reads and writes on descriptors this child owns.
+                let n = unsafe { libc::read(m, buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    unsafe { libc::_exit(0) };
+                }
+                let chunk = &buf[..n as usize];
+                unsafe { libc::write(out, chunk.as_ptr().cast(), chunk.len()) };
+                seen.extend_from_slice(chunk);
+                if !done && seen.windows(trig.len()).any(|w| w == trig.as_slice()) {
+                    done = true;
+                    let parent = nix::unistd::getppid();
+                    match act {
+                        Act::Nothing => {}
+                        Act::Resize(r, c) => {
+                            let ws = libc::winsize { ws_row: r, ws_col: c, ws_xpixel: 0, ws_ypixel: 0 };
+                            unsafe { libc::ioctl(m, libc::TIOCSWINSZ, &ws) };
+                            let _ = nix::sys::signal::kill(parent, nix::sys::signal::Signal::SIGWINCH);
+                        }
+                        Act::Signal(s) => {
+                            let _ = nix::sys::signal::kill(parent, s);
+                        }
+                    }
+                }
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    drop(of);
+    let saved: Vec<_> = (0..3).map(|fd| nix::unistd::dup(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).unwrap()).collect();
+    // SAFETY: swapping fds 0, 1 and 2 of this single-threaded test process and back.
+    unsafe {
+        libc::dup2(pty.slave.as_raw_fd(), 0);
+        libc::dup2(pty.slave.as_raw_fd(), 1);
+        libc::dup2(ef.as_raw_fd(), 2);
+    }
+    let t = ContainerRoot { device: &env.dev, fs: Fs::Ext4, mount_dir: &mount_dir, cgroup: None, read_only_base: false, bridge: None };
+    let r = runner::run_container(&t, &spec, "host-test", &mut Vec::new());
+    // SAFETY: as above.
+    unsafe {
+        for (fd, s) in saved.iter().enumerate() {
+            libc::dup2(s.as_raw_fd(), fd as i32);
+        }
+    }
+    let after = tcgetattr(&pty.slave).unwrap();
+    // A complete line left unread on the caller's terminal (it is in canonical mode again).
+    nix::fcntl::fcntl(&pty.slave, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
+    let mut buf = [0u8; 4096];
+    let left = match nix::unistd::read(pty.slave.as_fd(), &mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(_) => String::new(),
+    };
+    // Closing the last slave: the terminal process reads the rest, then EOF, and exits.
+    drop(pty.slave);
+    nix::sys::wait::waitpid(term, None).unwrap();
+    TtyRun {
+        r,
+        out: std::fs::read_to_string(o).unwrap().replace('\r', ""),
+        err: std::fs::read_to_string(e).unwrap(),
+        before,
+        after,
+        left,
+        rdev,
+    }
+}
+
+fn tty_basics(env: &Env) {
+    let script = "test -t 0 && test -t 1 && test -t 2 && echo all-tty; tty; stty size; \
+                  echo console $(stat -c %t:%T /dev/console); for f in 0 1 2; do echo fd$f $(stat -L -c %t:%T /proc/$$/fd/$f); done; \
+                  echo TERM=$TERM; cat /proc/self/stat; exit 7";
+    let t = run_tty(env, with(&["-t"], &["sh", "-c", script]), b"", (33, 101), "", Act::Nothing);
+    let r = t.r.unwrap_or_else(|e| panic!("{e}: {}", t.err));
+    assert_eq!(r.code, 7, "{}{}", t.out, t.err);
+    let lines: Vec<&str> = t.out.lines().collect();
+    assert_eq!(lines[0], "all-tty", "{}", t.out);
+    assert!(lines[1] == "/dev/console" || lines[1].starts_with("/dev/pts/"), "tty says {}", lines[1]);
+    assert_eq!(lines[2], "33 101", "the caller's window size");
+    // /dev/console and 0, 1, 2 are the container's pty, not the caller's terminal.
+    let console = lines[3].strip_prefix("console ").unwrap();
+    assert_ne!(console, t.rdev, "/dev/console is the caller's terminal");
+    for l in &lines[4..7] {
+        assert_eq!(l.split(' ').nth(1), Some(console), "{}", t.out);
+    }
+    assert!(t.out.contains("\nTERM="), "{}", t.out);
+    // The pty is the session's controlling terminal (tty_nr, field 7, is not 0).
+    assert_ne!(stat_field(lines[8], 6), "0", "no controlling terminal:\n{}", t.out);
+    assert!(t.before == t.after, "the caller's terminal modes changed");
+
+    // Output larger than any pty buffer arrives whole, and in order.
+    let t = run_tty(env, with(&["-t"], &["seq", "1", "20000"]), b"", (24, 80), "", Act::Nothing);
+    assert_eq!(t.r.unwrap().code, 0, "{}", t.err);
+    let nums: Vec<&str> = t.out.lines().collect();
+    assert_eq!(nums.len(), 20000, "lines lost");
+    assert_eq!((nums[0], nums[19999]), ("1", "20000"));
+
+    // Without -t: no /dev/console, no controlling terminal, though 1 is the caller's terminal.
+    let script = "test -e /dev/console && echo console; echo fd1 $(stat -L -c %t:%T /proc/$$/fd/1); cat /proc/self/stat";
+    let t = run_tty(env, spec(&["sh", "-c", script]), b"", (24, 80), "", Act::Nothing);
+    assert_eq!(t.r.unwrap().code, 0, "{}", t.err);
+    let lines: Vec<&str> = t.out.lines().collect();
+    assert_eq!(lines[0], format!("fd1 {}", t.rdev), "{}", t.out);
+    assert_eq!(stat_field(lines[1], 6), "0", "a controlling terminal without -t:\n{}", t.out);
+}
+
+fn tty_input(env: &Env) {
+    // -it: what the caller types reaches the container; the caller's modes come back.
+    let t = run_tty(env, with(&["-it"], &["sh", "-c", "read x; echo got $x"]), b"hello\n", (24, 80), "", Act::Nothing);
+    assert_eq!(t.r.unwrap_or_else(|e| panic!("{e}: {}", t.err)).code, 0);
+    assert!(t.out.lines().any(|l| l == "got hello"), "{}", t.out);
+    assert!(t.before == t.after, "the caller's terminal modes were not restored");
+    assert_eq!(t.left, "", "input left on the caller's terminal");
+    // -t alone: the container's terminal gets nothing; what was typed stays with the caller.
+    let script = "read -t 1 x && echo got $x || echo no-input";
+    let t = run_tty(env, with(&["-t"], &["sh", "-c", script]), b"typed\n", (24, 80), "", Act::Nothing);
+    assert_eq!(t.r.unwrap().code, 0, "{}", t.err);
+    assert!(t.out.lines().any(|l| l == "no-input"), "{}", t.out);
+    assert_eq!(t.left, "typed\n");
+}
+
+fn tty_resize(env: &Env) {
+    let script = "stty size; echo READY; i=0; while [ \"$(stty size)\" = '33 101' ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size";
+    let t = run_tty(env, with(&["-t"], &["sh", "-c", script]), b"", (33, 101), "READY", Act::Resize(40, 120));
+    assert_eq!(t.r.unwrap().code, 0, "{}", t.err);
+    let lines: Vec<&str> = t.out.lines().collect();
+    assert_eq!(lines.first(), Some(&"33 101"), "{}", t.out);
+    assert_eq!(lines.last(), Some(&"40 120"), "the new size did not reach the container:\n{}", t.out);
+}
+
+fn tty_restored(env: &Env) {
+    // SIGTERM to rcx-dm while in raw mode: forwarded (the init passes it to sh), the modes back.
+    let s = with(&["-it", "--init"], &["sh", "-c", "echo READY; sleep 30"]);
+    let t = run_tty(env, s, b"", (24, 80), "READY", Act::Signal(nix::sys::signal::Signal::SIGTERM));
+    assert_eq!(t.r.unwrap().code, 143, "{}{}", t.out, t.err);
+    assert!(t.before == t.after, "modes not restored after a forwarded signal");
+    // A command that is not there: an error, the modes back.
+    let t = run_tty(env, with(&["-it"], &["no-such-command"]), b"", (24, 80), "", Act::Nothing);
+    assert!(matches!(t.r, Err(rcx_dm::Error::CommandNotFound { .. })), "{:?}", t.r.map(|r| r.code));
+    assert!(t.before == t.after, "modes not restored after an error");
+}
+
+/// TIOCSTI of "echo INJECTED\n" on `fh` (STDIN or STDOUT), one character at a time.
+fn tiocsti_script(fh: &str) -> String {
+    format!(
+        "perl -e 'for (split //, \"echo INJECTED\\n\") {{ ioctl({fh}, 0x5412, $_) or die \"TIOCSTI: $!\\n\" }} print \"injected\\n\"'; \
+         read -t 1 x && echo \"container read: $x\"; true"
+    )
+}
+
+fn tiocsti(env: &Env) {
+    let perl = |mut s: RunSpec| {
+        s.env.push((PERL_ENV.0.into(), PERL_ENV.1.into()));
+        s
+    };
+    // -t: the container's own terminal takes the characters, and the container reads them back;
+    // nothing reaches the caller's terminal. (A kernel with dev.tty.legacy_tiocsti=0 refuses
+    // TIOCSTI outright: then only the second half holds.)
+    let t = run_tty(env, perl(with(&["-t"], &["sh", "-c", &tiocsti_script("STDIN")])), b"", (24, 80), "", Act::Nothing);
+    assert_eq!(t.r.unwrap_or_else(|e| panic!("{e}: {}", t.err)).code, 0, "{}", t.err);
+    let legacy = std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti").map_or(true, |v| v.trim() == "1");
+    if legacy {
+        assert!(t.out.contains("injected\n") && t.out.contains("container read: echo INJECTED"), "{:?} {}", t.out, t.err);
+    }
+    assert_eq!(t.left, "", "TIOCSTI reached the caller's terminal");
+    // Without -t the caller's terminal is the container's stdout, but not its controlling
+    // terminal: TIOCSTI on it is refused (it would need CAP_SYS_ADMIN).
+    let t = run_tty(env, perl(spec(&["sh", "-c", &tiocsti_script("STDOUT")])), b"", (24, 80), "", Act::Nothing);
+    assert_eq!(t.r.unwrap().code, 0, "{}", t.err);
+    assert!(t.err.contains("TIOCSTI: ") && !t.out.contains("injected"), "{}{}", t.out, t.err);
+    assert_eq!(t.left, "", "TIOCSTI reached the caller's terminal");
 }

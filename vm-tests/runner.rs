@@ -2,7 +2,8 @@
 //! (made by the test: mkfs.ext4, /bin/busybox and applet links), marked read-only as a base.
 //! Isolation (ps, hostname, /proc/mounts, ls /), file isolation between snapshot and base,
 //! in-place runs of writable volumes and their refusals, cgroup v2 limits (memory, pids, cpu),
-//! exit statuses, and teardown: nothing left behind, even when rcx-dm is SIGKILLed.
+//! exit statuses, `-t` under a terminal of the test's making (TIOCSTI inside included), and
+//! teardown: nothing left behind, even when rcx-dm is SIGKILLed.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,8 @@ use crate::common::*;
 
 const APPLETS: &[&str] = &[
     "sh", "ps", "hostname", "cat", "ls", "mkdir", "echo", "sleep", "true", "false", "touch", "dd", "kill", "wc", "seq",
-    "env", "pwd", "grep", "ip", "ping", "nc", "mknod", "head", "unshare", "mount", "chown", "readlink", "rm",
+    "env", "pwd", "grep", "ip", "ping", "nc", "mknod", "head", "unshare", "mount", "chown", "readlink", "rm", "stty",
+    "stat",
 ];
 /// What `ls /` shows in the base.
 const ROOT_ENTRIES: &[&str] = &["bin", "dev", "etc", "lost+found", "proc", "root", "sys", "tmp"];
@@ -539,5 +541,117 @@ fn runner_child_cgroups_of_a_dead_run_do_not_wedge_the_next_command() {
     let t = Instant::now();
     s.ok(&["list"]);
     assert!(t.elapsed() < Duration::from_secs(1), "list took {:?}", t.elapsed());
+    assert_nothing_left(&s);
+}
+
+/// `rcx-dm run -t` under a pty the test opens (its slave is rcx-dm's stdin and stdout, the
+/// "caller's terminal"): the container gets a terminal of its own with the caller's window size,
+/// output and exit status come back, the caller's modes are as before, and a TIOCSTI inside
+/// (perl, copied with its libraries from the VM's root, as busybox has no tool for it) types
+/// into the container's own terminal only. `-it` with stdin a pipe copies it in, EOF included.
+#[test]
+fn runner_tty_gives_the_container_its_own_terminal() {
+    use std::os::fd::AsRawFd;
+    let s = Scenario::new("runtty");
+    s.ok(&["pool", "create", "--data-size", "4G"]);
+    let (_, dev) = make_base(&s, "base");
+    s.ok(&["set-readonly", "base", "--off"]);
+    {
+        let m = Mount::new(&dev, &format!("{}-perl", s.pool));
+        let ldd = sh("ldd /usr/bin/perl");
+        let files = std::iter::once("/usr/bin/perl").chain(ldd.split_whitespace().filter(|w| w.starts_with('/')));
+        for f in files {
+            let to = m.path(f.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(f, &to).unwrap_or_else(|e| panic!("copying {f}: {e}"));
+        }
+    }
+    s.ok(&["set-readonly", "base"]);
+
+    // Runs `rcx-dm run ARGS` with stdout on a fresh 33x101 pty (`typed` already typed into
+    // it) and stdin on it too, or on a pipe fed `input`; returns (exit code, terminal output
+    // without "\r", stderr, modes unchanged, a line left unread on the caller's terminal).
+    let tty_run = |args: &[&str], typed: &[u8], input: Option<&[u8]>| {
+        let ws = nix::pty::Winsize { ws_row: 33, ws_col: 101, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+        // Close-on-exec: a process another test thread spawns must not keep a slave open (the
+        // master would never read its end).
+        for fd in [&pty.master, &pty.slave] {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).unwrap();
+        }
+        nix::unistd::write(&pty.master, typed).unwrap();
+        let before = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+        let stdin = match input {
+            Some(_) => Stdio::piped(),
+            None => Stdio::from(pty.slave.try_clone().unwrap()),
+        };
+        let mut c = Command::new(bin())
+            .arg("run")
+            .args(args)
+            .env("RCX_DM_ROOT", &s.root)
+            .env("RCX_DM_POOL", &s.pool)
+            .stdin(stdin)
+            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rcx-dm run -t");
+        if let (Some(data), Some(mut w)) = (input, c.stdin.take()) {
+            std::io::Write::write_all(&mut w, data).unwrap();
+        }
+        // The master is read until every slave is closed (EIO): rcx-dm's, then the test's.
+        let master = std::fs::File::from(std::os::fd::OwnedFd::from(pty.master));
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut m = master;
+            let _ = m.read_to_end(&mut out);
+            out
+        });
+        let (code, err) = finish(c);
+        let after = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+        nix::fcntl::fcntl(&pty.slave, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
+        let mut b = [0u8; 1024];
+        // SAFETY: a read into a local buffer.
+        let n = unsafe { libc::read(pty.slave.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
+        let left = if n > 0 { text(&b[..n as usize]) } else { String::new() };
+        drop(pty.slave);
+        let out = text(&reader.join().unwrap()).replace('\r', "");
+        (code, out, err, before == after, left)
+    };
+
+    let script = "test -t 0 && test -t 1 && test -t 2 && echo all-tty; stty size; \
+                  echo console $(stat -c %t:%T /dev/console) fd0 $(stat -L -c %t:%T /proc/$$/fd/0); exit 3";
+    let (code, out, err, same, _) = tty_run(&["--rm", "-t", "base", "--", "sh", "-c", script], b"", None);
+    assert_eq!(code, Some(3), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"all-tty"), "{out}{err}");
+    assert_eq!(lines.get(1), Some(&"33 101"), "{out}");
+    let f: Vec<&str> = lines.get(2).unwrap_or(&"").split(' ').collect();
+    assert!(f.len() == 4 && f[1] == f[3], "/dev/console is not the container's terminal: {out}");
+    assert!(same, "the caller's terminal modes changed");
+
+    // TIOCSTI inside: the characters go to the container's terminal (it reads them back), none
+    // to the caller's. (The copied perl's libraries: the image has no ld.so.cache.)
+    const LIBS: &str = "LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:/lib64:/lib";
+    let sti = "perl -e 'for (split //, \"echo INJECTED\\n\") { ioctl(STDIN, 0x5412, $_) or die \"TIOCSTI: $!\\n\" }'; \
+               read -t 2 x && echo \"container read: $x\"";
+    let (code, out, err, same, left) = tty_run(&["--rm", "-t", "--env", LIBS, "base", "--", "sh", "-c", sti], b"", None);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("container read: echo INJECTED"), "{out}{err}");
+    assert_eq!(left, "", "TIOCSTI typed into the caller's terminal");
+    assert!(same);
+
+    // -it under the terminal: raw mode while it runs (typed ahead is kept), what is typed
+    // arrives, the modes are back after.
+    let (code, out, err, same, left) = tty_run(&["--rm", "-it", "base", "--", "sh", "-c", "read x; echo got $x"], b"hello\n", None);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.lines().any(|l| l == "got hello"), "{out}{err}");
+    assert!(same, "the caller's terminal modes were not restored");
+    assert_eq!(left, "");
+
+    // -it with stdin a pipe: copied in, and its end is the container's EOF.
+    let (code, out, err, _, _) =
+        tty_run(&["--rm", "-it", "base", "--", "sh", "-c", "read x; echo got $x; cat >/dev/null; echo eof"], b"", Some(b"hello\nworld\n"));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.lines().any(|l| l == "got hello") && out.lines().last() == Some("eof"), "{out}{err}");
     assert_nothing_left(&s);
 }

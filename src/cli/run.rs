@@ -59,9 +59,15 @@ pub struct RunArgs {
     /// Run a tiny init as PID 1 that forwards signals and reaps zombies (the command is PID 2).
     #[arg(long)]
     pub init: bool,
-    /// Keep stdin attached (otherwise the container's stdin is /dev/null).
+    /// Keep stdin attached (otherwise the container's stdin is /dev/null, or with -t its
+    /// terminal with nothing typed into it).
     #[arg(long, short = 'i')]
     pub interactive: bool,
+    /// A fresh pseudo-terminal for the container (its controlling terminal, stdin, stdout,
+    /// stderr and /dev/console), copied to rcx-dm's stdout; with -i rcx-dm's stdin is copied in
+    /// too (raw mode if it is a terminal). The caller's terminal never reaches the container.
+    #[arg(long, short = 't')]
+    pub tty: bool,
     /// Add a capability to the default set (Docker's names, with or without CAP_, any case;
     /// ALL for every one). Repeatable.
     #[arg(long = "cap-add", value_name = "CAP", value_parser = cap_arg)]
@@ -154,6 +160,7 @@ impl RunArgs {
             read_only: self.read_only,
             init: self.init,
             interactive: self.interactive,
+            tty: self.tty,
             security: self.security(),
             argv: self.command.clone(),
         }
@@ -274,18 +281,18 @@ mod tests {
     #[test]
     fn security_flags() {
         use rcx_dm::runner::SeccompProfile;
-        let s = parse(&["-i", "--cap-add", "sys_admin", "--cap-add", "CAP_NET_ADMIN", "--cap-drop", "ALL",
+        let s = parse(&["-it", "--cap-add", "sys_admin", "--cap-add", "CAP_NET_ADMIN", "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges", "--security-opt", "seccomp=unconfined", "1", "--", "true"])
         .unwrap()
         .spec();
-        assert!(s.interactive);
+        assert!(s.interactive && s.tty);
         assert_eq!(s.security.cap_add, vec![Capability::Cap(21), Capability::Cap(12)]);
         assert_eq!(s.security.cap_drop, vec![Capability::All]);
         assert!(s.security.no_new_privileges && !s.security.privileged);
         assert_eq!(s.security.seccomp, SeccompProfile::Unconfined);
         let d = parse(&["1", "--", "true"]).unwrap().spec();
         assert_eq!(d.security, Security::default());
-        assert!(!d.interactive);
+        assert!(!d.interactive && !d.tty);
         assert!(parse(&["--privileged", "1", "--", "true"]).unwrap().spec().security.privileged);
     }
 

@@ -1,5 +1,6 @@
-//! The container side, from the clone to execve: drop every inherited descriptor but the
-//! standard ones and its pipes, a new session and cgroup namespace, mount the volume privately,
+//! The container side, from the clone to execve: with `-t` the pty's slave on 0, 1 and 2, drop
+//! every inherited descriptor but the standard ones and its pipes, a new session (with `-t` the
+//! pty as its controlling terminal) and cgroup namespace, mount the volume privately,
 //! pivot_root into it and detach the old root, fresh /proc, /sys and /dev with runc's masked and
 //! read-only paths and cgroup2 read-only, hostname, loopback (and eth0) up, stdin, working
 //! directory, then the lock-down (capabilities, no_new_privs, seccomp: `security`) and execve of
@@ -42,8 +43,12 @@ pub(super) struct ChildPlan {
     hostname: String,
     workdir: CString,
     init: bool,
-    /// `-i`: keep rcx-dm's stdin; otherwise the container's /dev/null.
+    /// `-i`: keep rcx-dm's stdin; otherwise the container's /dev/null (or, with `-t`, the
+    /// container's terminal with nothing written to it).
     interactive: bool,
+    /// `-t`: the pseudo-terminal's slave (rcx-dm's descriptor, inherited by the clone) and its
+    /// path, bound on `/dev/console`.
+    tty: Option<(RawFd, CString)>,
     /// Capabilities and the rest of the lock-down (`with_security`; none until then: a plan
     /// must get one before it is used).
     security: Option<SecurityPlan>,
@@ -83,6 +88,7 @@ impl ChildPlan {
             workdir: cstr(workdir, "working directory")?,
             init,
             interactive: false,
+            tty: None,
             security: None,
             candidates,
             argv,
@@ -99,6 +105,12 @@ impl ChildPlan {
     pub(super) fn with_security(mut self, security: SecurityPlan, interactive: bool) -> ChildPlan {
         self.security = Some(security);
         self.interactive = interactive;
+        self
+    }
+
+    /// `-t`: the container's terminal is this slave (descriptor, path), opened by rcx-dm.
+    pub(super) fn with_tty(mut self, slave: RawFd, path: CString) -> ChildPlan {
+        self.tty = Some((slave, path));
         self
     }
 
@@ -142,6 +154,15 @@ pub(super) fn main(plan: &ChildPlan, rep: RawFd, alive: RawFd, go: Option<RawFd>
         // SAFETY: as above.
         unsafe { libc::_exit(FailureKind::Setup.exit_code()) }
     }
+    // `-t`: the pty's slave becomes 0, 1 and 2 before everything else is closed.
+    if let Some((slave, _)) = &plan.tty {
+        for fd in 0..3 {
+            // SAFETY: dup2 of an inherited descriptor onto a standard one of this process.
+            if unsafe { libc::dup2(*slave, fd) } != fd {
+                fail(rep, Fail::new("making the terminal the container's stdin, stdout and stderr", Errno::last()));
+            }
+        }
+    }
     // Nothing else of rcx-dm's (the cgroup directory, the run directory and its lock, the pool's
     // files) may stay open in the container: a directory descriptor would lead to the host
     // through /proc/N/fd (runc's CVE-2024-21626). The alive pipe has done its job too.
@@ -152,6 +173,12 @@ pub(super) fn main(plan: &ChildPlan, rep: RawFd, alive: RawFd, go: Option<RawFd>
     // A session of its own: the caller's session and terminal are not the container's.
     if let Err(e) = nix::unistd::setsid() {
         fail(rep, Fail::new("starting a new session", e));
+    }
+    // `-t`: the new session's controlling terminal is the container's own pty (never the
+    // caller's: without -t the session has none).
+    // SAFETY: TIOCSCTTY on descriptor 0 with argument 0 (no stealing).
+    if plan.tty.is_some() && unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        fail(rep, Fail::new("making the terminal the container's controlling terminal", Errno::last()));
     }
     // The clone put this process in its cgroup: that group becomes the namespace's root.
     if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
@@ -182,8 +209,8 @@ pub(super) fn main(plan: &ChildPlan, rep: RawFd, alive: RawFd, go: Option<RawFd>
 fn enter_root(plan: &ChildPlan, security: &SecurityPlan, go: Option<RawFd>) -> Step<()> {
     let ro = plan.root.read_only;
     nix::unistd::chdir(plan.root.target.as_c_str()).map_err(|e| Fail::new("entering the mounted volume", e))?;
-    // /dev first, while the host's terminal is still reachable for /dev/console.
-    devices::setup(ro, plan.root.nodev)?;
+    // /dev first, while the pty's slave is still reachable by its host path for /dev/console.
+    devices::setup(ro, plan.root.nodev, plan.tty.as_ref().map(|(_, p)| p.as_c_str()))?;
     // pivot_root(".", ".") stacks the old root on top of the new one; unmounting "." then
     // detaches the old root, with no directory made in the volume for it.
     nix::unistd::pivot_root(".", ".").map_err(|e| Fail::new("pivot_root into the volume", e))?;
@@ -211,7 +238,7 @@ fn enter_root(plan: &ChildPlan, security: &SecurityPlan, go: Option<RawFd>) -> S
             network::configure_container(ip)?;
         }
     }
-    if !plan.interactive {
+    if !plan.interactive && plan.tty.is_none() {
         stdin_from_dev_null()?;
     }
     let wd = std::path::Path::new(std::ffi::OsStr::from_bytes(plan.workdir.as_bytes()));

@@ -13,7 +13,7 @@ use super::child::{ChildNet, ChildPlan};
 use super::report::{monotonic_ns, ChildTimes, FailureKind, Report};
 use super::root_mount::{Fs, RootPlan};
 use super::spec::{validate_hostname, Net, RunSpec, DEFAULT_PATH};
-use super::{fork, init, network};
+use super::{fork, init, network, tty};
 use crate::error::{Error, Result};
 
 /// How a run ended.
@@ -91,8 +91,13 @@ pub fn run_container(
         (Net::Bridge, None) => return Err(Error::invalid("network", "--net bridge needs an address (use runner::run)")),
     };
     let security = spec.security.plan()?;
-    let plan = ChildPlan::new(root, net, hostname, workdir, spec.init, &spec.argv, &env)?
+    let mut plan = ChildPlan::new(root, net, hostname, workdir, spec.init, &spec.argv, &env)?
         .with_security(security, spec.interactive);
+    // `-t`: the pair is opened before the clone, so the child inherits the slave.
+    let pty = if spec.tty { Some(tty::Pty::open()?) } else { None };
+    if let Some(p) = &pty {
+        plan = plan.with_tty(p.slave(), p.path());
+    }
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if spec.net != Net::Host {
         flags |= CloneFlags::CLONE_NEWNET;
@@ -100,6 +105,19 @@ pub fn run_container(
 
     let t_clone = monotonic_ns();
     let mut started = fork::spawn(&plan, flags.bits() as u64, cg_fd.as_ref().map(|f| f.as_fd()))?;
+    // Copying starts at once (a child failing early may still write); dropped on every way
+    // out of here, which drains the output and restores the caller's terminal.
+    let relay = match pty {
+        Some(p) => match tty::Relay::start(p, spec.interactive) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let _ = nix::sys::signal::kill(started.pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(started.pid, None);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     if let Some((index, host_if)) = bridge {
         // The child is mounting and pivoting meanwhile; it waits for `go` before using eth0.
         if let Err(e) = network::add_veth(index, host_if, started.pid.as_raw()).and_then(|_| started.go()) {
@@ -114,7 +132,10 @@ pub fn run_container(
         }
     }
     let (times, status) = match fork::collect(&started) {
-        Report::Running(t) => (t, init::supervise(started.pid)?),
+        Report::Running(t) => {
+            let winch = relay.as_ref().map(|r| move || r.resize());
+            (t, init::supervise(started.pid, winch.as_ref().map(|f| f as &dyn Fn()))?)
+        }
         Report::Failed { kind, errno, what } => match (errno, nix::sys::wait::waitpid(started.pid, None)) {
             // Killed before it could say anything (a SIGKILL from outside, the OOM killer): the
             // container was killed, and says so with 128+signal like any killed container
@@ -126,6 +147,8 @@ pub fn run_container(
             _ => return Err(start_error(&plan, &env, kind, errno, &what)),
         },
     };
+    // The container has exited: the rest of its output, then the caller's terminal back.
+    drop(relay);
     let t_end = monotonic_ns();
     let ms = |a: u64, b: u64| Duration::from_nanos(b.saturating_sub(a));
     timings.push(("mount", ms(times.start, times.mounted)));

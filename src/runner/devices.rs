@@ -2,7 +2,10 @@
 //! mounted volume, the working directory then): a small tmpfs with the character
 //! devices every program expects (null, zero, full, random, urandom, tty), a private devpts
 //! instance (so the container's ptys are its own), a tmpfs on `/dev/shm`, and the usual links
-//! (`fd`, `stdin`, `stdout`, `stderr`, `ptmx`, `core`). Nothing of the host's /dev is visible.
+//! (`fd`, `stdin`, `stdout`, `stderr`, `ptmx`, `core`), and with `-t` the container's terminal
+//! on `/dev/console`. Nothing else of the host's /dev is visible.
+
+use std::ffi::CStr;
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
@@ -33,8 +36,8 @@ const LINKS: [(&str, &str); 6] = [
 /// Build /dev in `dev` under the current directory (the mounted volume, before pivot_root).
 /// `nodev`: only the standard nodes open; a node the container makes in /dev later does not
 /// (each standard node is bind-mounted onto itself, a mount of its own, and the tmpfs under
-/// them is remounted `nodev`).
-pub(super) fn setup(read_only_root: bool, nodev: bool) -> Step<()> {
+/// them is remounted `nodev`). `console_from`: `-t`'s pty slave, bound on `/dev/console`.
+pub(super) fn setup(read_only_root: bool, nodev: bool, console_from: Option<&CStr>) -> Step<()> {
     ensure_dir("dev", read_only_root)?;
     mount(Some("tmpfs"), "dev", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=64k"))
         .map_err(|e| Fail::new("mounting a tmpfs on /dev", e))?;
@@ -88,29 +91,23 @@ pub(super) fn setup(read_only_root: bool, nodev: bool) -> Step<()> {
             Fail::new(format!("linking /{link} to {target}"), nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
         })?;
     }
-    console();
+    if let Some(slave) = console_from {
+        console(slave)?;
+    }
     Ok(())
 }
 
-/// The terminal passed through: the container's own devpts does not hold the host's pty, so,
-/// as docker does for a terminal, it is bind-mounted on `/dev/console` (where `tty` inside
-/// finds it). The host path is still reachable here, before pivot_root. Best effort: nothing
-/// when no standard descriptor is a terminal or its node cannot be found.
-fn console() {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    // SAFETY: isatty only inspects the descriptor.
-    let Some(fd) = (0..3).find(|fd| unsafe { libc::isatty(*fd) } == 1) else { return };
-    let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else { return };
-    let (Ok(node), Ok(open)) = (std::fs::metadata(&path), nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }))
-    else {
-        return;
-    };
-    if !node.file_type().is_char_device() || node.rdev() != open.st_rdev {
-        return;
-    }
-    if std::fs::File::create("dev/console").is_ok()
-        && mount(Some(&path), "dev/console", None::<&str>, MsFlags::MS_BIND, None::<&str>).is_err()
-    {
-        let _ = std::fs::remove_file("dev/console");
-    }
+/// `-t`: the container's pty slave (rcx-dm's, at `slave`, its host path) on `/dev/console`,
+/// as runc does for a terminal: the container's own devpts does not hold it, and `tty` inside
+/// finds it there. Without `-t` there is no /dev/console: the caller's terminal is never bound.
+fn console(slave: &CStr) -> Step<()> {
+    let target = nix::fcntl::open(
+        "dev/console",
+        nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| Fail::new("creating /dev/console", e))?;
+    drop(target);
+    mount(Some(slave), "dev/console", None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| Fail::new("bind-mounting the terminal on /dev/console", e))
 }

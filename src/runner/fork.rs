@@ -119,7 +119,8 @@ pub(super) fn spawn(plan: &ChildPlan, ns_flags: u64, cgroup: Option<BorrowedFd<'
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+/// A close-on-exec pipe: (read end, write end).
+pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: plain syscall into a two-int array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {

@@ -20,7 +20,7 @@
 //! child's lock-down), `run` (steps 1-3 and 7), `container` (steps 4-6 on any
 //! block device), `state` (the record and crash cleanup), `step` (how a child-side step fails).
 //! `seccomp`: the container's seccomp profile, compiled to BPF in the parent, installed by the
-//! child.
+//! child. `tty`: `-t`'s pseudo-terminal and the copying to and from it.
 //!
 //! No process is spawned besides the container itself. If rcx-dm dies, the container dies
 //! with it (PR_SET_PDEATHSIG), the kernel drops the mount with the container's mount
@@ -41,6 +41,7 @@ mod seccomp;
 mod security;
 mod spec;
 mod state;
+mod tty;
 mod step;
 
 use std::path::Path;

@@ -45,6 +45,9 @@ pub struct RunSpec {
     pub init: bool,
     /// `-i`: the container's stdin is rcx-dm's; otherwise it is /dev/null.
     pub interactive: bool,
+    /// `-t`: a fresh pseudo-terminal for the container (its controlling terminal, 0, 1, 2 and
+    /// `/dev/console`), copied to and from rcx-dm's stdout and (with `-i`) stdin.
+    pub tty: bool,
     /// Capabilities, `--privileged`, no-new-privileges and seccomp.
     pub security: Security,
     /// The command and its arguments (`argv[0]` is searched in the container's PATH).
@@ -102,15 +105,15 @@ impl RunSpec {
         self.security.validate()
     }
 
-    /// The container's environment: PATH, HOME, HOSTNAME, TERM (from rcx-dm's, for the
-    /// terminal passed through), then --env in order.
+    /// The container's environment: PATH, HOME, HOSTNAME, TERM (rcx-dm's; with `-t` and none
+    /// set, xterm as Docker's), then --env in order.
     pub fn environment(&self, hostname: &str) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), DEFAULT_PATH.into()),
             ("HOME".into(), "/root".into()),
             ("HOSTNAME".into(), hostname.into()),
         ];
-        if let Ok(t) = std::env::var("TERM") {
+        if let Some(t) = std::env::var("TERM").ok().or_else(|| self.tty.then(|| "xterm".to_string())) {
             env.push(("TERM".into(), t));
         }
         for (k, v) in &self.env {
