@@ -315,6 +315,18 @@ pub enum Error {
         name: String,
     },
 
+    /// A `--userns` value that cannot be used: malformed, an empty range, one that includes the
+    /// host's uid 0 or runs past the 32-bit id space, one that overlaps another live run's
+    /// range, no free automatic range, or a combination with `--privileged` / `--net host`.
+    /// Found before anything of the run is created.
+    #[error("invalid --userns '{value}': {why}")]
+    Userns {
+        /// The value as given (`auto` or `HOSTID:COUNT`).
+        value: String,
+        /// What is wrong with it and what to do.
+        why: String,
+    },
+
     /// A `--security-opt` value that is not understood or is malformed.
     #[error("invalid --security-opt '{opt}': {why}")]
     SecurityOpt {

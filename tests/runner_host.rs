@@ -1,7 +1,7 @@
 //! Host test of the runner's core (`rcx_dm::runner::run_container`) on a loop device: the
 //! namespaces, pivot_root, /proc, /dev, /sys, hostname, exec and exit-status paths, and the
 //! isolation (capabilities, masked and read-only paths, cgroup namespace, descriptors, session,
-//! stdin) need no device-mapper, so they are checked here on every `cargo test`. (Snapshots, activation,
+//! stdin, `--userns` with its idmapped mount and id ranges) need no device-mapper, so they are checked here on every `cargo test`. (Snapshots, activation,
 //! cgroup limits and crash cleanup need dm and cgroup v2 controllers: vm-tests/runner.rs.)
 //!
 //! harness = false: the runner clones the calling process, which must be single-threaded, so
@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rcx_dm::runner::{self, ContainerRoot, Fs, Net, RunOutcome, RunSpec};
+use rcx_dm::runner::{self, ContainerRoot, Fs, IdRange, Net, RunOutcome, RunSpec, Userns, UsernsLease};
 
 struct Env {
     dev: PathBuf,
@@ -74,6 +74,9 @@ fn main() {
         ("tty_follows_the_callers_window_size", tty_resize),
         ("tty_raw_mode_is_restored_after_a_forwarded_signal_and_an_error", tty_restored),
         ("tiocsti_inside_never_reaches_the_callers_terminal", tiocsti),
+        ("userns_root_inside_is_the_ranges_first_id_outside_and_files_stay_0_on_disk", userns),
+        ("userns_auto_ranges_of_concurrent_runs_are_disjoint_and_released", userns_concurrent),
+        ("userns_bad_combinations_are_refused_before_anything_runs", userns_refused),
     ];
     let mut failed = 0;
     for (name, f) in cases {
@@ -146,6 +149,16 @@ fn scratch() -> (tempfile::TempDir, PathBuf, (PathBuf, std::fs::File), (PathBuf,
 
 /// `run_spec`, born in the cgroup (cgroup2 mount, group) if one is given.
 fn run_in(env: &Env, spec: RunSpec, cgroup: Option<(&Path, &Path)>) -> (rcx_dm::Result<RunOutcome>, String, String) {
+    run_with(env, spec, cgroup, None)
+}
+
+/// `run_in`, with the container's ids mapped to `userns` (a range the caller holds).
+fn run_with(
+    env: &Env,
+    spec: RunSpec,
+    cgroup: Option<(&Path, &Path)>,
+    userns: Option<IdRange>,
+) -> (rcx_dm::Result<RunOutcome>, String, String) {
     let (_dir, mount_dir, (o, of), (e, ef)) = scratch();
     let saved = (nix::unistd::dup(std::io::stdout()).unwrap(), nix::unistd::dup(std::io::stderr()).unwrap());
     // SAFETY: swapping fds 1 and 2 of this single-threaded test process and back.
@@ -153,7 +166,7 @@ fn run_in(env: &Env, spec: RunSpec, cgroup: Option<(&Path, &Path)>) -> (rcx_dm::
         libc::dup2(of.as_raw_fd(), 1);
         libc::dup2(ef.as_raw_fd(), 2);
     }
-    let t = ContainerRoot { device: &env.dev, fs: Fs::Ext4, mount_dir: &mount_dir, cgroup, read_only_base: false, bridge: None };
+    let t = ContainerRoot { device: &env.dev, fs: Fs::Ext4, mount_dir: &mount_dir, cgroup, read_only_base: false, bridge: None, userns };
     let mut timings = Vec::new();
     let hostname = spec.hostname.clone().unwrap_or_else(|| "host-test".into());
     let r = runner::run_container(&t, &spec, &hostname, &mut timings);
@@ -692,7 +705,7 @@ fn run_tty(env: &Env, spec: RunSpec, typed: &[u8], (rows, cols): (u16, u16), tri
         libc::dup2(pty.slave.as_raw_fd(), 1);
         libc::dup2(ef.as_raw_fd(), 2);
     }
-    let t = ContainerRoot { device: &env.dev, fs: Fs::Ext4, mount_dir: &mount_dir, cgroup: None, read_only_base: false, bridge: None };
+    let t = ContainerRoot { device: &env.dev, fs: Fs::Ext4, mount_dir: &mount_dir, cgroup: None, read_only_base: false, bridge: None, userns: None };
     let r = runner::run_container(&t, &spec, "host-test", &mut Vec::new());
     // SAFETY: as above.
     unsafe {
@@ -825,4 +838,189 @@ fn tiocsti(env: &Env) {
     assert_eq!(t.r.unwrap().code, 0, "{}", t.err);
     assert!(t.err.contains("TIOCSTI: ") && !t.out.contains("injected"), "{}{}", t.out, t.err);
     assert_eq!(t.left, "", "TIOCSTI reached the caller's terminal");
+}
+
+/// `--userns` as the CLI asks for it, with a range taken from `runs` (standing for a pool's
+/// `runs/` directory); run and require status 0. Returns (range, stdout).
+fn ok_userns(env: &Env, runs: &Path, want: Userns, argv: &[&str]) -> (IdRange, String) {
+    let lease = UsernsLease::acquire(runs, &want).unwrap();
+    let s = RunSpec { userns: Some(want), ..spec(argv) };
+    let (r, out, err) = run_with(env, s, None, Some(lease.range()));
+    let r = r.unwrap_or_else(|e| panic!("{want} {argv:?}: {e}\nstderr: {err}"));
+    assert_eq!(r.code, 0, "{want} {argv:?} exited {}:\n{out}{err}", r.code);
+    (lease.range(), out)
+}
+
+fn owner(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.uid(), m.gid())
+}
+
+fn userns(env: &Env) {
+    let runs = tempfile::tempdir().unwrap();
+    // An image file owned by an on-disk id inside every range (1000), and one outside a small
+    // range (5000).
+    mount(env, false);
+    for (f, id) in [("etc/u1000", 1000), ("etc/u5000", 5000)] {
+        std::fs::write(env.mnt.join(f), "x").unwrap();
+        nix::unistd::chown(&env.mnt.join(f), Some(nix::unistd::Uid::from_raw(id)), Some(nix::unistd::Gid::from_raw(id))).unwrap();
+    }
+    umount(env);
+    let script = "id -u; id -g; stat -c %u:%g /etc/marker /etc/u1000; cat /proc/self/uid_map /proc/self/gid_map; \
+                  rm -f /tmp/made /tmp/made1000; touch /tmp/made /tmp/made1000; chown 1000:1000 /tmp/made1000; \
+                  stat -c %u:%g /tmp/made /tmp/made1000; head -1 /proc/mounts; grep ^CapEff /proc/self/status; \
+                  echo x > /dev/null && head -c 4 /dev/zero | wc -c";
+    for want in [Userns::Auto, Userns::Range(IdRange { host: 200000, count: 65536 })] {
+        let (range, out) = ok_userns(env, runs.path(), want, &["sh", "-c", script]);
+        if want == Userns::Auto {
+            assert_eq!(range, IdRange { host: runner::AUTO_FIRST, count: runner::AUTO_COUNT });
+        }
+        let l: Vec<&str> = out.lines().collect();
+        assert_eq!(&l[..4], &["0", "0", "0:0", "1000:1000"], "{want}: root inside, the image's owners as they are on disk:\n{out}");
+        let map = format!("0 {} {}", range.host, range.count);
+        assert_eq!(l[4].split_whitespace().collect::<Vec<_>>().join(" "), map, "{out}");
+        assert_eq!(l[5].split_whitespace().collect::<Vec<_>>().join(" "), map, "{out}");
+        assert_eq!(&l[6..8], &["0:0", "1000:1000"], "{out}");
+        assert!(l[8].starts_with(&format!("{} / ext4 ", env.dev.display())) && l[8].contains("idmapped") && l[8].contains("nodev"), "{out}");
+        // Capabilities are the default set, relative to the user namespace.
+        assert_eq!(l[9].split_whitespace().nth(1), Some("00000000a80425fb"), "{out}");
+        assert_eq!(l[10], "4", "the standard nodes work:\n{out}");
+        // On disk (the volume mounted normally): what container root made is uid 0, the
+        // idmapped mount's inverse; what it gave 1000 is 1000.
+        mount(env, true);
+        assert_eq!(owner(&env.mnt.join("tmp/made")), (0, 0), "{want}");
+        assert_eq!(owner(&env.mnt.join("tmp/made1000")), (1000, 1000), "{want}");
+        umount(env);
+    }
+    // A range of 1000 ids: on-disk 5000 is outside it and shows as the overflow id.
+    let (_, out) = ok_userns(env, runs.path(), Userns::Range(IdRange { host: 300000, count: 1000 }), &["stat", "-c", "%u:%g", "/etc/marker", "/etc/u5000"]);
+    assert_eq!(out, "0:0\n65534:65534\n");
+    // The rest of the isolation holds under --userns too: --init, only 0, 1, 2 open and no host
+    // directory (the ids pipe and the detached mount are closed), masked /proc, the cgroup
+    // namespace, --read-only.
+    let mnt = runner::cgroup_mount().expect("cgroup v2 on this host");
+    let group = mnt.join(format!("rcx-dm-host-test-userns-{}", std::process::id()));
+    // (--init's PID 1 never execs, so it stays non-dumpable after becoming the namespace's root:
+    // its /proc entries are the host root's, and nothing in the container reads its descriptors.)
+    let checks = format!("PIDS=2; {FD_SCRIPT}; ls /proc/1/fd >/dev/null 2>&1 || echo pid1-closed; cat /proc/kcore | wc -c; \
+                          cat /proc/self/cgroup; echo x > /proc/sys/kernel/core_pattern || echo refused; grep ' /sys/fs/cgroup ' /proc/mounts");
+    let lease = UsernsLease::acquire(runs.path(), &Userns::Auto).unwrap();
+    let s = RunSpec { userns: Some(Userns::Auto), ..with(&["--init"], &["sh", "-c", &checks]) };
+    let (r, out, err) = run_with(env, s, Some((&mnt, &group)), Some(lease.range()));
+    runner::remove_cgroup(&group).unwrap();
+    assert_eq!(r.unwrap_or_else(|e| panic!("{e}: {err}")).code, 0, "{out}{err}");
+    let nums: Vec<&str> = out.lines().filter(|l| l.starts_with("2 ") && !l.contains(" cwd ")).map(|l| l.split(' ').nth(1).unwrap()).collect();
+    assert_eq!(nums, ["0", "1", "2"], "PID 2:\n{out}");
+    assert!(!out.contains("DIR") && out.contains("2 cwd / root /") && out.contains("pid1-closed"), "{out}");
+    assert!(out.lines().any(|l| l == "0") && out.lines().any(|l| l == "0::/") && out.contains("refused"), "{out}");
+    assert!(out.contains("cgroup2 ro,") || out.contains(" cgroup2 ro"), "{out}");
+    let (r, _, err) = run_with(env, RunSpec { userns: Some(Userns::Auto), read_only: true, ..spec(&["touch", "/etc/new"]) }, None, Some(lease.range()));
+    assert_ne!(r.unwrap().code, 0, "wrote to a read-only root");
+    assert!(err.contains("Read-only file system"), "{err}");
+    drop(lease);
+    // Released after each run: nothing left in the lease directory but the allocation lock.
+    let left: Vec<String> = std::fs::read_dir(runs.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, ["userns.lock"], "{left:?}");
+    ok(env, spec(&["rm", "-f", "/tmp/made", "/tmp/made1000", "/etc/u1000", "/etc/u5000"]));
+}
+
+/// A container started in a forked copy of this process, holding its own lease from `runs`,
+/// in cgroup `group` (killed by the caller through it). Returns the fork's pid.
+fn spawn_userns(env: &Env, runs: &Path, want: Userns, mnt: &Path, group: &Path) -> nix::unistd::Pid {
+    std::io::stdout().flush().unwrap();
+    // SAFETY: this test process is single-threaded; the fork only runs the container and exits.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Parent { child } => child,
+        nix::unistd::ForkResult::Child => {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let lease = UsernsLease::acquire(runs, &want).unwrap();
+                let s = RunSpec { userns: Some(want), ..spec(&["sleep", "60"]) };
+                let (r, _, _) = run_with(env, s, Some((mnt, group)), Some(lease.range()));
+                r.unwrap();
+            }));
+            // SAFETY: leave the forked copy without running the test's destructors.
+            unsafe { libc::_exit(r.is_err() as i32) }
+        }
+    }
+}
+
+/// The container process in `group` once it is there: (pid, host uid, host gid).
+fn container_ids(group: &Path) -> (u32, u32, u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
+        if let Some(pid) = procs.lines().next().and_then(|p| p.parse::<u32>().ok()) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.split_whitespace().next()?.parse().ok());
+            // The command itself (not the child before its exec, which still has rcx-dm's ids).
+            if status.contains("Name:\tsleep") {
+                if let (Some(u), Some(g)) = (field("Uid:"), field("Gid:")) {
+                    return (pid, u, g);
+                }
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no container in {}", group.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn userns_concurrent(env: &Env) {
+    let runs = tempfile::tempdir().unwrap();
+    let mnt = runner::cgroup_mount().expect("cgroup v2 on this host");
+    let groups: Vec<PathBuf> = (0..2).map(|i| mnt.join(format!("rcx-dm-host-test-userns-{}-{i}", std::process::id()))).collect();
+    let r = std::panic::catch_unwind(|| {
+        let kids: Vec<_> = groups.iter().map(|g| spawn_userns(env, runs.path(), Userns::Auto, &mnt, g)).collect();
+        let ids: Vec<(u32, u32, u32)> = groups.iter().map(|g| container_ids(g)).collect();
+        let mut hosts: Vec<u32> = ids.iter().map(|(_, u, g)| {
+            assert_eq!(u, g, "uid and gid map alike");
+            *u
+        }).collect();
+        hosts.sort_unstable();
+        // Disjoint ranges: the first two automatic ones, whichever run took which.
+        let first = runner::AUTO_FIRST;
+        assert_eq!(hosts, [first, first + runner::AUTO_COUNT], "{ids:?}");
+        // Seen from the host through the container's idmapped mount, the image's root-owned
+        // file belongs to the container's first host id.
+        for (pid, uid, _) in &ids {
+            assert_eq!(owner(Path::new(&format!("/proc/{pid}/root/etc/marker"))), (*uid, *uid));
+        }
+        // While they live, a range overlapping one of theirs is refused.
+        let e = UsernsLease::acquire(runs.path(), &Userns::Range(IdRange { host: first + 5, count: 1 })).unwrap_err();
+        assert!(e.to_string().contains("another live run uses the range"), "{e}");
+        for g in &groups {
+            std::fs::write(g.join("cgroup.kill"), "1").unwrap();
+        }
+        for k in kids {
+            // Killed by SIGKILL: the run itself returned normally (status 137), so the fork exits 0.
+            assert_eq!(nix::sys::wait::waitpid(k, None).unwrap(), nix::sys::wait::WaitStatus::Exited(k, 0));
+        }
+        // Released with the runs: the next run gets the first range again.
+        assert_eq!(UsernsLease::acquire(runs.path(), &Userns::Auto).unwrap().range().host, first);
+    });
+    for g in &groups {
+        runner::remove_cgroup(g).unwrap();
+    }
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}
+
+fn userns_refused(env: &Env) {
+    let range = IdRange { host: 200000, count: 65536 };
+    let u = Some(Userns::Range(range));
+    let mut privileged = RunSpec { userns: u, ..spec(&["true"]) };
+    privileged.security.privileged = true;
+    for (s, given, needle) in [
+        (privileged, Some(range), "--privileged"),
+        (RunSpec { userns: u, net: Net::Host, ..spec(&["true"]) }, Some(range), "--net host"),
+        (RunSpec { userns: u, ..spec(&["true"]) }, None, "no range was taken"),
+        (spec(&["true"]), Some(range), "asks for no user namespace"),
+        (RunSpec { userns: Some(Userns::Range(IdRange { host: 0, count: 10 })), ..spec(&["true"]) }, Some(IdRange { host: 0, count: 10 }), "uid 0"),
+    ] {
+        let (r, out, err) = run_with(env, s, None, given);
+        let e = r.expect_err(needle);
+        assert!(matches!(e, rcx_dm::Error::Userns { .. }) && e.to_string().contains(needle), "{needle}: {e}");
+        assert!(out.is_empty() && err.is_empty(), "nothing ran: {out}{err}");
+    }
 }

@@ -2,8 +2,10 @@
 //! (made by the test: mkfs.ext4, /bin/busybox and applet links), marked read-only as a base.
 //! Isolation (ps, hostname, /proc/mounts, ls /), file isolation between snapshot and base,
 //! in-place runs of writable volumes and their refusals, cgroup v2 limits (memory, pids, cpu),
-//! exit statuses, `-t` under a terminal of the test's making (TIOCSTI inside included), and
-//! teardown: nothing left behind, even when rcx-dm is SIGKILLed.
+//! exit statuses, `-t` under a terminal of the test's making (TIOCSTI inside included),
+//! teardown (nothing left behind, even when rcx-dm is SIGKILLed), the escapes refused by the
+//! default isolation, and `--userns auto` (root inside is an unprivileged range outside, files
+//! stay uid 0 on disk).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -653,5 +655,60 @@ fn runner_tty_gives_the_container_its_own_terminal() {
         tty_run(&["--rm", "-it", "base", "--", "sh", "-c", "read x; echo got $x; cat >/dev/null; echo eof"], b"", Some(b"hello\nworld\n"));
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.lines().any(|l| l == "got hello") && out.lines().last() == Some("eof"), "{out}{err}");
+    assert_nothing_left(&s);
+}
+
+#[test]
+fn runner_userns_auto_maps_root_to_an_unprivileged_range() {
+    let s = Scenario::new("runuserns");
+    s.ok(&["pool", "create", "--data-size", "4G"]);
+    make_base(&s, "base");
+    let first = rcx_dm::runner::AUTO_FIRST;
+    let count = rcx_dm::runner::AUTO_COUNT;
+
+    // A container that stays up: root inside, the range's first id outside.
+    let mut c = spawn_run(&s, &["--name", "u1", "--userns", "auto", "base", "--", "sh", "-c", "id -u; touch /made; exec sleep 600"], Stdio::null());
+    let mut stdout = c.stdout.take().unwrap();
+    let cg = wait_for_container(&s);
+    let (pid, uid) = wait_for("the container's command to run", 60, || {
+        let pid: u32 = cg_read(&cg, "cgroup.procs").lines().next()?.parse().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        if !status.contains("Name:\tsleep") {
+            return None;
+        }
+        let uid: u32 = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()?;
+        Some((pid, uid))
+    });
+    assert_eq!(uid, first, "the container's root is the first automatic host id");
+    let lease = s.pool_dir().join("runs").join(format!("userns-{first}-{count}.lease"));
+    assert!(lease.exists(), "the range is recorded in the pool's runs/");
+    // Through the container's idmapped mount the host sees the image's root-owned files as the
+    // range's; on disk they stay 0 (below).
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(format!("/proc/{pid}/root/etc/marker")).unwrap().uid(), first);
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap();
+    assert!(mounts.lines().next().is_some_and(|l| l.contains("idmapped")), "{mounts}");
+    std::fs::write(cg.join("cgroup.kill"), "1").unwrap();
+    let (code, err) = finish(c);
+    assert_eq!(code, Some(137), "{err}");
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "0\n", "id -u inside");
+    assert!(!lease.exists(), "the range is released with the run");
+
+    // On disk (the kept snapshot mounted normally): what the container's root made is uid 0.
+    let dev = s.device(&["activate", "u1"]);
+    with_read_only_mount(&dev, "u1", |dir| {
+        assert_eq!(std::fs::metadata(dir.join("made")).unwrap().uid(), 0);
+        assert_eq!(std::fs::metadata(dir.join("etc/marker")).unwrap().uid(), 0);
+    });
+    s.ok(&["deactivate", "u1"]);
+
+    // Released: the next run gets the first range again; bad ranges are refused.
+    let map = run_code(&s, &["--rm", "--userns", "auto", "base", "--", "cat", "/proc/self/uid_map"], 0);
+    assert_eq!(map.split_whitespace().collect::<Vec<_>>(), ["0", &first.to_string(), &count.to_string()], "{map}");
+    let o = run(&s, &["--rm", "--userns", "auto", "--privileged", "base", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert_eq!(volume_names(&s), ["base", "u1"]);
     assert_nothing_left(&s);
 }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 
 use rcx_dm::pool::{self, Pool, VolRef};
-use rcx_dm::runner::{self, Capability, Limits, Net, RunSpec, Security, SecurityOpt};
+use rcx_dm::runner::{self, Capability, Limits, Net, RunSpec, Security, SecurityOpt, Userns};
 use rcx_dm::units::format_size;
 use rcx_dm::Error;
 
@@ -83,6 +83,12 @@ pub struct RunArgs {
     /// profile format). Repeatable.
     #[arg(long = "security-opt", value_name = "OPT", value_parser = security_opt_arg)]
     pub security_opt: Vec<SecurityOpt>,
+    /// Map the container's ids to an unprivileged range of host ids: `auto` (a free range of
+    /// 65536 from 1879048192 = 0x70000000 on, recorded in the pool) or HOSTID:COUNT (container
+    /// ids 0..COUNT are host ids HOSTID..HOSTID+COUNT). Root inside is not root on the host; the
+    /// volume is mounted idmapped, so the image needs no chown. Not with --privileged or --net host.
+    #[arg(long, value_name = "auto|HOSTID:COUNT", value_parser = userns_arg)]
+    pub userns: Option<Userns>,
     /// Print where the time went (snapshot, activate, mount, namespaces, exec, teardown) to stderr.
     #[arg(long)]
     pub timings: bool,
@@ -138,6 +144,9 @@ fn security_opt_arg(s: &str) -> std::result::Result<SecurityOpt, String> {
     }
     Ok(opt)
 }
+fn userns_arg(s: &str) -> std::result::Result<Userns, String> {
+    runner::parse_userns(s).map_err(|e| e.to_string())
+}
 fn env_arg(s: &str) -> std::result::Result<EnvArg, String> {
     runner::parse_env(s).map(EnvArg).map_err(|e| e.to_string())
 }
@@ -162,6 +171,7 @@ impl RunArgs {
             interactive: self.interactive,
             tty: self.tty,
             security: self.security(),
+            userns: self.userns,
             argv: self.command.clone(),
         }
     }
@@ -175,6 +185,15 @@ impl RunArgs {
         };
         s.apply_opts(&self.security_opt);
         s
+    }
+}
+
+/// Options that cannot be combined (`--userns` with `--privileged` or `--net host`): refused as
+/// an argument error (status 2) before the pool is opened.
+pub fn refuse_conflicts(args: &RunArgs) {
+    if let Err(e) = args.spec().check_userns() {
+        eprintln!("rcx-dm: error: {e}");
+        std::process::exit(2);
     }
 }
 
@@ -294,6 +313,13 @@ mod tests {
         assert_eq!(d.security, Security::default());
         assert!(!d.interactive && !d.tty);
         assert!(parse(&["--privileged", "1", "--", "true"]).unwrap().spec().security.privileged);
+        assert_eq!(d.userns, None);
+        assert_eq!(parse(&["--userns", "auto", "1", "--", "true"]).unwrap().spec().userns, Some(Userns::Auto));
+        assert_eq!(
+            parse(&["--userns", "200000:65536", "1", "--", "true"]).unwrap().spec().userns,
+            Some(Userns::Range(runner::IdRange { host: 200000, count: 65536 }))
+        );
+        assert!(parse(&["--userns", "auto", "--privileged", "1", "--", "true"]).unwrap().spec().check_userns().is_err());
     }
 
     #[test]
@@ -325,6 +351,10 @@ mod tests {
             (vec!["--security-opt", "seccomp", "1", "--", "true"], "invalid --security-opt 'seccomp'"),
             (vec!["--security-opt", "apparmor=x", "1", "--", "true"], "does not support"),
             (vec!["--security-opt", "no-new-privileges=maybe", "1", "--", "true"], "true or false"),
+            (vec!["--userns", "yes", "1", "--", "true"], "use auto or HOSTID:COUNT"),
+            (vec!["--userns", "0:65536", "1", "--", "true"], "uid 0"),
+            (vec!["--userns", "100:0", "1", "--", "true"], "at least 1"),
+            (vec!["--userns", "4294967200:1000", "1", "--", "true"], "past the highest id"),
         ] {
             let e = parse(&args).expect_err(&format!("{args:?} accepted"));
             assert!(e.contains(needle), "{args:?}: expected {needle:?} in {e}");

@@ -1,5 +1,6 @@
 //! The container side, from the clone to execve: with `-t` the pty's slave on 0, 1 and 2, drop
-//! every inherited descriptor but the standard ones and its pipes, a new session (with `-t` the
+//! every inherited descriptor but the standard ones and its pipes, under `--userns` wait for
+//! rcx-dm to write the id maps and become the namespace's root, a new session (with `-t` the
 //! pty as its controlling terminal) and cgroup namespace, mount the volume privately,
 //! pivot_root into it and detach the old root, fresh /proc, /sys and /dev with runc's masked and
 //! read-only paths and cgroup2 read-only, hostname, loopback (and eth0) up, stdin, working
@@ -49,6 +50,8 @@ pub(super) struct ChildPlan {
     /// `-t`: the pseudo-terminal's slave (rcx-dm's descriptor, inherited by the clone) and its
     /// path, bound on `/dev/console`.
     tty: Option<(RawFd, CString)>,
+    /// `--userns`: the child is in a new user namespace (see `main` and `enter_root`).
+    userns: bool,
     /// Capabilities and the rest of the lock-down (`with_security`; none until then: a plan
     /// must get one before it is used).
     security: Option<SecurityPlan>,
@@ -89,6 +92,7 @@ impl ChildPlan {
             init,
             interactive: false,
             tty: None,
+            userns: false,
             security: None,
             candidates,
             argv,
@@ -111,6 +115,12 @@ impl ChildPlan {
     /// `-t`: the container's terminal is this slave (descriptor, path), opened by rcx-dm.
     pub(super) fn with_tty(mut self, slave: RawFd, path: CString) -> ChildPlan {
         self.tty = Some((slave, path));
+        self
+    }
+
+    /// Mark the plan for a new user namespace (`--userns`).
+    pub(super) fn with_userns(mut self, userns: bool) -> ChildPlan {
+        self.userns = userns;
         self
     }
 
@@ -143,12 +153,27 @@ fn fail(fd: RawFd, f: Fail) -> ! {
     unsafe { libc::_exit(FailureKind::Setup.exit_code()) }
 }
 
-/// The container side, from the clone to execve. Never returns. `rep`: the report pipe;
-/// `alive`: reads end of file once rcx-dm is gone; `go`: `--net bridge`'s go pipe.
-pub(super) fn main(plan: &ChildPlan, rep: RawFd, alive: RawFd, go: Option<RawFd>) -> ! {
+/// The descriptors the child is given (numbers in its copy of rcx-dm's table).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ChildFds {
+    /// The report pipe.
+    pub(super) rep: RawFd,
+    /// Reads end of file once rcx-dm is gone.
+    pub(super) alive: RawFd,
+    /// `--net bridge`'s go pipe: one byte once eth0 exists.
+    pub(super) go: Option<RawFd>,
+    /// `--userns`: one byte once the id maps are written and the volume's mount is idmapped.
+    pub(super) ids: Option<RawFd>,
+    /// `--userns`: rcx-dm's detached mount of the volume, to move into place.
+    pub(super) mount: Option<RawFd>,
+}
+
+/// The container side, from the clone to execve. Never returns.
+pub(super) fn main(plan: &ChildPlan, fds: ChildFds) -> ! {
+    let (rep, go) = (fds.rep, fds.go);
     // Die with rcx-dm. If rcx-dm died before this line, the alive pipe already reads EOF.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    let mut pfd = libc::pollfd { fd: alive, events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd { fd: fds.alive, events: libc::POLLIN, revents: 0 };
     // SAFETY: one pollfd, zero timeout.
     if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
         // SAFETY: as above.
@@ -166,10 +191,15 @@ pub(super) fn main(plan: &ChildPlan, rep: RawFd, alive: RawFd, go: Option<RawFd>
     // Nothing else of rcx-dm's (the cgroup directory, the run directory and its lock, the pool's
     // files) may stay open in the container: a directory descriptor would lead to the host
     // through /proc/N/fd (runc's CVE-2024-21626). The alive pipe has done its job too.
-    close_inherited(rep, go);
+    close_inherited([rep, go.unwrap_or(-1), fds.ids.unwrap_or(-1), fds.mount.unwrap_or(-1)]);
     let Some(security) = &plan.security else {
         fail(rep, Fail::new("starting the container (no security plan)", Errno::EINVAL));
     };
+    if let Some(ids) = fds.ids {
+        if let Err(f) = become_namespace_root(ids) {
+            fail(rep, f);
+        }
+    }
     // A session of its own: the caller's session and terminal are not the container's.
     if let Err(e) = nix::unistd::setsid() {
         fail(rep, Fail::new("starting a new session", e));
@@ -185,7 +215,7 @@ pub(super) fn main(plan: &ChildPlan, rep: RawFd, alive: RawFd, go: Option<RawFd>
         fail(rep, Fail::new("creating the cgroup namespace", e));
     }
     report::stamp(rep, Stage::Start);
-    if let Err(f) = root_mount::mount_root(&plan.root) {
+    if let Err(f) = root_mount::mount_root(&plan.root, fds.mount) {
         fail(rep, f);
     }
     report::stamp(rep, Stage::Mounted);
@@ -205,18 +235,45 @@ pub(super) fn main(plan: &ChildPlan, rep: RawFd, alive: RawFd, go: Option<RawFd>
     exec(plan, rep)
 }
 
+/// `--userns`: wait until rcx-dm has written the id maps (and made the volume's mount
+/// idmapped), then take the namespace's root as this process's ids. Until then the process
+/// still has rcx-dm's host ids (unmapped in the namespace); from here on it is host id HOSTID,
+/// root only inside. The supplementary groups are rcx-dm's, unmapped here: cleared.
+fn become_namespace_root(ids: RawFd) -> Step<()> {
+    let mut b = [0u8; 1];
+    // SAFETY: reading one byte from our pipe; EOF means rcx-dm gave up (or died).
+    let n = unsafe { libc::read(ids, b.as_mut_ptr().cast(), 1) };
+    // SAFETY: closing our own descriptor; --init's PID 1 must not keep it.
+    unsafe { libc::close(ids) };
+    if n != 1 {
+        return Err(Fail::new("waiting for rcx-dm to write the user namespace's id maps", Errno::EPIPE));
+    }
+    let root_gid = nix::unistd::Gid::from_raw(0);
+    let root_uid = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresgid(root_gid, root_gid, root_gid).map_err(|e| Fail::new("becoming gid 0 in the user namespace", e))?;
+    nix::unistd::setgroups(&[]).map_err(|e| Fail::new("clearing the supplementary groups in the user namespace", e))?;
+    nix::unistd::setresuid(root_uid, root_uid, root_uid).map_err(|e| Fail::new("becoming uid 0 in the user namespace", e))
+}
+
 /// pivot_root into the mounted volume and build the rest of the container's view.
 fn enter_root(plan: &ChildPlan, security: &SecurityPlan, go: Option<RawFd>) -> Step<()> {
     let ro = plan.root.read_only;
     nix::unistd::chdir(plan.root.target.as_c_str()).map_err(|e| Fail::new("entering the mounted volume", e))?;
-    // /dev first, while the pty's slave is still reachable by its host path for /dev/console.
-    devices::setup(ro, plan.root.nodev, plan.tty.as_ref().map(|(_, p)| p.as_c_str()))?;
+    // /dev first, while the pty's slave is still reachable by its host path for /dev/console
+    // (and, under --userns, the host's nodes for their bind mounts).
+    devices::setup(ro, plan.root.nodev, plan.userns, plan.tty.as_ref().map(|(_, p)| p.as_c_str()))?;
+    if plan.userns {
+        // While the host's /proc and /sys are still visible (see mount_proc_sys).
+        root_mount::mount_proc_sys(ro, security.privileged, true)?;
+    }
     // pivot_root(".", ".") stacks the old root on top of the new one; unmounting "." then
     // detaches the old root, with no directory made in the volume for it.
     nix::unistd::pivot_root(".", ".").map_err(|e| Fail::new("pivot_root into the volume", e))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| Fail::new("detaching the old root", e))?;
     nix::unistd::chdir("/").map_err(|e| Fail::new("entering the new root", e))?;
-    root_mount::mount_proc_sys(ro, security.privileged)?;
+    if !plan.userns {
+        root_mount::mount_proc_sys(ro, security.privileged, false)?;
+    }
     security::protect_proc_sys(security)?;
     nix::unistd::sethostname(&plan.hostname).map_err(|e| Fail::new("setting the hostname", e))?;
     match plan.net {
@@ -251,9 +308,9 @@ fn enter_root(plan: &ChildPlan, security: &SecurityPlan, go: Option<RawFd>) -> S
         .map_err(|e| Fail::new(format!("entering the working directory {}", wd.display()), e))
 }
 
-/// Close every descriptor but 0, 1, 2, the report pipe and the go pipe.
-fn close_inherited(rep: RawFd, go: Option<RawFd>) {
-    let mut keep = [rep, go.unwrap_or(-1)];
+/// Close every descriptor but 0, 1, 2 and `keep` (the report, go and ids pipes and the
+/// detached mount; -1 for none).
+fn close_inherited(mut keep: [RawFd; 4]) {
     keep.sort_unstable();
     let close = |from: RawFd, to: RawFd| {
         // SAFETY: closing descriptors of this single-threaded process; none is used afterwards.

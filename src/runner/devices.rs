@@ -4,6 +4,11 @@
 //! instance (so the container's ptys are its own), a tmpfs on `/dev/shm`, and the usual links
 //! (`fd`, `stdin`, `stdout`, `stderr`, `ptmx`, `core`), and with `-t` the container's terminal
 //! on `/dev/console`. Nothing else of the host's /dev is visible.
+//!
+//! Under `--userns` the kernel refuses mknod of devices (it needs CAP_MKNOD in the host's user
+//! namespace), and the tmpfs a user namespace mounts is nodev anyway: each standard node is then
+//! an empty file with the host's node bind-mounted on it, as runc does under user namespaces
+//! (the host's /dev is still reachable here, before pivot_root, and its mount is not nodev).
 
 use std::ffi::CStr;
 
@@ -13,14 +18,15 @@ use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use super::root_mount::ensure_dir;
 use super::step::{Fail, Step};
 
-/// (name, major, minor): the devices docker and runc give every container too.
+/// (host path, major, minor): the devices docker and runc give every container too; without the
+/// leading '/', the path in the mounted volume.
 const DEVICES: [(&str, u64, u64); 6] = [
-    ("dev/null", 1, 3),
-    ("dev/zero", 1, 5),
-    ("dev/full", 1, 7),
-    ("dev/random", 1, 8),
-    ("dev/urandom", 1, 9),
-    ("dev/tty", 5, 0),
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
 ];
 
 /// (target, link): the usual links into /proc and devpts.
@@ -36,14 +42,25 @@ const LINKS: [(&str, &str); 6] = [
 /// Build /dev in `dev` under the current directory (the mounted volume, before pivot_root).
 /// `nodev`: only the standard nodes open; a node the container makes in /dev later does not
 /// (each standard node is bind-mounted onto itself, a mount of its own, and the tmpfs under
-/// them is remounted `nodev`). `console_from`: `-t`'s pty slave, bound on `/dev/console`.
-pub(super) fn setup(read_only_root: bool, nodev: bool, console_from: Option<&CStr>) -> Step<()> {
+/// them is remounted `nodev`). `userns`: bind-mount the host's nodes instead of making them.
+/// `console_from`: `-t`'s pty slave, bound on `/dev/console`.
+pub(super) fn setup(read_only_root: bool, nodev: bool, userns: bool, console_from: Option<&CStr>) -> Step<()> {
     ensure_dir("dev", read_only_root)?;
     mount(Some("tmpfs"), "dev", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=64k"))
         .map_err(|e| Fail::new("mounting a tmpfs on /dev", e))?;
-    for (path, major, minor) in DEVICES {
+    for (host, major, minor) in DEVICES {
+        let path = &host[1..];
+        if userns {
+            // Never chmod here: the node is the host's own.
+            let f = nix::fcntl::open(path, nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o644))
+                .map_err(|e| Fail::new(format!("creating {host} to bind the host's node on"), e))?;
+            drop(f);
+            mount(Some(host), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| Fail::new(format!("bind-mounting the host's {host}"), e))?;
+            continue;
+        }
         mknod(path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor))
-            .map_err(|e| Fail::new(format!("creating /{path}"), e))?;
+            .map_err(|e| Fail::new(format!("creating {host}"), e))?;
         // mknod applies the umask; the nodes must be usable by everyone, as on a host.
         nix::sys::stat::fchmodat(
             nix::fcntl::AT_FDCWD,
@@ -51,12 +68,14 @@ pub(super) fn setup(read_only_root: bool, nodev: bool, console_from: Option<&CSt
             Mode::from_bits_truncate(0o666),
             nix::sys::stat::FchmodatFlags::FollowSymlink,
         )
-        .map_err(|e| Fail::new(format!("setting the mode of /{path}"), e))?;
+        .map_err(|e| Fail::new(format!("setting the mode of {host}"), e))?;
     }
     if nodev {
-        for (path, _, _) in DEVICES {
+        // (Under --userns each node is a bind mount already.)
+        for (host, _, _) in DEVICES.iter().filter(|_| !userns) {
+            let path = &host[1..];
             mount(Some(path), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| Fail::new(format!("bind-mounting /{path} onto itself"), e))?;
+                .map_err(|e| Fail::new(format!("bind-mounting {host} onto itself"), e))?;
         }
         mount(
             None::<&str>,

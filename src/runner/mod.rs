@@ -20,7 +20,9 @@
 //! child's lock-down), `run` (steps 1-3 and 7), `container` (steps 4-6 on any
 //! block device), `state` (the record and crash cleanup), `step` (how a child-side step fails).
 //! `seccomp`: the container's seccomp profile, compiled to BPF in the parent, installed by the
-//! child. `tty`: `-t`'s pseudo-terminal and the copying to and from it.
+//! child. `tty`: `-t`'s pseudo-terminal and the copying to and from it. `userns`: `--userns`
+//! (the id range, its lease in the pool's `runs/`, the id maps); the volume is then mounted by
+//! rcx-dm as an idmapped detached mount the child moves into place (`root_mount`).
 //!
 //! No process is spawned besides the container itself. If rcx-dm dies, the container dies
 //! with it (PR_SET_PDEATHSIG), the kernel drops the mount with the container's mount
@@ -43,6 +45,7 @@ mod spec;
 mod state;
 mod tty;
 mod step;
+mod userns;
 
 use std::path::Path;
 
@@ -57,6 +60,7 @@ pub use seccomp::SeccompProfile;
 pub use security::{capability_set, parse_capability, parse_security_opt, CapSet, Capability, Security, SecurityOpt};
 pub use spec::{parse_env, validate_hostname, Net, RunSpec, DEFAULT_PATH};
 pub use state::{reap_dead_runs, RunRecord, RUNS_DIR};
+pub use userns::{parse_userns, IdRange, Userns, UsernsLease, AUTO_COUNT, AUTO_FIRST, AUTO_SLOTS};
 
 use crate::error::Result;
 

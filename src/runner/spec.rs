@@ -2,6 +2,7 @@
 
 use super::cgroup::Limits;
 use super::security::Security;
+use super::userns::{self, Userns};
 use crate::error::{Error, Result};
 use crate::pool::VolRef;
 
@@ -50,6 +51,9 @@ pub struct RunSpec {
     pub tty: bool,
     /// Capabilities, `--privileged`, no-new-privileges and seccomp.
     pub security: Security,
+    /// `--userns`: the container's ids map to an unprivileged range of host ids (none: the
+    /// host's ids, as runc's default).
+    pub userns: Option<Userns>,
     /// The command and its arguments (`argv[0]` is searched in the container's PATH).
     pub argv: Vec<String>,
 }
@@ -102,7 +106,22 @@ impl RunSpec {
                 return Err(Error::invalid("working directory", format!("'{w}'; give an absolute path like /root")));
             }
         }
-        self.security.validate()
+        self.security.validate()?;
+        self.check_userns()
+    }
+
+    /// Refuse a `--userns` range that is malformed, or combined with `--privileged` or
+    /// `--net host` (the CLI calls this before opening the pool).
+    pub fn check_userns(&self) -> Result<()> {
+        match &self.userns {
+            None => Ok(()),
+            Some(u) => {
+                if let Userns::Range(r) = u {
+                    r.validate()?;
+                }
+                userns::check_combination(u, &self.security, self.net)
+            }
+        }
     }
 
     /// The container's environment: PATH, HOME, HOSTNAME, TERM (rcx-dm's; with `-t` and none
@@ -173,5 +192,13 @@ mod tests {
         assert!(RunSpec { workdir: Some("rel".into()), ..ok.clone() }.validate().is_err());
         assert!(RunSpec { hostname: Some("a b".into()), ..ok.clone() }.validate().is_err());
         assert!(RunSpec { name: Some("123".into()), ..ok.clone() }.validate().is_err());
+        let auto = RunSpec { userns: Some(Userns::Auto), ..ok.clone() };
+        auto.validate().unwrap();
+        assert!(RunSpec { net: Net::Host, ..auto.clone() }.validate().is_err());
+        let mut p = auto.clone();
+        p.security.privileged = true;
+        assert!(p.validate().is_err());
+        let empty = userns::IdRange { host: 5, count: 0 };
+        assert!(RunSpec { userns: Some(Userns::Range(empty)), ..ok.clone() }.validate().is_err());
     }
 }

@@ -11,7 +11,8 @@
 //! container through PR_SET_PDEATHSIG; cleanup also kills what is left in the cgroup).
 //!
 //! `runs/vol-<id>.lock` serialises runs that mount one volume in place (exclusive for a
-//! writable mount, shared for read-only ones).
+//! writable mount, shared for read-only ones). `runs/userns-<host>-<count>.lease` is a
+//! `--userns` run's id range (`userns`), reclaimed here too once its rcx-dm is gone.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::cgroup;
 use super::network;
 use super::root_mount;
+use super::userns::{self, IdRange};
 use crate::error::{Error, IoContext, Result};
 use crate::file_lock::{FileLock, LockMode};
 use crate::durable::{read_json, sync_dir, write_durable};
@@ -52,6 +54,10 @@ pub struct RunRecord {
     /// `--net bridge`: the address claimed under /run/rcx-dm/ips.
     #[serde(default)]
     pub ip: Option<String>,
+    /// `--userns`: the host ids the container's ids map to (its lease file is the allocation;
+    /// this is for people reading the record, and for the run itself).
+    #[serde(default)]
+    pub userns: Option<IdRange>,
 }
 
 /// A live run's directory, locked by this process.
@@ -215,10 +221,12 @@ pub fn reap_dead_runs(pool: &Pool) -> Result<usize> {
     let Ok(entries) = fs::read_dir(&runs) else { return Ok(0) };
     let mut cleaned = 0;
     let mut first_err = None;
+    let mut leases = false;
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
         let dir = e.path();
+        leases |= userns::is_lease(name);
         if !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
@@ -250,6 +258,12 @@ pub fn reap_dead_runs(pool: &Pool) -> Result<usize> {
             Err(e) => {
                 first_err.get_or_insert(e);
             }
+        }
+    }
+    // After the runs: a dead run's container is killed with its cgroup before its ids are free.
+    if leases {
+        if let Err(e) = userns::reap_leases(&runs) {
+            first_err.get_or_insert(e);
         }
     }
     match first_err {
