@@ -308,6 +308,46 @@ pub enum Error {
         msg: String,
     },
 
+    /// `--cap-add` / `--cap-drop` named a capability that does not exist.
+    #[error("unknown capability '{name}'; use a name as Docker spells it (e.g. NET_ADMIN or CAP_NET_ADMIN, any case), or ALL")]
+    UnknownCapability {
+        /// The name as given.
+        name: String,
+    },
+
+    /// A `--userns` value that cannot be used: malformed, an empty range, one that includes the
+    /// host's uid 0 or runs past the 32-bit id space, one that overlaps another live run's
+    /// range, no free automatic range, or a combination with `--privileged` / `--net host`.
+    /// Found before anything of the run is created.
+    #[error("invalid --userns '{value}': {why}")]
+    Userns {
+        /// The value as given (`auto` or `HOSTID:COUNT`).
+        value: String,
+        /// What is wrong with it and what to do.
+        why: String,
+    },
+
+    /// A `--security-opt` value that is not understood or is malformed.
+    #[error("invalid --security-opt '{opt}': {why}")]
+    SecurityOpt {
+        /// The option as given.
+        opt: String,
+        /// What is wrong with it and what is accepted.
+        why: String,
+    },
+
+    /// A seccomp profile for `run` cannot be used: the file is missing or unreadable, it is not
+    /// Docker's profile format, or it asks for something rcx-dm cannot enforce (an unknown
+    /// action or operator, SCMP_ACT_NOTIFY, a host architecture other than x86_64). Found
+    /// before anything of the run is created.
+    #[error("seccomp profile {profile}: {why}; fix the profile, or pass `--security-opt seccomp=unconfined` to run without a filter")]
+    SeccompProfile {
+        /// The profile's path, or `built-in default` for the embedded one.
+        profile: String,
+        /// What is wrong, naming the offending entry or value.
+        why: String,
+    },
+
     // ---- classic snapshots (snapshot-origin / snapshot / snapshot-merge) and revert ----
     /// A classic origin or snapshot with that name is not in the pool's classic records.
     #[error("no {kind} '{name}' in pool '{pool}'; `rcx-dm origin list` and `rcx-dm cow status` show them")]

@@ -44,6 +44,34 @@ fn other_bad_arguments_are_refused() {
 }
 
 #[test]
+fn bad_capabilities_and_security_options_are_refused() {
+    refused(&["run", "--cap-add", "SYS_ADMINS", "1", "--", "true"], 2, "unknown capability 'SYS_ADMINS'");
+    refused(&["run", "--cap-drop", "CAP_NOPE", "1", "--", "true"], 2, "unknown capability 'CAP_NOPE'");
+    refused(&["run", "--security-opt", "seccomp", "1", "--", "true"], 2, "invalid --security-opt 'seccomp'");
+    refused(&["run", "--security-opt", "seccomp=", "1", "--", "true"], 2, "seccomp=unconfined or seccomp=PROFILE.json");
+    refused(&["run", "--security-opt", "no-new-privileges=yes", "1", "--", "true"], 2, "true or false");
+    refused(&["run", "--security-opt", "apparmor=unconfined", "1", "--", "true"], 2, "does not support");
+    refused(&["run", "--security-opt", "bogus", "1", "--", "true"], 2, "unknown option");
+}
+
+#[test]
+fn bad_userns_values_and_combinations_are_refused() {
+    refused(&["run", "--userns", "yes", "1", "--", "true"], 2, "invalid --userns 'yes': use auto or HOSTID:COUNT");
+    refused(&["run", "--userns", "200000", "1", "--", "true"], 2, "use auto or HOSTID:COUNT");
+    refused(&["run", "--userns", "200000:0", "1", "--", "true"], 2, "COUNT must be at least 1");
+    refused(&["run", "--userns", "0:65536", "1", "--", "true"], 2, "includes the host's uid 0");
+    refused(&["run", "--userns", "4294967290:65536", "1", "--", "true"], 2, "past the highest id 4294967294");
+    refused(&["run", "--userns", "4294967296:1", "1", "--", "true"], 2, "ids are 32-bit");
+    refused(&["run", "--userns", "auto", "--privileged", "1", "--", "true"], 2, "--privileged cannot be combined with --userns");
+    refused(&["run", "--userns", "200000:65536", "--net", "host", "1", "--", "true"], 2, "--net host cannot be combined with --userns");
+}
+
+#[test]
+fn a_missing_seccomp_profile_is_refused() {
+    refused(&["run", "--security-opt", "seccomp=/nonexistent/profile.json", "1", "--", "true"], 2, "no such file");
+}
+
+#[test]
 fn a_missing_pool_is_named() {
     refused(&["run", "1", "--", "true"], 125, "pool 'rcx' does not exist");
     refused(&["set-readonly", "1"], 1, "pool 'rcx' does not exist");
@@ -69,7 +97,10 @@ fn run_without_root_is_refused() {
 fn help_describes_run() {
     let root = tempfile::tempdir().unwrap();
     let out = String::from_utf8_lossy(&run(root.path(), &["run", "--help"]).stdout).into_owned();
-    for want in ["--rm", "--memory", "--pids", "--cpus", "--net", "--env", "--workdir", "--read-only", "--init", "127"] {
+    for want in [
+        "--rm", "--memory", "--pids", "--cpus", "--net", "--env", "--workdir", "--read-only", "--init", "127", "--cap-add",
+        "--cap-drop", "--privileged", "--security-opt", "--interactive", "--userns",
+    ] {
         assert!(out.contains(want), "run --help lacks {want}:\n{out}");
     }
 }

@@ -2,7 +2,10 @@
 //! (made by the test: mkfs.ext4, /bin/busybox and applet links), marked read-only as a base.
 //! Isolation (ps, hostname, /proc/mounts, ls /), file isolation between snapshot and base,
 //! in-place runs of writable volumes and their refusals, cgroup v2 limits (memory, pids, cpu),
-//! exit statuses, and teardown: nothing left behind, even when rcx-dm is SIGKILLed.
+//! exit statuses, `-t` under a terminal of the test's making (TIOCSTI inside included),
+//! teardown (nothing left behind, even when rcx-dm is SIGKILLed), the escapes refused by the
+//! default isolation, and `--userns auto` (root inside is an unprivileged range outside, files
+//! stay uid 0 on disk).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,7 +16,8 @@ use crate::common::*;
 
 const APPLETS: &[&str] = &[
     "sh", "ps", "hostname", "cat", "ls", "mkdir", "echo", "sleep", "true", "false", "touch", "dd", "kill", "wc", "seq",
-    "env", "pwd", "grep", "ip", "ping", "nc",
+    "env", "pwd", "grep", "ip", "ping", "nc", "mknod", "head", "unshare", "mount", "chown", "readlink", "rm", "stty",
+    "stat",
 ];
 /// What `ls /` shows in the base.
 const ROOT_ENTRIES: &[&str] = &["bin", "dev", "etc", "lost+found", "proc", "root", "sys", "tmp"];
@@ -179,9 +183,23 @@ fn runner_isolation_pid1_hostname_mounts_and_exit_statuses() {
     // /proc/mounts: the volume as /, fresh proc, sysfs read-only, the minimal /dev; nothing of
     // the host (9p root, tmpfs scratch, the pool's files) and no old root.
     let mounts = run_code(&s, &["--rm", "base", "--", "cat", "/proc/mounts"], 0);
-    let mut points: Vec<&str> = mounts.lines().map(|l| l.split(' ').nth(1).unwrap()).collect();
+    // (Below /proc and /sys: runc's masked and read-only paths and cgroup2 read-only. The
+    // standard device nodes are bind mounts of their own: /dev under them is nodev.)
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap())
+        .filter(|p| !p.starts_with("/proc/") && !p.starts_with("/sys/"))
+        .collect();
     points.sort_unstable();
-    assert_eq!(points, ["/", "/dev", "/dev/pts", "/dev/shm", "/proc", "/sys"], "{mounts}");
+    assert_eq!(
+        points,
+        ["/", "/dev", "/dev/full", "/dev/null", "/dev/pts", "/dev/random", "/dev/shm", "/dev/tty", "/dev/urandom", "/dev/zero", "/proc", "/sys"],
+        "{mounts}"
+    );
+    assert!(mounts.lines().any(|l| l.starts_with("tmpfs /dev tmpfs rw,nosuid,nodev,")), "{mounts}");
+    assert!(first_is_nodev(&mounts), "the root is not nodev:\n{mounts}");
+    assert!(mounts.lines().any(|l| l.starts_with("cgroup /sys/fs/cgroup cgroup2 ro,")), "{mounts}");
+    assert!(mounts.lines().any(|l| l.starts_with("proc /proc/sys proc ro,")), "{mounts}");
     let first: Vec<&str> = mounts.lines().next().unwrap().split(' ').collect();
     assert!(first[0].starts_with(&format!("/dev/mapper/{}", s.dm_prefix())), "{mounts}");
     assert_ne!(Path::new(first[0]), base_dev, "the root is a snapshot, not the base:\n{mounts}");
@@ -333,8 +351,8 @@ fn runner_sigkill_of_rcx_dm_mid_run_is_cleaned_by_the_next_command() {
     s.ok(&["pool", "create", "--data-size", "4G"]);
     make_base(&s, "base");
 
-    // A fork bomb under --pids 16 (PID 1 waits on its stdin, which the test holds open).
-    let c = spawn_run(&s, &["--rm", "--pids", "16", "base", "--", "sh", "-c", "bomb() { bomb | bomb & }; bomb; read x"], Stdio::piped());
+    // A fork bomb under --pids 16 (PID 1 waits on its stdin, which the test holds open: -i).
+    let c = spawn_run(&s, &["--rm", "-i", "--pids", "16", "base", "--", "sh", "-c", "bomb() { bomb | bomb & }; bomb; read x"], Stdio::piped());
     let cg = wait_for_container(&s);
     wait_for("the fork bomb to hit pids.max", 60, || {
         let n: u64 = cg_read(&cg, "pids.current").parse().ok()?;
@@ -429,5 +447,268 @@ fn runner_net_bridge_connects_two_containers() {
         .map(|d| d.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).collect())
         .unwrap_or_default();
     assert!(!claims.iter().any(|c| c.contains(path_str(&s.pool_dir()))), "address claims left: {claims:?}");
+    assert_nothing_left(&s);
+}
+
+/// The container's root (the first line of its /proc/mounts) is mounted nodev.
+fn first_is_nodev(mounts: &str) -> bool {
+    mounts.lines().next().and_then(|l| l.split(' ').nth(3)).is_some_and(|o| o.split(',').any(|f| f == "nodev"))
+}
+
+/// The escapes a new user would try from inside a container on a pool, each refused by the
+/// default isolation; then what `--cap-add`, `--privileged` and a Docker-format seccomp
+/// profile change. (tests/runner_host.rs covers the same on a plain loop device, with more
+/// detail; here the kernel is the VM's and the devices are the pool's.)
+#[test]
+fn runner_escapes_from_inside_are_refused_by_default() {
+    let s = Scenario::new("runesc");
+    s.ok(&["pool", "create", "--data-size", "4G"]);
+    let (_, base_dev) = make_base(&s, "base");
+    use std::os::unix::fs::MetadataExt;
+    let st = |p: &Path| std::fs::metadata(p).unwrap().rdev();
+    let (dm_maj, dm_min) = (nix::sys::stat::major(st(&base_dev)), nix::sys::stat::minor(st(&base_dev)));
+    let data = rcx_dm::loopback::find(&s.pool_dir().join("data.img")).unwrap().expect("the pool's loop device");
+    let (lo_maj, lo_min) = (nix::sys::stat::major(st(&data)), nix::sys::stat::minor(st(&data)));
+    let script = format!(
+        "echo '|/tmp/x' > /proc/sys/kernel/core_pattern && echo ESCAPE-core_pattern; \
+         mknod /tmp/dm b {dm_maj} {dm_min} && head -c 512 /tmp/dm > /tmp/got && [ -s /tmp/got ] && echo ESCAPE-dm; \
+         mknod /dev/lo b {lo_maj} {lo_min} && head -c 512 /dev/lo > /tmp/got && [ -s /tmp/got ] && echo ESCAPE-loop; \
+         head -c 16 /proc/kcore > /tmp/got; [ -s /tmp/got ] && echo ESCAPE-kcore; \
+         mkdir -p /tmp/cg && mount -t cgroup2 none /tmp/cg && echo ESCAPE-cgroup-mount; \
+         echo $$ > /sys/fs/cgroup/cgroup.procs && echo ESCAPE-cgroup-move; \
+         unshare -U -r true && echo ESCAPE-userns; \
+         unshare -m mount -t tmpfs none /tmp && echo ESCAPE-mount; \
+         (ls /proc/1/fd > /tmp/fds); for n in $(cat /tmp/fds); do [ -d /proc/1/fd/$n ] && echo ESCAPE-fd-$n; done; \
+         grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; echo done"
+    );
+    for init in [false, true] {
+        let mut args = vec!["--rm"];
+        if init {
+            args.push("--init");
+        }
+        args.extend(["base", "--", "sh", "-c", &script]);
+        let out = run_code(&s, &args, 0);
+        assert!(!out.contains("ESCAPE"), "--init {init}: an escape worked:\n{out}");
+        assert!(out.contains("Seccomp:\t2") && out.ends_with("done\n"), "--init {init}:\n{out}");
+    }
+    // The pool's devices are untouched and still readable from the host.
+    assert_eq!(read_direct(&base_dev, 4096).len(), 4096);
+
+    // Ordinary work under the default set: chown, a low port.
+    run_code(&s, &["--rm", "base", "--", "sh", "-c", "touch /tmp/f && chown 1:1 /tmp/f && nc -l -p 80 -w 1 </dev/null & sleep 0.3; true"], 0);
+    // --cap-add SYS_ADMIN: mount works (the default filter follows the capability).
+    run_code(&s, &["--rm", "--cap-add", "SYS_ADMIN", "base", "--", "mount", "-t", "tmpfs", "none", "/tmp"], 0);
+    // --privileged: every capability, no filter.
+    let st = run_code(&s, &["--rm", "--privileged", "base", "--", "grep", "-E", "^(CapBnd|Seccomp):", "/proc/self/status"], 0);
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").unwrap().trim().parse().unwrap();
+    assert!(st.contains(&format!("CapBnd:\t{:016x}", (1u64 << (last + 1)) - 1)) && st.contains("Seccomp:\t0"), "{st}");
+    // A Docker-format profile denying mkdir.
+    let profile = scratch().join(format!("no-mkdir-{}.json", std::process::id()));
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let o = run(&s, &["--rm", "--security-opt", &opt, "base", "--", "mkdir", "/tmp/d"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(text(&o.stderr).contains("Operation not permitted"), "{}", text(&o.stderr));
+    let _ = std::fs::remove_file(&profile);
+    assert_nothing_left(&s);
+}
+
+/// A container that made groups below its own (a writable cgroup2 with --privileged, as a
+/// nested runtime or systemd would) and whose rcx-dm was killed: the next command removes
+/// them deepest first and deletes the run's snapshot at once, instead of retrying an EBUSY
+/// rmdir for 10 s and then keeping the snapshot.
+#[test]
+fn runner_child_cgroups_of_a_dead_run_do_not_wedge_the_next_command() {
+    let s = Scenario::new("runcg");
+    s.ok(&["pool", "create", "--data-size", "4G"]);
+    make_base(&s, "base");
+    let script = "mkdir -p /sys/fs/cgroup/a/b && echo $$ > /sys/fs/cgroup/a/b/cgroup.procs && exec sleep 600";
+    let mut c = spawn_run(&s, &["--rm", "--privileged", "base", "--", "sh", "-c", script], Stdio::null());
+    let cg = wait_for_container(&s);
+    wait_for("the container's process to move into its child group", 60, || {
+        (!cg_read(&cg.join("a/b"), "cgroup.procs").is_empty()).then_some(())
+    });
+    c.kill().unwrap(); // SIGKILL: rcx-dm runs no code after this
+    c.wait().unwrap();
+    let t = Instant::now();
+    let names = volume_names(&s); // the next command cleans up
+    let first = t.elapsed();
+    assert_eq!(names, ["base"], "the --rm snapshot of the dead run is left");
+    assert!(!cg.exists(), "{} is left", cg.display());
+    assert!(first < Duration::from_secs(5), "the first command after took {first:?}");
+    let t = Instant::now();
+    s.ok(&["list"]);
+    assert!(t.elapsed() < Duration::from_secs(1), "list took {:?}", t.elapsed());
+    assert_nothing_left(&s);
+}
+
+/// `rcx-dm run -t` under a pty the test opens (its slave is rcx-dm's stdin and stdout, the
+/// "caller's terminal"): the container gets a terminal of its own with the caller's window size,
+/// output and exit status come back, the caller's modes are as before, and a TIOCSTI inside
+/// (perl, copied with its libraries from the VM's root, as busybox has no tool for it) types
+/// into the container's own terminal only. `-it` with stdin a pipe copies it in, EOF included.
+#[test]
+fn runner_tty_gives_the_container_its_own_terminal() {
+    use std::os::fd::AsRawFd;
+    let s = Scenario::new("runtty");
+    s.ok(&["pool", "create", "--data-size", "4G"]);
+    let (_, dev) = make_base(&s, "base");
+    s.ok(&["set-readonly", "base", "--off"]);
+    {
+        let m = Mount::new(&dev, &format!("{}-perl", s.pool));
+        let ldd = sh("ldd /usr/bin/perl");
+        let files = std::iter::once("/usr/bin/perl").chain(ldd.split_whitespace().filter(|w| w.starts_with('/')));
+        for f in files {
+            let to = m.path(f.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(f, &to).unwrap_or_else(|e| panic!("copying {f}: {e}"));
+        }
+    }
+    s.ok(&["set-readonly", "base"]);
+
+    // Runs `rcx-dm run ARGS` with stdout on a fresh 33x101 pty (`typed` already typed into
+    // it) and stdin on it too, or on a pipe fed `input`; returns (exit code, terminal output
+    // without "\r", stderr, modes unchanged, a line left unread on the caller's terminal).
+    let tty_run = |args: &[&str], typed: &[u8], input: Option<&[u8]>| {
+        let ws = nix::pty::Winsize { ws_row: 33, ws_col: 101, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+        // Close-on-exec: a process another test thread spawns must not keep a slave open (the
+        // master would never read its end).
+        for fd in [&pty.master, &pty.slave] {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).unwrap();
+        }
+        nix::unistd::write(&pty.master, typed).unwrap();
+        let before = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+        let stdin = match input {
+            Some(_) => Stdio::piped(),
+            None => Stdio::from(pty.slave.try_clone().unwrap()),
+        };
+        let mut c = Command::new(bin())
+            .arg("run")
+            .args(args)
+            .env("RCX_DM_ROOT", &s.root)
+            .env("RCX_DM_POOL", &s.pool)
+            .stdin(stdin)
+            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rcx-dm run -t");
+        if let (Some(data), Some(mut w)) = (input, c.stdin.take()) {
+            std::io::Write::write_all(&mut w, data).unwrap();
+        }
+        // The master is read until every slave is closed (EIO): rcx-dm's, then the test's.
+        let master = std::fs::File::from(std::os::fd::OwnedFd::from(pty.master));
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let mut m = master;
+            let _ = m.read_to_end(&mut out);
+            out
+        });
+        let (code, err) = finish(c);
+        let after = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+        nix::fcntl::fcntl(&pty.slave, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).unwrap();
+        let mut b = [0u8; 1024];
+        // SAFETY: a read into a local buffer.
+        let n = unsafe { libc::read(pty.slave.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
+        let left = if n > 0 { text(&b[..n as usize]) } else { String::new() };
+        drop(pty.slave);
+        let out = text(&reader.join().unwrap()).replace('\r', "");
+        (code, out, err, before == after, left)
+    };
+
+    let script = "test -t 0 && test -t 1 && test -t 2 && echo all-tty; stty size; \
+                  echo console $(stat -c %t:%T /dev/console) fd0 $(stat -L -c %t:%T /proc/$$/fd/0); exit 3";
+    let (code, out, err, same, _) = tty_run(&["--rm", "-t", "base", "--", "sh", "-c", script], b"", None);
+    assert_eq!(code, Some(3), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"all-tty"), "{out}{err}");
+    assert_eq!(lines.get(1), Some(&"33 101"), "{out}");
+    let f: Vec<&str> = lines.get(2).unwrap_or(&"").split(' ').collect();
+    assert!(f.len() == 4 && f[1] == f[3], "/dev/console is not the container's terminal: {out}");
+    assert!(same, "the caller's terminal modes changed");
+
+    // TIOCSTI inside: the characters go to the container's terminal (it reads them back), none
+    // to the caller's. (The copied perl's libraries: the image has no ld.so.cache.)
+    const LIBS: &str = "LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:/lib64:/lib";
+    let sti = "perl -e 'for (split //, \"echo INJECTED\\n\") { ioctl(STDIN, 0x5412, $_) or die \"TIOCSTI: $!\\n\" }'; \
+               read -t 2 x && echo \"container read: $x\"";
+    let (code, out, err, same, left) = tty_run(&["--rm", "-t", "--env", LIBS, "base", "--", "sh", "-c", sti], b"", None);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("container read: echo INJECTED"), "{out}{err}");
+    assert_eq!(left, "", "TIOCSTI typed into the caller's terminal");
+    assert!(same);
+
+    // -it under the terminal: raw mode while it runs (typed ahead is kept), what is typed
+    // arrives, the modes are back after.
+    let (code, out, err, same, left) = tty_run(&["--rm", "-it", "base", "--", "sh", "-c", "read x; echo got $x"], b"hello\n", None);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.lines().any(|l| l == "got hello"), "{out}{err}");
+    assert!(same, "the caller's terminal modes were not restored");
+    assert_eq!(left, "");
+
+    // -it with stdin a pipe: copied in, and its end is the container's EOF.
+    let (code, out, err, _, _) =
+        tty_run(&["--rm", "-it", "base", "--", "sh", "-c", "read x; echo got $x; cat >/dev/null; echo eof"], b"", Some(b"hello\nworld\n"));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.lines().any(|l| l == "got hello") && out.lines().last() == Some("eof"), "{out}{err}");
+    assert_nothing_left(&s);
+}
+
+#[test]
+fn runner_userns_auto_maps_root_to_an_unprivileged_range() {
+    let s = Scenario::new("runuserns");
+    s.ok(&["pool", "create", "--data-size", "4G"]);
+    make_base(&s, "base");
+    let first = rcx_dm::runner::AUTO_FIRST;
+    let count = rcx_dm::runner::AUTO_COUNT;
+
+    // A container that stays up: root inside, the range's first id outside.
+    let mut c = spawn_run(&s, &["--name", "u1", "--userns", "auto", "base", "--", "sh", "-c", "id -u; touch /made; exec sleep 600"], Stdio::null());
+    let mut stdout = c.stdout.take().unwrap();
+    let cg = wait_for_container(&s);
+    let (pid, uid) = wait_for("the container's command to run", 60, || {
+        let pid: u32 = cg_read(&cg, "cgroup.procs").lines().next()?.parse().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        if !status.contains("Name:\tsleep") {
+            return None;
+        }
+        let uid: u32 = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()?;
+        Some((pid, uid))
+    });
+    assert_eq!(uid, first, "the container's root is the first automatic host id");
+    let lease = s.pool_dir().join("runs").join(format!("userns-{first}-{count}.lease"));
+    assert!(lease.exists(), "the range is recorded in the pool's runs/");
+    // Through the container's idmapped mount the host sees the image's root-owned files as the
+    // range's; on disk they stay 0 (below).
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(format!("/proc/{pid}/root/etc/marker")).unwrap().uid(), first);
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap();
+    assert!(mounts.lines().next().is_some_and(|l| l.contains("idmapped")), "{mounts}");
+    std::fs::write(cg.join("cgroup.kill"), "1").unwrap();
+    let (code, err) = finish(c);
+    assert_eq!(code, Some(137), "{err}");
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "0\n", "id -u inside");
+    assert!(!lease.exists(), "the range is released with the run");
+
+    // On disk (the kept snapshot mounted normally): what the container's root made is uid 0.
+    let dev = s.device(&["activate", "u1"]);
+    with_read_only_mount(&dev, "u1", |dir| {
+        assert_eq!(std::fs::metadata(dir.join("made")).unwrap().uid(), 0);
+        assert_eq!(std::fs::metadata(dir.join("etc/marker")).unwrap().uid(), 0);
+    });
+    s.ok(&["deactivate", "u1"]);
+
+    // Released: the next run gets the first range again; bad ranges are refused.
+    let map = run_code(&s, &["--rm", "--userns", "auto", "base", "--", "cat", "/proc/self/uid_map"], 0);
+    assert_eq!(map.split_whitespace().collect::<Vec<_>>(), ["0", &first.to_string(), &count.to_string()], "{map}");
+    let o = run(&s, &["--rm", "--userns", "auto", "--privileged", "base", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert_eq!(volume_names(&s), ["base", "u1"]);
     assert_nothing_left(&s);
 }

@@ -346,10 +346,10 @@ fn space_run_rm_gives_the_containers_writes_back() {
     s.ok(&["deactivate", "base"]);
     let before = allocated(&s);
 
-    // The container writes 200M and says so, then waits on its stdin, which the test holds.
+    // The container writes 200M and says so, then waits on its stdin, which the test holds (-i).
     let script = "if dd if=/dev/zero of=/big bs=1M count=200 conv=fsync 2>/dev/null; then echo written; else echo dd-failed; fi; read x; true";
     let mut c = Command::new(bin())
-        .args(["run", "--rm", "base", "--", "sh", "-c", script])
+        .args(["run", "--rm", "-i", "base", "--", "sh", "-c", script])
         .env("RCX_DM_ROOT", &s.root)
         .env("RCX_DM_POOL", &s.pool)
         .stdin(Stdio::piped())

@@ -284,6 +284,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Deactivate { volume } => Ok(open()?.deactivate_volume(&volume)?),
         Cmd::Delete { volume, force } => Ok(rcx_dm::refs::delete_volume(&open()?, &volume, force)?),
         Cmd::Run(mut a) => {
+            run::refuse_conflicts(&a);
             let p = open();
             if let Ok(p) = &p {
                 a.volume = rootfs::volume_or_image(p, a.volume)?;

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 
 use rcx_dm::pool::{self, Pool, VolRef};
-use rcx_dm::runner::{self, Limits, Net, RunSpec};
+use rcx_dm::runner::{self, Capability, Limits, Net, RunSpec, Security, SecurityOpt, Userns};
 use rcx_dm::units::format_size;
 use rcx_dm::Error;
 
@@ -59,6 +59,36 @@ pub struct RunArgs {
     /// Run a tiny init as PID 1 that forwards signals and reaps zombies (the command is PID 2).
     #[arg(long)]
     pub init: bool,
+    /// Keep stdin attached (otherwise the container's stdin is /dev/null, or with -t its
+    /// terminal with nothing typed into it).
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
+    /// A fresh pseudo-terminal for the container (its controlling terminal, stdin, stdout,
+    /// stderr and /dev/console), copied to rcx-dm's stdout; with -i rcx-dm's stdin is copied in
+    /// too (raw mode if it is a terminal). The caller's terminal never reaches the container.
+    #[arg(long, short = 't')]
+    pub tty: bool,
+    /// Add a capability to the default set (Docker's names, with or without CAP_, any case;
+    /// ALL for every one). Repeatable.
+    #[arg(long = "cap-add", value_name = "CAP", value_parser = cap_arg)]
+    pub cap_add: Vec<Capability>,
+    /// Drop a capability from the default set (ALL for every one). Repeatable.
+    #[arg(long = "cap-drop", value_name = "CAP", value_parser = cap_arg)]
+    pub cap_drop: Vec<Capability>,
+    /// Every capability, no seccomp filter, no masked paths, /proc/sys and /sys writable: the
+    /// container can do what root on the host can.
+    #[arg(long)]
+    pub privileged: bool,
+    /// no-new-privileges[=true|false], seccomp=unconfined or seccomp=PROFILE.json (Docker's
+    /// profile format). Repeatable.
+    #[arg(long = "security-opt", value_name = "OPT", value_parser = security_opt_arg)]
+    pub security_opt: Vec<SecurityOpt>,
+    /// Map the container's ids to an unprivileged range of host ids: `auto` (a free range of
+    /// 65536 from 1879048192 = 0x70000000 on, recorded in the pool) or HOSTID:COUNT (container
+    /// ids 0..COUNT are host ids HOSTID..HOSTID+COUNT). Root inside is not root on the host; the
+    /// volume is mounted idmapped, so the image needs no chown. Not with --privileged or --net host.
+    #[arg(long, value_name = "auto|HOSTID:COUNT", value_parser = userns_arg)]
+    pub userns: Option<Userns>,
     /// Print where the time went (snapshot, activate, mount, namespaces, exec, teardown) to stderr.
     #[arg(long)]
     pub timings: bool,
@@ -102,6 +132,21 @@ fn pids_arg(s: &str) -> std::result::Result<u64, String> {
 fn cpus_arg(s: &str) -> std::result::Result<f64, String> {
     runner::parse_cpus(s).map_err(|e| e.to_string())
 }
+fn cap_arg(s: &str) -> std::result::Result<Capability, String> {
+    runner::parse_capability(s).map_err(|e| e.to_string())
+}
+fn security_opt_arg(s: &str) -> std::result::Result<SecurityOpt, String> {
+    let opt = runner::parse_security_opt(s).map_err(|e| e.to_string())?;
+    // A profile that is not there is refused with the other argument errors (as Docker's
+    // client, which reads it at once); the library checks it again before a run.
+    if let SecurityOpt::Seccomp(p) = &opt {
+        Security { seccomp: p.clone(), ..Default::default() }.validate().map_err(|e| e.to_string())?;
+    }
+    Ok(opt)
+}
+fn userns_arg(s: &str) -> std::result::Result<Userns, String> {
+    runner::parse_userns(s).map_err(|e| e.to_string())
+}
 fn env_arg(s: &str) -> std::result::Result<EnvArg, String> {
     runner::parse_env(s).map(EnvArg).map_err(|e| e.to_string())
 }
@@ -123,8 +168,32 @@ impl RunArgs {
             workdir: self.workdir.clone(),
             read_only: self.read_only,
             init: self.init,
+            interactive: self.interactive,
+            tty: self.tty,
+            security: self.security(),
+            userns: self.userns,
             argv: self.command.clone(),
         }
+    }
+
+    fn security(&self) -> Security {
+        let mut s = Security {
+            privileged: self.privileged,
+            cap_add: self.cap_add.clone(),
+            cap_drop: self.cap_drop.clone(),
+            ..Default::default()
+        };
+        s.apply_opts(&self.security_opt);
+        s
+    }
+}
+
+/// Options that cannot be combined (`--userns` with `--privileged` or `--net host`): refused as
+/// an argument error (status 2) before the pool is opened.
+pub fn refuse_conflicts(args: &RunArgs) {
+    if let Err(e) = args.spec().check_userns() {
+        eprintln!("rcx-dm: error: {e}");
+        std::process::exit(2);
     }
 }
 
@@ -229,6 +298,31 @@ mod tests {
     }
 
     #[test]
+    fn security_flags() {
+        use rcx_dm::runner::SeccompProfile;
+        let s = parse(&["-it", "--cap-add", "sys_admin", "--cap-add", "CAP_NET_ADMIN", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges", "--security-opt", "seccomp=unconfined", "1", "--", "true"])
+        .unwrap()
+        .spec();
+        assert!(s.interactive && s.tty);
+        assert_eq!(s.security.cap_add, vec![Capability::Cap(21), Capability::Cap(12)]);
+        assert_eq!(s.security.cap_drop, vec![Capability::All]);
+        assert!(s.security.no_new_privileges && !s.security.privileged);
+        assert_eq!(s.security.seccomp, SeccompProfile::Unconfined);
+        let d = parse(&["1", "--", "true"]).unwrap().spec();
+        assert_eq!(d.security, Security::default());
+        assert!(!d.interactive && !d.tty);
+        assert!(parse(&["--privileged", "1", "--", "true"]).unwrap().spec().security.privileged);
+        assert_eq!(d.userns, None);
+        assert_eq!(parse(&["--userns", "auto", "1", "--", "true"]).unwrap().spec().userns, Some(Userns::Auto));
+        assert_eq!(
+            parse(&["--userns", "200000:65536", "1", "--", "true"]).unwrap().spec().userns,
+            Some(Userns::Range(runner::IdRange { host: 200000, count: 65536 }))
+        );
+        assert!(parse(&["--userns", "auto", "--privileged", "1", "--", "true"]).unwrap().spec().check_userns().is_err());
+    }
+
+    #[test]
     fn options_after_the_command_belong_to_it() {
         let a = parse(&["1", "--", "ls", "--rm", "-e", "x"]).unwrap();
         assert_eq!(a.command, vec!["ls", "--rm", "-e", "x"]);
@@ -252,6 +346,15 @@ mod tests {
             (vec!["--name", "123", "1", "--", "true"], "invalid volume name"),
             (vec!["1"], "required"),
             (vec!["16777216", "--", "true"], "ids are 0 to 16777215"),
+            (vec!["--cap-add", "SYS_ADMINS", "1", "--", "true"], "unknown capability 'SYS_ADMINS'"),
+            (vec!["--cap-drop", "", "1", "--", "true"], "unknown capability"),
+            (vec!["--security-opt", "seccomp", "1", "--", "true"], "invalid --security-opt 'seccomp'"),
+            (vec!["--security-opt", "apparmor=x", "1", "--", "true"], "does not support"),
+            (vec!["--security-opt", "no-new-privileges=maybe", "1", "--", "true"], "true or false"),
+            (vec!["--userns", "yes", "1", "--", "true"], "use auto or HOSTID:COUNT"),
+            (vec!["--userns", "0:65536", "1", "--", "true"], "uid 0"),
+            (vec!["--userns", "100:0", "1", "--", "true"], "at least 1"),
+            (vec!["--userns", "4294967200:1000", "1", "--", "true"], "past the highest id"),
         ] {
             let e = parse(&args).expect_err(&format!("{args:?} accepted"));
             assert!(e.contains(needle), "{args:?}: expected {needle:?} in {e}");

@@ -186,19 +186,33 @@ pub(super) fn remove(path: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut killed = false;
+    // cgroup.kill (5.14+) SIGKILLs every process of the group and of the groups below it.
+    if populated(path) && fs::write(path.join("cgroup.kill"), "1").is_err() {
+        kill_procs(path);
+    }
+    remove_tree(path, Instant::now() + Duration::from_secs(10))
+}
+
+/// Remove a group and the groups a container made below it (a nested runtime, systemd, anyone
+/// with a writable cgroup2 mount), deepest first: rmdir of a group with children is EBUSY for
+/// as long as they exist, which no wait cures. EBUSY then means processes still exiting.
+fn remove_tree(path: &Path, deadline: Instant) -> Result<()> {
+    let children: Vec<std::path::PathBuf> = match fs::read_dir(path) {
+        Ok(d) => d.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect(),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).ctx(|| format!("listing cgroup {}", path.display())),
+    };
+    for child in &children {
+        remove_tree(child, deadline)?;
+    }
     loop {
         match fs::remove_dir(path) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                if !killed && populated(path) {
-                    // cgroup.kill (5.14+) SIGKILLs every process in the group at once.
-                    if fs::write(path.join("cgroup.kill"), "1").is_err() {
-                        kill_procs(path);
-                    }
-                    killed = true;
+                if populated(path) {
+                    // Without cgroup.kill: a process forked after the first round.
+                    kill_procs(path);
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }

@@ -2,7 +2,7 @@
 //! namespaces, the child's report, then supervision until the container exits (`run` wraps it
 //! with snapshots, activation, records and teardown; tests use it on loop devices).
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,8 @@ use super::child::{ChildNet, ChildPlan};
 use super::report::{monotonic_ns, ChildTimes, FailureKind, Report};
 use super::root_mount::{Fs, RootPlan};
 use super::spec::{validate_hostname, Net, RunSpec, DEFAULT_PATH};
-use super::{fork, init, network};
+use super::userns::{self, IdRange, Userns};
+use super::{fork, init, network, root_mount, tty};
 use crate::error::{Error, Result};
 
 /// How a run ended.
@@ -51,6 +52,9 @@ pub struct ContainerRoot<'a> {
     pub read_only_base: bool,
     /// `--net bridge`: the container's address and the host end's interface name.
     pub bridge: Option<(std::net::Ipv4Addr, String)>,
+    /// `--userns`: the host ids the container's ids map to (a range its caller holds, e.g. with
+    /// a `UsernsLease`); the spec's `userns` must then be set too.
+    pub userns: Option<IdRange>,
 }
 
 /// The runner's core on any block device, no pool involved (`run` wraps it with snapshots,
@@ -64,6 +68,22 @@ pub fn run_container(
 ) -> Result<RunOutcome> {
     spec.validate()?;
     validate_hostname(hostname)?;
+    match (&spec.userns, t.userns) {
+        (None, None) => {}
+        (Some(Userns::Range(want)), Some(got)) if *want != got => {
+            return Err(Error::Userns { value: want.to_string(), why: format!("the run was given the range {got}") });
+        }
+        (Some(_), Some(got)) => {
+            got.validate()?;
+            userns::check_combination(&Userns::Range(got), &spec.security, spec.net)?;
+        }
+        (Some(u), None) => {
+            return Err(Error::Userns { value: u.to_string(), why: "no range was taken for it (use runner::run, or a UsernsLease)".into() });
+        }
+        (None, Some(got)) => {
+            return Err(Error::Userns { value: got.to_string(), why: "the spec asks for no user namespace".into() });
+        }
+    }
     let _signals = init::Signals::block()?;
     if let Some(sig) = init::terminating_signal_pending() {
         return Err(Error::ContainerSetup {
@@ -82,7 +102,7 @@ pub fn run_container(
     let cg_fd = cg.as_ref().map(|c| c.dir_fd()).transpose()?;
     timings.push(("cgroup", t_cg.elapsed()));
     let env = spec.environment(hostname);
-    let root = RootPlan::new(t.device, t.mount_dir, t.fs, spec.read_only, t.read_only_base)?;
+    let root = RootPlan::new(t.device, t.mount_dir, t.fs, spec.read_only, t.read_only_base, !spec.security.privileged)?;
     let workdir = spec.workdir.as_deref().unwrap_or("/");
     let (net, bridge) = match (spec.net, &t.bridge) {
         (Net::None, _) => (ChildNet::None, None),
@@ -90,29 +110,72 @@ pub fn run_container(
         (Net::Bridge, Some((ip, host_if))) => (ChildNet::Bridge(*ip), Some((network::ensure_bridge()?, host_if))),
         (Net::Bridge, None) => return Err(Error::invalid("network", "--net bridge needs an address (use runner::run)")),
     };
-    let plan = ChildPlan::new(root, net, hostname, workdir, spec.init, &spec.argv, &env)?;
+    let security = spec.security.plan()?;
+    // Under --userns the volume is mounted here, detached (the child may not mount it), and
+    // made idmapped once the child's namespace exists (root_mount::idmap says how ids travel).
+    let t_mount = Instant::now();
+    let detached: Option<OwnedFd> = t.userns.map(|_| root_mount::mount_detached(&root)).transpose()?;
+    let parent_mount = t_mount.elapsed();
+    let mut plan = ChildPlan::new(root, net, hostname, workdir, spec.init, &spec.argv, &env)?
+        .with_security(security, spec.interactive)
+        .with_userns(t.userns.is_some());
+    // `-t`: the pair is opened before the clone, so the child inherits the slave.
+    let pty = if spec.tty { Some(tty::Pty::open()?) } else { None };
+    if let Some(p) = &pty {
+        plan = plan.with_tty(p.slave(), p.path());
+    }
+    // With CLONE_NEWUSER in the same clone, the new mount, pid, uts, ipc, net and (unshared
+    // by the child) cgroup namespaces are owned by the new user namespace, so the container's
+    // root may mount, set the hostname and configure its network in them.
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if spec.net != Net::Host {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    if t.userns.is_some() {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
 
     let t_clone = monotonic_ns();
-    let mut started = fork::spawn(&plan, flags.bits() as u64, cg_fd.as_ref().map(|f| f.as_fd()))?;
+    let mut started =
+        fork::spawn(&plan, flags.bits() as u64, cg_fd.as_ref().map(|f| f.as_fd()), detached.as_ref().map(|f| f.as_fd()))?;
+    // Copying starts at once (a child failing early may still write); dropped on every way
+    // out of here, which drains the output and restores the caller's terminal.
+    let relay = match pty {
+        Some(p) => match tty::Relay::start(p, spec.interactive) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                let _ = nix::sys::signal::kill(started.pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(started.pid, None);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    if let Some(range) = t.userns {
+        // The child waits for this before anything else.
+        let ready = userns::write_maps(started.pid, range)
+            .and_then(|_| match &detached {
+                Some(m) => root_mount::idmap(m.as_fd(), userns::open_userns(started.pid)?.as_fd()),
+                None => Ok(()),
+            })
+            .and_then(|_| started.ids_ready());
+        if let Err(e) = ready {
+            return Err(abandon(&started, &plan, &env, e));
+        }
+    }
+    // The child holds its own copy until it has moved the mount into place.
+    drop(detached);
     if let Some((index, host_if)) = bridge {
         // The child is mounting and pivoting meanwhile; it waits for `go` before using eth0.
         if let Err(e) = network::add_veth(index, host_if, started.pid.as_raw()).and_then(|_| started.go()) {
-            // A child that failed first (and so is gone) explains it better than the veth error.
-            let _ = nix::sys::signal::kill(started.pid, nix::sys::signal::Signal::SIGKILL);
-            let report = fork::collect(&started);
-            let _ = nix::sys::wait::waitpid(started.pid, None);
-            return Err(match report {
-                Report::Failed { kind, errno, what } if errno != 0 => start_error(&plan, &env, kind, errno, &what),
-                _ => e,
-            });
+            return Err(abandon(&started, &plan, &env, e));
         }
     }
     let (times, status) = match fork::collect(&started) {
-        Report::Running(t) => (t, init::supervise(started.pid)?),
+        Report::Running(t) => {
+            let winch = relay.as_ref().map(|r| move || r.resize());
+            (t, init::supervise(started.pid, winch.as_ref().map(|f| f as &dyn Fn()))?)
+        }
         Report::Failed { kind, errno, what } => match (errno, nix::sys::wait::waitpid(started.pid, None)) {
             // Killed before it could say anything (a SIGKILL from outside, the OOM killer): the
             // container was killed, and says so with 128+signal like any killed container
@@ -124,9 +187,11 @@ pub fn run_container(
             _ => return Err(start_error(&plan, &env, kind, errno, &what)),
         },
     };
+    // The container has exited: the rest of its output, then the caller's terminal back.
+    drop(relay);
     let t_end = monotonic_ns();
     let ms = |a: u64, b: u64| Duration::from_nanos(b.saturating_sub(a));
-    timings.push(("mount", ms(times.start, times.mounted)));
+    timings.push(("mount", parent_mount + ms(times.start, times.mounted)));
     timings.push(("namespaces+pivot_root", ms(t_clone, times.start) + ms(times.mounted, times.ready)));
     timings.push(("exec", ms(times.ready, t_end)));
     let signal = match status {
@@ -142,6 +207,18 @@ pub fn run_container(
         timings: Vec::new(),
         cleanup_error: None,
     })
+}
+
+/// rcx-dm's own step for a started child failed (`e`): kill the child, reap it, and return the
+/// error. A child that failed first (and so is gone) explains it better than `e`.
+fn abandon(started: &fork::Started, plan: &ChildPlan, env: &[(String, String)], e: Error) -> Error {
+    let _ = nix::sys::signal::kill(started.pid, nix::sys::signal::Signal::SIGKILL);
+    let report = fork::collect(started);
+    let _ = nix::sys::wait::waitpid(started.pid, None);
+    match report {
+        Report::Failed { kind, errno, what } if errno != 0 => start_error(plan, env, kind, errno, &what),
+        _ => e,
+    }
 }
 
 /// The error for a container that never ran its command, from the child's report.

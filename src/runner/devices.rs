@@ -2,7 +2,15 @@
 //! mounted volume, the working directory then): a small tmpfs with the character
 //! devices every program expects (null, zero, full, random, urandom, tty), a private devpts
 //! instance (so the container's ptys are its own), a tmpfs on `/dev/shm`, and the usual links
-//! (`fd`, `stdin`, `stdout`, `stderr`, `ptmx`, `core`). Nothing of the host's /dev is visible.
+//! (`fd`, `stdin`, `stdout`, `stderr`, `ptmx`, `core`), and with `-t` the container's terminal
+//! on `/dev/console`. Nothing else of the host's /dev is visible.
+//!
+//! Under `--userns` the kernel refuses mknod of devices (it needs CAP_MKNOD in the host's user
+//! namespace), and the tmpfs a user namespace mounts is nodev anyway: each standard node is then
+//! an empty file with the host's node bind-mounted on it, as runc does under user namespaces
+//! (the host's /dev is still reachable here, before pivot_root, and its mount is not nodev).
+
+use std::ffi::CStr;
 
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
@@ -10,14 +18,15 @@ use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use super::root_mount::ensure_dir;
 use super::step::{Fail, Step};
 
-/// (name, major, minor): the devices docker and runc give every container too.
+/// (host path, major, minor): the devices docker and runc give every container too; without the
+/// leading '/', the path in the mounted volume.
 const DEVICES: [(&str, u64, u64); 6] = [
-    ("dev/null", 1, 3),
-    ("dev/zero", 1, 5),
-    ("dev/full", 1, 7),
-    ("dev/random", 1, 8),
-    ("dev/urandom", 1, 9),
-    ("dev/tty", 5, 0),
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
 ];
 
 /// (target, link): the usual links into /proc and devpts.
@@ -31,13 +40,27 @@ const LINKS: [(&str, &str); 6] = [
 ];
 
 /// Build /dev in `dev` under the current directory (the mounted volume, before pivot_root).
-pub(super) fn setup(read_only_root: bool) -> Step<()> {
+/// `nodev`: only the standard nodes open; a node the container makes in /dev later does not
+/// (each standard node is bind-mounted onto itself, a mount of its own, and the tmpfs under
+/// them is remounted `nodev`). `userns`: bind-mount the host's nodes instead of making them.
+/// `console_from`: `-t`'s pty slave, bound on `/dev/console`.
+pub(super) fn setup(read_only_root: bool, nodev: bool, userns: bool, console_from: Option<&CStr>) -> Step<()> {
     ensure_dir("dev", read_only_root)?;
     mount(Some("tmpfs"), "dev", Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=64k"))
         .map_err(|e| Fail::new("mounting a tmpfs on /dev", e))?;
-    for (path, major, minor) in DEVICES {
+    for (host, major, minor) in DEVICES {
+        let path = &host[1..];
+        if userns {
+            // Never chmod here: the node is the host's own.
+            let f = nix::fcntl::open(path, nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o644))
+                .map_err(|e| Fail::new(format!("creating {host} to bind the host's node on"), e))?;
+            drop(f);
+            mount(Some(host), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| Fail::new(format!("bind-mounting the host's {host}"), e))?;
+            continue;
+        }
         mknod(path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor))
-            .map_err(|e| Fail::new(format!("creating /{path}"), e))?;
+            .map_err(|e| Fail::new(format!("creating {host}"), e))?;
         // mknod applies the umask; the nodes must be usable by everyone, as on a host.
         nix::sys::stat::fchmodat(
             nix::fcntl::AT_FDCWD,
@@ -45,7 +68,23 @@ pub(super) fn setup(read_only_root: bool) -> Step<()> {
             Mode::from_bits_truncate(0o666),
             nix::sys::stat::FchmodatFlags::FollowSymlink,
         )
-        .map_err(|e| Fail::new(format!("setting the mode of /{path}"), e))?;
+        .map_err(|e| Fail::new(format!("setting the mode of {host}"), e))?;
+    }
+    if nodev {
+        // (Under --userns each node is a bind mount already.)
+        for (host, _, _) in DEVICES.iter().filter(|_| !userns) {
+            let path = &host[1..];
+            mount(Some(path), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| Fail::new(format!("bind-mounting {host} onto itself"), e))?;
+        }
+        mount(
+            None::<&str>,
+            "dev",
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+            Some("mode=755,size=64k"),
+        )
+        .map_err(|e| Fail::new("remounting /dev nodev", e))?;
     }
     for (dir, mode) in [("dev/pts", 0o755), ("dev/shm", 0o1777)] {
         nix::unistd::mkdir(dir, Mode::from_bits_truncate(mode)).map_err(|e| Fail::new(format!("creating /{dir}"), e))?;
@@ -71,29 +110,23 @@ pub(super) fn setup(read_only_root: bool) -> Step<()> {
             Fail::new(format!("linking /{link} to {target}"), nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
         })?;
     }
-    console();
+    if let Some(slave) = console_from {
+        console(slave)?;
+    }
     Ok(())
 }
 
-/// The terminal passed through: the container's own devpts does not hold the host's pty, so,
-/// as docker does for a terminal, it is bind-mounted on `/dev/console` (where `tty` inside
-/// finds it). The host path is still reachable here, before pivot_root. Best effort: nothing
-/// when no standard descriptor is a terminal or its node cannot be found.
-fn console() {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    // SAFETY: isatty only inspects the descriptor.
-    let Some(fd) = (0..3).find(|fd| unsafe { libc::isatty(*fd) } == 1) else { return };
-    let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else { return };
-    let (Ok(node), Ok(open)) = (std::fs::metadata(&path), nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }))
-    else {
-        return;
-    };
-    if !node.file_type().is_char_device() || node.rdev() != open.st_rdev {
-        return;
-    }
-    if std::fs::File::create("dev/console").is_ok()
-        && mount(Some(&path), "dev/console", None::<&str>, MsFlags::MS_BIND, None::<&str>).is_err()
-    {
-        let _ = std::fs::remove_file("dev/console");
-    }
+/// `-t`: the container's pty slave (rcx-dm's, at `slave`, its host path) on `/dev/console`,
+/// as runc does for a terminal: the container's own devpts does not hold it, and `tty` inside
+/// finds it there. Without `-t` there is no /dev/console: the caller's terminal is never bound.
+fn console(slave: &CStr) -> Step<()> {
+    let target = nix::fcntl::open(
+        "dev/console",
+        nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| Fail::new("creating /dev/console", e))?;
+    drop(target);
+    mount(Some(slave), "dev/console", None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| Fail::new("bind-mounting the terminal on /dev/console", e))
 }

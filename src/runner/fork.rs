@@ -1,9 +1,11 @@
 //! Creating the container process: clone3 into new mount, pid, uts, ipc (and net) namespaces,
 //! born inside the run's cgroup, and rcx-dm's ends of the pipes it shares with the child.
 //!
-//! Three close-on-exec pipes: the report pipe (the child's stamps and failure, `report`), the
-//! alive pipe (held by rcx-dm only so that the child sees end of file if rcx-dm died before the
-//! child asked to die with it), and for `--net bridge` the go pipe (one byte: eth0 exists).
+//! Close-on-exec pipes: the report pipe (the child's stamps and failure, `report`), the alive
+//! pipe (held by rcx-dm only so that the child sees end of file if rcx-dm died before the child
+//! asked to die with it), for `--net bridge` the go pipe (one byte: eth0 exists), and for
+//! `--userns` the ids pipe (one byte: the id maps are written and the volume's detached mount,
+//! which the child inherits, is idmapped; the child waits for it before anything else).
 //!
 //! The caller must be single-threaded (the CLI is): the clone copies the calling process.
 
@@ -12,7 +14,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use super::child::{self, ChildNet, ChildPlan};
+use super::child::{self, ChildFds, ChildNet, ChildPlan};
 use super::init;
 use super::report::{parse_report, Report};
 use crate::error::{Error, IoContext, Result};
@@ -29,29 +31,49 @@ pub(super) struct Started {
     _alive: OwnedFd,
     /// `--net bridge`: one byte here tells the child its eth0 exists (`go`).
     go: Option<OwnedFd>,
+    /// `--userns`: one byte here tells the child its id maps are written (`ids_ready`).
+    ids: Option<OwnedFd>,
 }
 
 impl Started {
     /// Let the child configure its network (after rcx-dm made its veth pair).
     pub(super) fn go(&mut self) -> Result<()> {
-        if let Some(fd) = self.go.take() {
-            // SAFETY: writing one byte to our pipe.
-            if unsafe { libc::write(fd.as_raw_fd(), b"g".as_ptr().cast(), 1) } != 1 {
-                return Err(std::io::Error::last_os_error()).ctx(|| "signalling the container".into());
-            }
-        }
-        Ok(())
+        signal(self.go.take())
+    }
+
+    /// Let the child go on as root of its user namespace (after rcx-dm wrote its id maps).
+    pub(super) fn ids_ready(&mut self) -> Result<()> {
+        signal(self.ids.take())
     }
 }
 
-/// Clone the container process. `ns_flags` are CLONE_NEW* flags.
-pub(super) fn spawn(plan: &ChildPlan, ns_flags: u64, cgroup: Option<BorrowedFd<'_>>) -> Result<Started> {
+/// One byte on a pipe to the child, then close it.
+fn signal(fd: Option<OwnedFd>) -> Result<()> {
+    if let Some(fd) = fd {
+        // SAFETY: writing one byte to our pipe.
+        if unsafe { libc::write(fd.as_raw_fd(), b"g".as_ptr().cast(), 1) } != 1 {
+            return Err(std::io::Error::last_os_error()).ctx(|| "signalling the container".into());
+        }
+    }
+    Ok(())
+}
+
+/// Clone the container process. `ns_flags` are CLONE_NEW* flags; with CLONE_NEWUSER the child
+/// waits on the ids pipe (`Started::ids_ready`). `mount`: the volume's detached mount
+/// (`--userns`), which the child keeps to move into place.
+pub(super) fn spawn(
+    plan: &ChildPlan,
+    ns_flags: u64,
+    cgroup: Option<BorrowedFd<'_>>,
+    mount: Option<BorrowedFd<'_>>,
+) -> Result<Started> {
     let (report_r, report_w) = pipe()?;
     let (alive_r, alive_w) = pipe()?;
     let go = match plan.net {
         ChildNet::Bridge(_) => Some(pipe()?),
         _ => None,
     };
+    let ids = if ns_flags & libc::CLONE_NEWUSER as u64 != 0 { Some(pipe()?) } else { None };
     #[repr(C)]
     struct CloneArgs {
         flags: u64,
@@ -94,6 +116,9 @@ pub(super) fn spawn(plan: &ChildPlan, ns_flags: u64, cgroup: Option<BorrowedFd<'
                 msg: match e {
                     Errno::ENOSYS => "this kernel has no clone3 (Linux 5.3+, CLONE_INTO_CGROUP 5.7+)".into(),
                     Errno::EPERM => "permission denied: rcx-dm needs root (CAP_SYS_ADMIN)".into(),
+                    Errno::ENOSPC | Errno::EUSERS => {
+                        format!("{} ({e}): a namespace limit is reached (/proc/sys/user/max_*_namespaces)", e.desc())
+                    }
                     Errno::EBUSY | Errno::EOPNOTSUPP => {
                         format!("{} ({e}): the cgroup cannot take processes", e.desc())
                     }
@@ -104,22 +129,36 @@ pub(super) fn spawn(plan: &ChildPlan, ns_flags: u64, cgroup: Option<BorrowedFd<'
         0 => {
             drop(report_r);
             drop(alive_w);
-            let go_r = go.map(|(r, w)| {
-                drop(w);
-                r
-            });
-            child::main(plan, report_w.as_raw_fd(), alive_r.as_raw_fd(), go_r.as_ref().map(|r| r.as_raw_fd()))
+            let read_end = |p: Option<(OwnedFd, OwnedFd)>| {
+                p.map(|(r, w)| {
+                    drop(w);
+                    r
+                })
+            };
+            let (go_r, ids_r) = (read_end(go), read_end(ids));
+            child::main(
+                plan,
+                ChildFds {
+                    rep: report_w.as_raw_fd(),
+                    alive: alive_r.as_raw_fd(),
+                    go: go_r.as_ref().map(|r| r.as_raw_fd()),
+                    ids: ids_r.as_ref().map(|r| r.as_raw_fd()),
+                    mount: mount.map(|m| m.as_raw_fd()),
+                },
+            )
         }
         pid => Ok(Started {
             pid: Pid::from_raw(pid as i32),
             report: report_r,
             _alive: alive_w,
             go: go.map(|(_, w)| w),
+            ids: ids.map(|(_, w)| w),
         }),
     }
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+/// A close-on-exec pipe: (read end, write end).
+pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: plain syscall into a two-int array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {

@@ -90,8 +90,10 @@ pub(super) fn terminating_signal_pending() -> Option<i32> {
     }
 }
 
-/// Wait for the container's PID 1, forwarding signals to it meanwhile.
-pub(super) fn supervise(pid: Pid) -> Result<WaitStatus> {
+/// Wait for the container's PID 1, forwarding signals to it meanwhile. `on_winch`: with `-t`,
+/// SIGWINCH resizes the container's terminal (whose kernel side signals its foreground process
+/// group) instead of being forwarded to PID 1.
+pub(super) fn supervise(pid: Pid, on_winch: Option<&dyn Fn()>) -> Result<WaitStatus> {
     let set = watched();
     let mut deadline: Option<Instant> = None;
     loop {
@@ -122,6 +124,10 @@ pub(super) fn supervise(pid: Pid) -> Result<WaitStatus> {
             continue;
         }
         if sig == libc::SIGCHLD {
+            continue;
+        }
+        if let (libc::SIGWINCH, Some(f)) = (sig, on_winch) {
+            f();
             continue;
         }
         if let Ok(s) = Signal::try_from(sig) {

@@ -8,15 +8,21 @@
 //! 4. a cgroup v2 group with the limits (`cgroup`);
 //! 5. clone3 into new mount, pid, uts, ipc (and net) namespaces, inside that cgroup; the child
 //!    mounts the volume privately, pivot_roots into it, detaches the old root, mounts /proc,
-//!    /sys (read-only) and a minimal /dev, sets the hostname and execs the command as PID 1
-//!    (`fork` clones, `child` runs the steps in the container, `root_mount`, `devices`; the
-//!    child reports each stage, or its failure, on a pipe: `report`);
+//!    /sys (read-only) and a minimal /dev, sets the hostname, locks itself down (a new session
+//!    and cgroup namespace, masked and read-only paths, capabilities: `security`) and execs the
+//!    command as PID 1 (`fork` clones, `child` runs the steps in the container, `root_mount`,
+//!    `devices`; the child reports each stage, or its failure, on a pipe: `report`);
 //! 6. rcx-dm forwards signals and waits (`init`); the exit status is the command's, or 128+n
 //!    if signal n killed it;
 //! 7. teardown: cgroup removed, snapshot deactivated (or deleted with --rm), record removed.
 //!
-//! Files: `spec` (what a run asks for), `run` (steps 1-3 and 7), `container` (steps 4-6 on any
+//! Files: `spec` (what a run asks for), `security` (capabilities, security options, and the
+//! child's lock-down), `run` (steps 1-3 and 7), `container` (steps 4-6 on any
 //! block device), `state` (the record and crash cleanup), `step` (how a child-side step fails).
+//! `seccomp`: the container's seccomp profile, compiled to BPF in the parent, installed by the
+//! child. `tty`: `-t`'s pseudo-terminal and the copying to and from it. `userns`: `--userns`
+//! (the id range, its lease in the pool's `runs/`, the id maps); the volume is then mounted by
+//! rcx-dm as an idmapped detached mount the child moves into place (`root_mount`).
 //!
 //! No process is spawned besides the container itself. If rcx-dm dies, the container dies
 //! with it (PR_SET_PDEATHSIG), the kernel drops the mount with the container's mount
@@ -33,9 +39,13 @@ mod network;
 mod report;
 mod root_mount;
 mod run;
+mod seccomp;
+mod security;
 mod spec;
 mod state;
+mod tty;
 mod step;
+mod userns;
 
 use std::path::Path;
 
@@ -46,8 +56,11 @@ pub use network::{BRIDGE, GATEWAY};
 pub use report::{EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SETUP};
 pub use root_mount::{detect as detect_filesystem, parse_mountinfo, Fs, MountEntry};
 pub use run::run;
+pub use seccomp::SeccompProfile;
+pub use security::{capability_set, parse_capability, parse_security_opt, CapSet, Capability, Security, SecurityOpt};
 pub use spec::{parse_env, validate_hostname, Net, RunSpec, DEFAULT_PATH};
 pub use state::{reap_dead_runs, RunRecord, RUNS_DIR};
+pub use userns::{parse_userns, IdRange, Userns, UsernsLease, AUTO_COUNT, AUTO_FIRST, AUTO_SLOTS};
 
 use crate::error::Result;
 

@@ -6,8 +6,15 @@
 //! The volume is mounted only inside the container's own mount namespace, never in the host's:
 //! when the container's last process exits the kernel drops the namespace and unmounts it, so a
 //! killed rcx-dm can never leave the mount behind.
+//!
+//! Under `--userns` the child cannot mount ext4 or xfs itself (a user namespace may mount only
+//! filesystems marked for it), so rcx-dm mounts the volume as a detached mount before the clone
+//! (`mount_detached`: the new mount API, attached nowhere; closing its last descriptor unmounts
+//! it), gives it the container's id mapping once the child's user namespace exists (`idmap`),
+//! and the child moves it into its own mount namespace (`mount_root`).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -107,17 +114,22 @@ pub(super) struct RootPlan {
     data: Option<&'static str>,
     /// Mount it read-only (--read-only).
     pub(super) read_only: bool,
+    /// Mount it `nodev` (all but `--privileged`): a device node the container makes on it
+    /// (it has CAP_MKNOD, as under Docker) cannot be opened, so no block device of the host
+    /// (loop, dm, disks) is reachable through one.
+    pub(super) nodev: bool,
 }
 
 impl RootPlan {
     /// `read_only_base`: the device is a read-only base, mounted without journal replay.
-    pub(super) fn new(device: &Path, target: &Path, fs: Fs, read_only: bool, read_only_base: bool) -> Result<RootPlan> {
+    pub(super) fn new(device: &Path, target: &Path, fs: Fs, read_only: bool, read_only_base: bool, nodev: bool) -> Result<RootPlan> {
         Ok(RootPlan {
             device: cpath(device)?,
             target: cpath(target)?,
             fstype: fs.kernel_name(),
             data: fs.mount_data(read_only_base),
             read_only,
+            nodev,
         })
     }
 }
@@ -126,14 +138,40 @@ fn cpath(p: &Path) -> Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::invalid("path", format!("{} contains a NUL byte", p.display())))
 }
 
-/// In the container's fresh mount namespace: stop propagation both ways (so nothing mounted
-/// here reaches the host, and the host's later mounts stay out), then mount the volume.
-pub(super) fn mount_root(p: &RootPlan) -> Step<()> {
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(|e| Fail::new("making the mount tree private", e))?;
+/// In the container's fresh mount namespace: make every mount a slave (runc's default), so
+/// nothing mounted here reaches the host while the host's unmounts still reach the copies this
+/// namespace holds until pivot_root drops them (a private copy would keep a host filesystem,
+/// and the device under it, busy meanwhile); then mount the volume, or under `--userns` move
+/// rcx-dm's idmapped detached mount of it (`detached`) into place.
+pub(super) fn mount_root(p: &RootPlan, detached: Option<RawFd>) -> Step<()> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(|e| Fail::new("making the mount tree a slave of the host's", e))?;
+    if let Some(fd) = detached {
+        // SAFETY: move_mount with NUL-terminated paths; `fd` is the detached mount rcx-dm made.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                fd,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                p.target.as_ptr(),
+                libc::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        let e = nix::errno::Errno::last();
+        // SAFETY: closing our copy; the mount now belongs to this namespace's tree.
+        unsafe { libc::close(fd) };
+        if r != 0 {
+            return Err(Fail::new(format!("moving the idmapped mount of the volume onto {}", p.target.to_string_lossy()), e));
+        }
+        return Ok(());
+    }
     let mut flags = MsFlags::empty();
     if p.read_only {
         flags |= MsFlags::MS_RDONLY;
+    }
+    if p.nodev {
+        flags |= MsFlags::MS_NODEV;
     }
     mount(Some(p.device.as_c_str()), p.target.as_c_str(), Some(p.fstype), flags, p.data).map_err(|e| {
         Fail::new(
@@ -141,6 +179,111 @@ pub(super) fn mount_root(p: &RootPlan) -> Step<()> {
             e,
         )
     })
+}
+
+/// rcx-dm's side under `--userns`, before the clone: the volume as a detached mount (fsopen,
+/// fsconfig, fsmount), with the same options `mount_root` would use, attached nowhere.
+pub(super) fn mount_detached(p: &RootPlan) -> Result<OwnedFd> {
+    let stage = || format!("mounting {} ({}) for the container", p.device.to_string_lossy(), p.fstype);
+    let fail = |what: &str, e: nix::errno::Errno| Error::ContainerSetup {
+        stage: stage(),
+        msg: match e {
+            nix::errno::Errno::ENOSYS => format!("{what}: this kernel lacks the new mount API (Linux 5.2+; idmapped mounts 5.12+)"),
+            _ => format!("{what}: {} ({e})", e.desc()),
+        },
+    };
+    let fstype = CString::new(p.fstype).map_err(|_| fail("fsopen", nix::errno::Errno::EINVAL))?;
+    // SAFETY: fsopen with a NUL-terminated name; the descriptor is owned below.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), libc::FSOPEN_CLOEXEC) };
+    if fs < 0 {
+        return Err(fail("fsopen", nix::errno::Errno::last()));
+    }
+    // SAFETY: a descriptor fsopen just returned.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
+    let config = |cmd: libc::c_uint, key: Option<&CStr>, value: Option<&CStr>| {
+        // SAFETY: fsconfig on our context with NUL-terminated strings (or null).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                cmd,
+                key.map_or(std::ptr::null(), |k| k.as_ptr()),
+                value.map_or(std::ptr::null(), |v| v.as_ptr()),
+                0,
+            )
+        };
+        if r != 0 {
+            let what = key.map_or("creating the filesystem instance".into(), |k| format!("option {}", k.to_string_lossy()));
+            return Err(fail(&format!("fsconfig {what}"), nix::errno::Errno::last()));
+        }
+        Ok(())
+    };
+    let cs = |s: &str| CString::new(s).map_err(|_| fail("fsconfig", nix::errno::Errno::EINVAL));
+    config(libc::FSCONFIG_SET_STRING, Some(c"source"), Some(p.device.as_c_str()))?;
+    for opt in p.data.into_iter().flat_map(|d| d.split(',')).filter(|o| !o.is_empty()) {
+        match opt.split_once('=') {
+            Some((k, v)) => config(libc::FSCONFIG_SET_STRING, Some(&cs(k)?), Some(&cs(v)?))?,
+            None => config(libc::FSCONFIG_SET_FLAG, Some(&cs(opt)?), None)?,
+        }
+    }
+    if p.read_only {
+        config(libc::FSCONFIG_SET_FLAG, Some(c"ro"), None)?;
+    }
+    config(libc::FSCONFIG_CMD_CREATE, None, None)?;
+    let mut attrs = 0u64;
+    if p.read_only {
+        attrs |= libc::MOUNT_ATTR_RDONLY;
+    }
+    if p.nodev {
+        attrs |= libc::MOUNT_ATTR_NODEV;
+    }
+    // SAFETY: fsmount on the configured context; the descriptor is owned below. The child
+    // inherits it through the clone (close-on-exec only keeps it from any later exec).
+    let m = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), libc::FSMOUNT_CLOEXEC, attrs) };
+    if m < 0 {
+        return Err(fail("fsmount", nix::errno::Errno::last()));
+    }
+    // SAFETY: a descriptor fsmount just returned.
+    Ok(unsafe { OwnedFd::from_raw_fd(m as RawFd) })
+}
+
+/// rcx-dm's side under `--userns`, once the child's user namespace has its maps: make the
+/// detached mount idmapped with that namespace's mapping.
+///
+/// How ids then travel: the image's files are owned by on-disk uid 0 (as any image). Through
+/// this mount, on-disk id N is seen as the host id the container's map gives container id N,
+/// i.e. HOSTID+N; inside the container's user namespace HOSTID+N reads as N again. So the
+/// image's root-owned files are owned by the container's root, and a file the container's root
+/// (host id HOSTID) creates is written to disk as uid 0, the inverse. On-disk ids are never
+/// shifted: no chown of the image, and the same base serves every range. Ids outside
+/// `0..COUNT` on disk show as the overflow id (65534) and cannot be given to files.
+pub(super) fn idmap(mount: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> Result<()> {
+    let attr = libc::mount_attr { attr_set: libc::MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
+    // SAFETY: mount_setattr on our detached mount with a mount_attr of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if r != 0 {
+        let e = nix::errno::Errno::last();
+        return Err(Error::ContainerSetup {
+            stage: "making the volume's mount idmapped for --userns (mount_setattr MOUNT_ATTR_IDMAP)".into(),
+            msg: match e {
+                nix::errno::Errno::ENOSYS | nix::errno::Errno::EINVAL => format!(
+                    "{} ({e}): this kernel or filesystem does not support idmapped mounts (ext4 and xfs do from Linux 5.12); run without --userns",
+                    e.desc()
+                ),
+                _ => format!("{} ({e})", e.desc()),
+            },
+        });
+    }
+    Ok(())
 }
 
 /// A directory the container needs at the top of its root (`/proc`, `/sys`, `/dev`): made if the
@@ -161,15 +304,20 @@ pub(super) fn ensure_dir(path: &'static str, read_only: bool) -> Step<()> {
         .map_err(|e| Fail::new(format!("creating {}", path.display()), e))
 }
 
-/// After pivot_root: a fresh procfs for the container's pid namespace, and sysfs read-only (for
-/// --net none it shows the container's own network namespace).
-pub(super) fn mount_proc_sys(read_only: bool) -> Step<()> {
+/// A fresh procfs for the container's pid namespace, and sysfs read-only unless `sys_writable`
+/// (`--privileged`; for --net none it shows the container's own network namespace). After
+/// pivot_root; under `--userns` before it (`in_volume`: paths relative to the mounted volume),
+/// because a user namespace may mount proc and sysfs only while the host's are fully visible in
+/// its mount namespace (the kernel's mount_too_revealing), which they stop being once the old
+/// root is detached.
+pub(super) fn mount_proc_sys(read_only: bool, sys_writable: bool, in_volume: bool) -> Step<()> {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    ensure_dir("/proc", read_only)?;
-    mount(Some("proc"), "/proc", Some("proc"), nosuid_nodev_noexec, None::<&str>).map_err(|e| Fail::new("mounting /proc", e))?;
-    ensure_dir("/sys", read_only)?;
-    mount(Some("sysfs"), "/sys", Some("sysfs"), nosuid_nodev_noexec | MsFlags::MS_RDONLY, None::<&str>)
-        .map_err(|e| Fail::new("mounting /sys read-only", e))
+    let (proc_dir, sys_dir) = if in_volume { ("proc", "sys") } else { ("/proc", "/sys") };
+    ensure_dir(proc_dir, read_only)?;
+    mount(Some("proc"), proc_dir, Some("proc"), nosuid_nodev_noexec, None::<&str>).map_err(|e| Fail::new("mounting /proc", e))?;
+    ensure_dir(sys_dir, read_only)?;
+    let ro = if sys_writable { MsFlags::empty() } else { MsFlags::MS_RDONLY };
+    mount(Some("sysfs"), sys_dir, Some("sysfs"), nosuid_nodev_noexec | ro, None::<&str>).map_err(|e| Fail::new("mounting /sys", e))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use super::container::{run_container, RunOutcome, ContainerRoot};
 use super::report::monotonic_ns;
 use super::spec::{Net, RunSpec};
 use super::state::{self, RunState};
+use super::userns::UsernsLease;
 use super::{init, network, root_mount};
 use crate::error::{Error, Result};
 use crate::pool::{Pool, VolRef};
@@ -68,6 +69,9 @@ pub fn run(pool: &Pool, spec: &RunSpec) -> Result<RunOutcome> {
             return Err(Error::Exists(format!("a volume named '{n}' (pick another --name)")));
         }
     }
+    // The id range is taken before the record exists (refused here if it overlaps another live
+    // run's) and held until the run is torn down; the lease file is released on drop.
+    let lease = spec.userns.as_ref().map(|u| UsernsLease::acquire(&state::runs_dir(pool), u)).transpose()?;
     // The address is claimed before the record exists, in the name of the run's directory: a
     // claim whose directory never appeared is stale and taken over (network::claim_address).
     let ip = match spec.net {
@@ -86,6 +90,7 @@ pub fn run(pool: &Pool, spec: &RunSpec) -> Result<RunOutcome> {
         deactivate: (mode != Mode::Snapshot && !view.active).then_some(base.id),
         cgroup: cg_mnt.as_ref().map(|m| cgroup::Cgroup::path_for(m, &format!("{}-{run_id}", pool.name()))),
         ip: ip.map(|i| i.to_string()),
+        userns: lease.as_ref().map(|l| l.range()),
     };
     let st = match RunState::create(pool, record) {
         Ok(st) => st,
@@ -116,6 +121,8 @@ pub fn run(pool: &Pool, spec: &RunSpec) -> Result<RunOutcome> {
         Ok(()) => st.finish().err(),
         Err(e) => Some(e),
     };
+    // Released only now: the container's processes are gone (its cgroup was killed).
+    drop(lease);
     timings.push(("teardown", t_teardown.elapsed()));
     timings.push(("total", t0.elapsed()));
     match result {
@@ -180,6 +187,7 @@ fn run_recorded(
         cgroup: cg_mnt.zip(st.record.cgroup.as_deref()),
         read_only_base: mode == Mode::SharedReadOnly,
         bridge: st.record.ip.as_ref().and_then(|ip| ip.parse().ok()).map(|ip| (ip, network::host_if(&st.record.id))),
+        userns: st.record.userns,
     };
     run_container(&target, spec, &hostname, timings)
 }

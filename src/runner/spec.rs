@@ -1,6 +1,8 @@
 //! What a run asks for (`RunSpec`, `Net`) and the checks on it, done before anything is touched.
 
 use super::cgroup::Limits;
+use super::security::Security;
+use super::userns::{self, Userns};
 use crate::error::{Error, Result};
 use crate::pool::VolRef;
 
@@ -42,6 +44,16 @@ pub struct RunSpec {
     pub read_only: bool,
     /// A tiny init as PID 1 (signal forwarding, reaping); the command is then PID 2.
     pub init: bool,
+    /// `-i`: the container's stdin is rcx-dm's; otherwise it is /dev/null.
+    pub interactive: bool,
+    /// `-t`: a fresh pseudo-terminal for the container (its controlling terminal, 0, 1, 2 and
+    /// `/dev/console`), copied to and from rcx-dm's stdout and (with `-i`) stdin.
+    pub tty: bool,
+    /// Capabilities, `--privileged`, no-new-privileges and seccomp.
+    pub security: Security,
+    /// `--userns`: the container's ids map to an unprivileged range of host ids (none: the
+    /// host's ids, as runc's default).
+    pub userns: Option<Userns>,
     /// The command and its arguments (`argv[0]` is searched in the container's PATH).
     pub argv: Vec<String>,
 }
@@ -94,18 +106,33 @@ impl RunSpec {
                 return Err(Error::invalid("working directory", format!("'{w}'; give an absolute path like /root")));
             }
         }
-        Ok(())
+        self.security.validate()?;
+        self.check_userns()
     }
 
-    /// The container's environment: PATH, HOME, HOSTNAME, TERM (from rcx-dm's, for the
-    /// terminal passed through), then --env in order.
+    /// Refuse a `--userns` range that is malformed, or combined with `--privileged` or
+    /// `--net host` (the CLI calls this before opening the pool).
+    pub fn check_userns(&self) -> Result<()> {
+        match &self.userns {
+            None => Ok(()),
+            Some(u) => {
+                if let Userns::Range(r) = u {
+                    r.validate()?;
+                }
+                userns::check_combination(u, &self.security, self.net)
+            }
+        }
+    }
+
+    /// The container's environment: PATH, HOME, HOSTNAME, TERM (rcx-dm's; with `-t` and none
+    /// set, xterm as Docker's), then --env in order.
     pub fn environment(&self, hostname: &str) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), DEFAULT_PATH.into()),
             ("HOME".into(), "/root".into()),
             ("HOSTNAME".into(), hostname.into()),
         ];
-        if let Ok(t) = std::env::var("TERM") {
+        if let Some(t) = std::env::var("TERM").ok().or_else(|| self.tty.then(|| "xterm".to_string())) {
             env.push(("TERM".into(), t));
         }
         for (k, v) in &self.env {
@@ -165,5 +192,13 @@ mod tests {
         assert!(RunSpec { workdir: Some("rel".into()), ..ok.clone() }.validate().is_err());
         assert!(RunSpec { hostname: Some("a b".into()), ..ok.clone() }.validate().is_err());
         assert!(RunSpec { name: Some("123".into()), ..ok.clone() }.validate().is_err());
+        let auto = RunSpec { userns: Some(Userns::Auto), ..ok.clone() };
+        auto.validate().unwrap();
+        assert!(RunSpec { net: Net::Host, ..auto.clone() }.validate().is_err());
+        let mut p = auto.clone();
+        p.security.privileged = true;
+        assert!(p.validate().is_err());
+        let empty = userns::IdRange { host: 5, count: 0 };
+        assert!(RunSpec { userns: Some(Userns::Range(empty)), ..ok.clone() }.validate().is_err());
     }
 }

@@ -11,7 +11,8 @@
 //! container through PR_SET_PDEATHSIG; cleanup also kills what is left in the cgroup).
 //!
 //! `runs/vol-<id>.lock` serialises runs that mount one volume in place (exclusive for a
-//! writable mount, shared for read-only ones).
+//! writable mount, shared for read-only ones). `runs/userns-<host>-<count>.lease` is a
+//! `--userns` run's id range (`userns`), reclaimed here too once its rcx-dm is gone.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::cgroup;
 use super::network;
 use super::root_mount;
+use super::userns::{self, IdRange};
 use crate::error::{Error, IoContext, Result};
 use crate::file_lock::{FileLock, LockMode};
 use crate::durable::{read_json, sync_dir, write_durable};
@@ -52,6 +54,10 @@ pub struct RunRecord {
     /// `--net bridge`: the address claimed under /run/rcx-dm/ips.
     #[serde(default)]
     pub ip: Option<String>,
+    /// `--userns`: the host ids the container's ids map to (its lease file is the allocation;
+    /// this is for people reading the record, and for the run itself).
+    #[serde(default)]
+    pub userns: Option<IdRange>,
 }
 
 /// A live run's directory, locked by this process.
@@ -129,39 +135,55 @@ pub(super) fn lock_volume(pool: &Pool, id: u32, exclusive: bool) -> Result<FileL
 /// Undo what a run created, in reverse order. Idempotent; used after every run and for runs
 /// whose rcx-dm died.
 pub(super) fn cleanup(pool: &Pool, rec: &RunRecord, dir: &Path) -> Result<()> {
+    // Every step is tried whatever the one before returned (a cgroup that cannot go must not
+    // keep the snapshot, the volume or the address); the first error is returned, and the
+    // record stays for the next command to retry.
+    let mut first: Option<Error> = None;
+    let mut step = |r: Result<()>| {
+        if let Err(e) = r {
+            tracing::warn!(run = %rec.id, error = %e, "a teardown step failed; going on with the others");
+            first.get_or_insert(e);
+        }
+    };
     if let Some(cg) = &rec.cgroup {
-        cgroup::remove(cg)?;
+        step(cgroup::remove(cg));
     }
     // The volume is mounted only in the container's namespace, gone with it. Should a mount of
     // the run's root be visible here anyway, detach it.
     let root = dir.join("rootfs");
-    if root_mount::mountinfo()?.iter().any(|m| m.mount_point == root) {
-        let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
-    }
+    step(root_mount::mountinfo().map(|m| {
+        if m.iter().any(|m| m.mount_point == root) {
+            let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }));
     // A run killed while its snapshot was being made leaves that snapshot to the pool's
     // pending intent: recover it first, or the snapshot would be recorded after this cleanup
     // (found by name: not yet) and never deleted (the soak found such `run-*` volumes). While
     // the pool is inactive the record waits for `pool activate`.
     if rec.snapshot.is_some() {
-        pool.recover_pending_or_fail(&crate::dm::Dm::open()?)?;
+        if let Err(e) = crate::dm::Dm::open().and_then(|dm| pool.recover_pending_or_fail(&dm)) {
+            // The snapshot's fate is unknown until recovery: nothing more of it now.
+            step(Err(e));
+            return Err(first.take().unwrap_or_else(|| Error::Inconsistent("teardown failed".into())));
+        }
     }
     // Only a snapshot of the run's volume is the run's (a name alone could be someone else's).
     let ours = |name: &str| pool.resolve(&VolRef::Name(name.to_string())).is_ok_and(|v| v.parent == Some(rec.volume));
     if let Some(name) = rec.snapshot.as_deref().filter(|n| ours(n)) {
         let v = VolRef::Name(name.to_string());
         if rec.rm {
-            retry_busy(|| pool.delete_if_exists(&v, true).map(|_| ()))?;
+            step(retry_busy(|| pool.delete_if_exists(&v, true).map(|_| ())));
         } else if pool.volume(&v).is_ok_and(|x| x.active) {
-            retry_busy(|| ignore_missing(pool.deactivate_volume(&v)))?;
+            step(retry_busy(|| ignore_missing(pool.deactivate_volume(&v))));
         }
     }
     if let Some(id) = rec.deactivate {
-        retry_busy(|| ignore_missing(pool.deactivate_volume(&VolRef::Id(id))))?;
+        step(retry_busy(|| ignore_missing(pool.deactivate_volume(&VolRef::Id(id)))));
     }
     if let Some(ip) = &rec.ip {
         network::release_address(ip, dir);
     }
-    Ok(())
+    first.map_or(Ok(()), Err)
 }
 
 /// Whether the process that made the run directory `.new-<id>-<pid>` is alive. A name without
@@ -199,10 +221,12 @@ pub fn reap_dead_runs(pool: &Pool) -> Result<usize> {
     let Ok(entries) = fs::read_dir(&runs) else { return Ok(0) };
     let mut cleaned = 0;
     let mut first_err = None;
+    let mut leases = false;
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
         let dir = e.path();
+        leases |= userns::is_lease(name);
         if !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
@@ -234,6 +258,12 @@ pub fn reap_dead_runs(pool: &Pool) -> Result<usize> {
             Err(e) => {
                 first_err.get_or_insert(e);
             }
+        }
+    }
+    // After the runs: a dead run's container is killed with its cgroup before its ids are free.
+    if leases {
+        if let Err(e) = userns::reap_leases(&runs) {
+            first_err.get_or_insert(e);
         }
     }
     match first_err {
