@@ -163,8 +163,8 @@ pub(super) fn cleanup(pool: &Pool, rec: &RunRecord, dir: &Path) -> Result<()> {
     if rec.snapshot.is_some() {
         if let Err(e) = crate::dm::Dm::open().and_then(|dm| pool.recover_pending_or_fail(&dm)) {
             // The snapshot's fate is unknown until recovery: nothing more of it now.
-            step(Err(e));
-            return Err(first.take().unwrap_or_else(|| Error::Inconsistent("teardown failed".into())));
+            tracing::warn!(run = %rec.id, error = %e, "a teardown step failed; the record stays for the next command");
+            return Err(first.unwrap_or(e));
         }
     }
     // Only a snapshot of the run's volume is the run's (a name alone could be someone else's).
