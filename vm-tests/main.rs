@@ -22,3 +22,4 @@ mod powerloss;
 mod grpc;
 mod soak;
 mod watchdog;
+mod registry;
