@@ -23,3 +23,5 @@ mod grpc;
 mod soak;
 mod watchdog;
 mod registry;
+mod cri_client;
+mod cri;
