@@ -107,9 +107,25 @@ impl Node {
 
     /// RunPodSandbox, then a container of the app image running MAIN: (pod, container, config).
     fn start_pod(&self, cri: &mut Cri, name: &str) -> (String, String, PathBuf) {
+        self.start_pod_within(cri, name, 0)
+    }
+
+    /// [`Node::start_pod`], RunPodSandbox tried again for up to `secs` seconds while it fails, as
+    /// kubelet does (containerd's connection to a restarted serve comes back within its backoff).
+    fn start_pod_within(&self, cri: &mut Cri, name: &str, secs: u64) -> (String, String, PathBuf) {
         let logs = self.c.dir.join("pods").join(name);
         let pc = pod_config(name, &logs);
-        let pod = cri.run_pod(&pc).unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}\n{}", self.c.logs()));
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let pod = loop {
+            match cri.run_pod(&pc) {
+                Ok(p) => break p,
+                Err(e) if Instant::now() < deadline => {
+                    println!("RunPodSandbox {name} failed, trying again: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => panic!("RunPodSandbox {name}: {e}\n{}", self.c.logs()),
+            }
+        };
         let cfg = container_config("main", &self.app, MAIN, "main/0.log");
         let id = cri.create_container(&pod, cfg, &pc).unwrap_or_else(|e| panic!("CreateContainer in {name}: {e}\n{}", self.c.logs()));
         cri.start_container(&id).unwrap_or_else(|e| panic!("StartContainer in {name}: {e}\n{}", self.c.logs()));
@@ -292,7 +308,7 @@ fn cri_two_pods_share_an_image_and_outlive_a_serve_kill() {
     // serve back: a new pod starts.
     n.c.start_serve();
     let t = Instant::now();
-    let (pod_c, c, _) = n.start_pod(&mut cri, "pc");
+    let (pod_c, c, _) = n.start_pod_within(&mut cri, "pc", 120);
     println!("a new pod ran {:.1} s after serve was restarted", t.elapsed().as_secs_f64());
     assert_eq!(n.exec_ok(&mut cri, &c, &["cat", "/etc/marker"]), "image\n");
     // serve's records and the pool agree: nothing half-made by the kill.
