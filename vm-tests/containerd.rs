@@ -57,6 +57,19 @@ pub struct CriNode {
     pub sandbox_image: String,
     /// "127.0.0.1:PORT", reached over plain HTTP (a hosts.toml under `config_path`).
     pub registry: String,
+    /// The CRI's snapshotter: rcx-dm for the tests, containerd's own for comparisons.
+    pub snapshotter: CriSnapshotter,
+}
+
+/// The snapshotter the CRI plugin puts pods on.
+pub enum CriSnapshotter {
+    /// rcx-dm through [`CRI_TOML`].
+    RcxDm,
+    /// containerd's overlayfs under its root.
+    Overlayfs,
+    /// containerd's devmapper on the thin-pool `pool_name` (made by the caller with dmsetup),
+    /// volumes of `base_bytes`.
+    Devmapper { pool_name: String, base_bytes: u64 },
 }
 
 impl Ctrd {
@@ -93,6 +106,15 @@ impl Ctrd {
                 std::fs::create_dir_all(&cni).unwrap();
                 // stats_collect_period: ImageFsInfo and ContainerStats figures refreshed every
                 // second (default 10 s), so the test polls for seconds, not tens.
+                let snap = match &n.snapshotter {
+                    CriSnapshotter::RcxDm => CRI_TOML.to_string(),
+                    CriSnapshotter::Overlayfs => "[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"overlayfs\"\n".to_string(),
+                    CriSnapshotter::Devmapper { pool_name, base_bytes } => format!(
+                        "[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"devmapper\"\n\
+                         [plugins.\"io.containerd.snapshotter.v1.devmapper\"]\n  pool_name = \"{pool_name}\"\n  root_path = \"{}/devmapper\"\n  base_image_size = \"{base_bytes}B\"\n  discard_blocks = false\n",
+                        dir.display()
+                    ),
+                };
                 format!(
                     r#"[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{sandbox}"
@@ -102,19 +124,23 @@ impl Ctrd {
     conf_dir = "{cni}"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{certs}"
-{CRI_TOML}"#,
+{snap}"#,
                     sandbox = n.sandbox_image,
                     cni = cni.display(),
                     certs = dir.join("certs.d").display()
                 )
             }
         };
-        let disabled = if cri.is_some() { "" } else { r#""io.containerd.grpc.v1.cri", "# };
+        let disabled = match cri.map(|n| &n.snapshotter) {
+            None => r#""io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.devmapper", "#,
+            Some(CriSnapshotter::Devmapper { .. }) => "",
+            Some(_) => r#""io.containerd.snapshotter.v1.devmapper", "#,
+        };
         let config = format!(
             r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
 [grpc]
   address = "{sock}"
 [ttrpc]
@@ -181,6 +207,9 @@ disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containe
             .arg(self.dir.join("config.toml"))
             .env("PATH", self.path_env())
             .env("TMPDIR", &tmp)
+            // No udev in the VM: libdevmapper (the devmapper snapshotter runs dmsetup) makes its
+            // own device nodes.
+            .env("DM_DISABLE_UDEV", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::containerd::{CriNode, Ctrd, CRI_TOML};
+use crate::containerd::{CriNode, CriSnapshotter, Ctrd, CRI_TOML};
 use crate::cri_client::{container_config, pod_config, ContainerState, Cri};
 use crate::grpc::Snapshotter;
 use crate::oci_build::{tar_of, write_layout_with, Comp, E};
@@ -20,20 +20,20 @@ const PAYLOAD: usize = 32 << 20;
 /// sleep, which is not the pod's pid 1: exit status 143).
 const MAIN: &[&str] = &["/bin/sh", "-c", "echo log-line-from-main; exec sleep 2147483647"];
 
-struct Node {
+pub(crate) struct Node {
     // Field order is drop order: containerd and serve, then the pool, then the registry.
-    c: Ctrd,
+    pub(crate) c: Ctrd,
     _reg: Registry,
     _reg_dir: tempfile::TempDir,
     /// "127.0.0.1:PORT/app:1"
-    app: String,
-    sandbox: String,
+    pub(crate) app: String,
+    pub(crate) sandbox: String,
     /// `sha256sum` of the payload, as busybox prints it.
     payload_sum: String,
 }
 
 /// Build and push the app and pause images, then start serve and a CRI containerd.
-fn node(tag: &str) -> Node {
+pub(crate) fn node(tag: &str, snapshotter: CriSnapshotter) -> Node {
     let reg_dir = tempfile::Builder::new().prefix("cri-reg-").tempdir_in(scratch()).unwrap();
     let reg = Registry::start(&reg_dir.path().join("registry"), false);
     let bb = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static, from tools/setup)");
@@ -67,12 +67,12 @@ fn node(tag: &str) -> Node {
     reg.push_layout(&layouts.join("app"), None, "app:1");
     reg.push_layout(&layouts.join("pause"), None, "pause:1");
     let sandbox = reg.reference("pause:1");
-    let c = Ctrd::with_cri(tag, &CriNode { sandbox_image: sandbox.clone(), registry: reg.addr.clone() });
+    let c = Ctrd::with_cri(tag, &CriNode { sandbox_image: sandbox.clone(), registry: reg.addr.clone(), snapshotter });
     Node { app: reg.reference("app:1"), sandbox, payload_sum: format!("{sum}  /data/payload\n"), c, _reg: reg, _reg_dir: reg_dir }
 }
 
 impl Node {
-    fn cri(&self) -> Cri {
+    pub(crate) fn cri(&self) -> Cri {
         Cri::connect_within(&self.c.sock, 120).unwrap_or_else(|e| panic!("the CRI did not answer: {e}\n{}", self.c.logs()))
     }
 
@@ -106,7 +106,7 @@ impl Node {
     }
 
     /// RunPodSandbox, then a container of the app image running MAIN: (pod, container, config).
-    fn start_pod(&self, cri: &mut Cri, name: &str) -> (String, String, PathBuf) {
+    pub(crate) fn start_pod(&self, cri: &mut Cri, name: &str) -> (String, String, PathBuf) {
         self.start_pod_within(cri, name, 0)
     }
 
@@ -134,7 +134,7 @@ impl Node {
     }
 
     /// Stop and remove the container and its pod, as kubelet does when a pod is deleted.
-    fn end_pod(&self, cri: &mut Cri, pod: &str, id: &str) {
+    pub(crate) fn end_pod(&self, cri: &mut Cri, pod: &str, id: &str) {
         cri.stop_container(id, 10).unwrap();
         cri.remove_container(id).unwrap();
         cri.stop_pod(pod).unwrap();
@@ -178,7 +178,7 @@ fn mount_at(dir: &Path) -> Option<(String, String)> {
 #[test]
 fn cri_kubelet_runs_a_pod_on_rcx_dm() {
     assert!(include_str!("../README.md").contains(CRI_TOML), "the README's CRI snippet is not the one this test runs:\n{CRI_TOML}");
-    let n = node("crikube");
+    let n = node("crikube", CriSnapshotter::RcxDm);
     let mut cri = n.cri();
 
     let v = cri.version().unwrap();
@@ -268,7 +268,7 @@ fn cri_kubelet_runs_a_pod_on_rcx_dm() {
 /// running, new pods start once it is back, and nothing leaks.
 #[test]
 fn cri_two_pods_share_an_image_and_outlive_a_serve_kill() {
-    let mut n = node("crishare");
+    let mut n = node("crishare", CriSnapshotter::RcxDm);
     let mut cri = n.cri();
     cri.pull_image(&n.app, None).unwrap_or_else(|e| panic!("PullImage: {e}\n{}", n.c.logs()));
     // The sandbox image first, so the pods' figures below count only the pods.

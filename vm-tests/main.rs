@@ -25,3 +25,4 @@ mod watchdog;
 mod registry;
 mod cri_client;
 mod cri;
+mod cri_bench;
