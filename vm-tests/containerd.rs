@@ -44,22 +44,103 @@ pub struct Ctrd {
     pub s: Scenario,
 }
 
+/// The CRI plugin's part of containerd's config as the README gives it to operators (the test
+/// asserts the README holds exactly this): pods' snapshots on rcx-dm, runc from the defaults.
+pub const CRI_TOML: &str = r#"[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "rcx-dm"
+"#;
+
+/// What a test node adds to the CRI plugin's config: the sandbox (pause) image the test pushed
+/// and the plain-HTTP registry on 127.0.0.1 it pulls from.
+pub struct CriNode {
+    /// "127.0.0.1:PORT/pause:1"
+    pub sandbox_image: String,
+    /// "127.0.0.1:PORT", reached over plain HTTP (a hosts.toml under `config_path`).
+    pub registry: String,
+    /// The CRI's snapshotter: rcx-dm for the tests, containerd's own for comparisons.
+    pub snapshotter: CriSnapshotter,
+}
+
+/// The snapshotter the CRI plugin puts pods on.
+pub enum CriSnapshotter {
+    /// rcx-dm through [`CRI_TOML`].
+    RcxDm,
+    /// containerd's overlayfs under its root.
+    Overlayfs,
+    /// containerd's devmapper on the thin-pool `pool_name` (made by the caller with dmsetup),
+    /// volumes of `base_bytes`.
+    Devmapper { pool_name: String, base_bytes: u64 },
+}
+
 impl Ctrd {
     /// `gc_on_delete`: containerd's garbage collector runs after every deletion (it then also
     /// walks serve and removes what containerd does not know); otherwise only its defaults
     /// (which would also collect snapshots `ctr` made without a lease, mid-test).
     pub fn new(tag: &str, gc_on_delete: bool) -> Ctrd {
+        Ctrd::start(tag, gc_on_delete, None)
+    }
+
+    /// A Kubernetes node's containerd: the CRI plugin on with [`CRI_TOML`], host-network pods
+    /// only (no CNI config), the collector after every deletion.
+    pub fn with_cri(tag: &str, node: &CriNode) -> Ctrd {
+        Ctrd::start(tag, true, Some(node))
+    }
+
+    fn start(tag: &str, gc_on_delete: bool, cri: Option<&CriNode>) -> Ctrd {
         let s = Scenario::new(tag);
         s.ok(&["pool", "create", "--data-size", "8G", "--meta-size", "64M"]);
         let dir = s.root.join("ctrd");
         std::fs::create_dir_all(&dir).unwrap();
         let serve_sock = dir.join("snap.sock");
         let sock = dir.join("containerd.sock");
+        let cri_section = match cri {
+            None => String::new(),
+            Some(n) => {
+                // containerd 1.6 finds registry hosts in config_path/HOST/hosts.toml; the test
+                // registry speaks plain HTTP.
+                let hosts = dir.join("certs.d").join(&n.registry);
+                std::fs::create_dir_all(&hosts).unwrap();
+                let r = &n.registry;
+                std::fs::write(hosts.join("hosts.toml"), format!("server = \"http://{r}\"\n[host.\"http://{r}\"]\n  capabilities = [\"pull\", \"resolve\"]\n")).unwrap();
+                let cni = dir.join("cni");
+                std::fs::create_dir_all(&cni).unwrap();
+                // stats_collect_period: ImageFsInfo and ContainerStats figures refreshed every
+                // second (default 10 s), so the test polls for seconds, not tens.
+                let snap = match &n.snapshotter {
+                    CriSnapshotter::RcxDm => CRI_TOML.to_string(),
+                    CriSnapshotter::Overlayfs => "[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"overlayfs\"\n".to_string(),
+                    CriSnapshotter::Devmapper { pool_name, base_bytes } => format!(
+                        "[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"devmapper\"\n\
+                         [plugins.\"io.containerd.snapshotter.v1.devmapper\"]\n  pool_name = \"{pool_name}\"\n  root_path = \"{}/devmapper\"\n  base_image_size = \"{base_bytes}B\"\n  discard_blocks = false\n",
+                        dir.display()
+                    ),
+                };
+                format!(
+                    r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox}"
+  stats_collect_period = 1
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni}"
+    conf_dir = "{cni}"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{certs}"
+{snap}"#,
+                    sandbox = n.sandbox_image,
+                    cni = cni.display(),
+                    certs = dir.join("certs.d").display()
+                )
+            }
+        };
+        let disabled = match cri.map(|n| &n.snapshotter) {
+            None => r#""io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.devmapper", "#,
+            Some(CriSnapshotter::Devmapper { .. }) => "",
+            Some(_) => r#""io.containerd.snapshotter.v1.devmapper", "#,
+        };
         let config = format!(
             r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
 [grpc]
   address = "{sock}"
 [ttrpc]
@@ -69,7 +150,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 [proxy_plugins.{SNAPSHOTTER}]
   type = "snapshot"
   address = "{serve}"
-"#,
+{cri_section}"#,
             d = dir.display(),
             sock = sock.display(),
             serve = serve_sock.display(),
@@ -82,7 +163,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         c
     }
 
-    fn path_env(&self) -> String {
+    pub fn path_env(&self) -> String {
         format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", ctr_bin_dir().display())
     }
 
@@ -126,6 +207,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             .arg(self.dir.join("config.toml"))
             .env("PATH", self.path_env())
             .env("TMPDIR", &tmp)
+            // No udev in the VM: libdevmapper (the devmapper snapshotter runs dmsetup) makes its
+            // own device nodes.
+            .env("DM_DISABLE_UDEV", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -225,7 +309,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         self.fails(&a)
     }
 
-    fn logs(&self) -> String {
+    /// The tails of serve's and containerd's logs, for failure messages.
+    pub fn logs(&self) -> String {
         let tail = |f: &str| {
             let t = std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
             let lines: Vec<&str> = t.lines().collect();

@@ -23,3 +23,6 @@ mod grpc;
 mod soak;
 mod watchdog;
 mod registry;
+mod cri_client;
+mod cri;
+mod cri_bench;

@@ -137,6 +137,11 @@ pub fn compress(tar: &[u8], c: Comp) -> (Vec<u8>, &'static str) {
 /// Write an OCI image layout holding one image made of `layers` (bottom first). Returns the
 /// chain ids of the layers.
 pub fn write_layout(dir: &Path, layers: &[(Vec<u8>, Comp)]) -> Vec<String> {
+    write_layout_with(dir, layers, serde_json::json!({"Cmd": ["/bin/sh"]}))
+}
+
+/// [`write_layout`] with the image config's `config` object (Entrypoint, Cmd, Env) given.
+pub fn write_layout_with(dir: &Path, layers: &[(Vec<u8>, Comp)], run_config: serde_json::Value) -> Vec<String> {
     std::fs::create_dir_all(dir).expect("layout dir");
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
     let mut descs = Vec::new();
@@ -149,7 +154,7 @@ pub fn write_layout(dir: &Path, layers: &[(Vec<u8>, Comp)]) -> Vec<String> {
     }
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh"]},
+        "config": run_config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
     let (cd, cs) = put_blob(dir, config.to_string().as_bytes());

@@ -1,0 +1,98 @@
+//! A measurement, not a test (ignored unless asked for): the time kubelet waits for a pod, from
+//! RunPodSandbox to a running container through containerd's CRI, with rcx-dm against
+//! containerd's own devmapper (on a thin-pool of the same geometry made with dmsetup, as its
+//! documentation says) and overlayfs. Run it with
+//! `tools/test --vm-only -- cri_pod_start --ignored --nocapture`; RCX_DM_CRI_ROUNDS pods per
+//! snapshotter (default 8), one at a time, after one unmeasured pod.
+
+use std::time::Instant;
+
+use crate::common::*;
+use crate::containerd::CriSnapshotter;
+use crate::cri::node;
+
+/// A thin-pool for containerd's devmapper: sparse files on the scratch tmpfs behind loops,
+/// 8G data, 64M metadata, 64K blocks, zeroing on (rcx-dm's pool in these tests). Removed on
+/// drop with the thin devices devmapper left in it.
+struct DmThinPool {
+    name: String,
+    loops: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl DmThinPool {
+    fn new(name: &str) -> DmThinPool {
+        let dir = tempfile::Builder::new().prefix("cri-dmpool-").tempdir_in(scratch()).unwrap();
+        let data_bytes: u64 = 8 << 30;
+        let block_sectors = (64 << 10) / 512;
+        let lw = data_bytes / (64 << 10) / 100;
+        let data = sh(&format!("truncate -s {data_bytes} {d}/data && losetup -f --show {d}/data", d = dir.path().display())).trim().to_string();
+        let meta = sh(&format!("truncate -s 64M {d}/meta && losetup -f --show {d}/meta", d = dir.path().display())).trim().to_string();
+        sh(&format!("dd if=/dev/zero of={meta} bs=4096 count=1 conv=notrunc status=none"));
+        sh(&format!(
+            "DM_DISABLE_UDEV=1 dmsetup create {name} --table '0 {} thin-pool {meta} {data} {block_sectors} {lw} 1 error_if_no_space'",
+            data_bytes / 512
+        ));
+        DmThinPool { name: name.to_string(), loops: vec![data, meta], _dir: dir }
+    }
+}
+
+impl Drop for DmThinPool {
+    fn drop(&mut self) {
+        let dm = dm();
+        for n in dm.list().unwrap_or_default() {
+            if n.starts_with(&format!("{}-", self.name)) {
+                let _ = dm.remove(&n);
+                rcx_dm::dm::node::remove(&n);
+            }
+        }
+        let _ = dm.remove(&self.name);
+        rcx_dm::dm::node::remove(&self.name);
+        for l in &self.loops {
+            let _ = std::process::Command::new("losetup").args(["-d", l]).status();
+        }
+    }
+}
+
+#[test]
+#[ignore = "a measurement: tools/test --vm-only -- cri_pod_start --ignored --nocapture"]
+fn cri_pod_start_time_rcx_dm_devmapper_overlayfs() {
+    let rounds: usize = std::env::var("RCX_DM_CRI_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let mut lines = Vec::new();
+    for (i, kind) in ["rcx-dm", "devmapper", "overlayfs"].into_iter().enumerate() {
+        let dmpool = (kind == "devmapper").then(|| DmThinPool::new(&format!("crib{}-pool", std::process::id())));
+        let snap = match kind {
+            "rcx-dm" => CriSnapshotter::RcxDm,
+            "devmapper" => CriSnapshotter::Devmapper { pool_name: dmpool.as_ref().unwrap().name.clone(), base_bytes: 256 << 20 },
+            _ => CriSnapshotter::Overlayfs,
+        };
+        let n = node(&format!("crib{i}"), snap);
+        let mut cri = n.cri();
+        cri.pull_image(&n.app, None).unwrap_or_else(|e| panic!("PullImage with {kind}: {e}\n{}", n.c.logs()));
+        cri.pull_image(&n.sandbox, None).unwrap();
+        let mut ms = Vec::new();
+        for r in 0..=rounds {
+            let t = Instant::now();
+            let (pod, id, _) = n.start_pod(&mut cri, &format!("b{r}"));
+            let took = t.elapsed().as_secs_f64() * 1000.0;
+            n.end_pod(&mut cri, &pod, &id);
+            // The first pod pays one-time costs (devmapper's base mkfs, runc's first exec).
+            if r > 0 {
+                ms.push(took);
+            }
+        }
+        ms.sort_by(f64::total_cmp);
+        let line = format!(
+            "CRI RunPodSandbox to a running container, {kind}: median {:.0} ms, min {:.0}, max {:.0} ({rounds} pods, one at a time)",
+            ms[ms.len() / 2],
+            ms[0],
+            ms[ms.len() - 1]
+        );
+        println!("{line}");
+        lines.push(line);
+        drop(cri);
+        drop(n);
+        drop(dmpool);
+    }
+    println!("{}", lines.join("\n"));
+}
