@@ -23,3 +23,4 @@ mod grpc;
 mod soak;
 mod watchdog;
 mod registry;
+mod pull;

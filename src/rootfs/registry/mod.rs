@@ -139,6 +139,14 @@ pub fn pull(pool: &Pool, reference: &str, opts: &PullOptions, events: Events, pr
     if img.layers.is_empty() {
         return Err(Error::Registry { reference: reference.into(), why: "the image has no layers".into() });
     }
+    // A single manifest has no index to pick from: its config says which platform it is for.
+    let (os, arch) = (img.os.as_str(), img.architecture.as_str());
+    if !os.is_empty() && !arch.is_empty() && (os != platform.os || arch != platform.architecture) {
+        return Err(Error::Registry {
+            reference: reference.into(),
+            why: format!("the image is for {os}/{arch} only, not {platform}; give --platform {os}/{arch} to pull it anyway"),
+        });
+    }
     let mut downloads = download::Downloads::new(&remote, events);
     let (rec, built) = image::install(pool, &img, &name, opts.fs, opts.size_bytes, &mut downloads, progress).map_err(|e| about(reference, e))?;
     let fetched: Vec<usize> = downloads.fetched.clone();
