@@ -235,3 +235,30 @@ fn pull_killed_midway_resumes_and_shows_no_half_made_layer() {
     assert_eq!(layer_vols(&s).len(), 3);
     assert_eq!(s.ok(&["run", "--rm", "k-1", "--", "/bin/cat", "/k/two"]), "2\n");
 }
+
+#[test]
+fn push_an_imported_image_then_pull_it_back() {
+    let s = Scenario::new("push");
+    s.ok(&["pool", "create", "--data-size", "2G"]);
+    let reg = Registry::start(&regdir("push"), false);
+    let l = layout("push", &[
+        (busybox_base(), Comp::Gzip),
+        (tar_of(&[E::Dir("etc", 0o755), E::File("etc/motd", 0o600, b"pushed\n"), E::Symlink("etc/link", "motd")]), Comp::Gzip),
+    ]);
+    s.ok(&["image", "import", path_str(&l), "--name", "local", "--size", "64M"]);
+    s.ok(&["run", "--name", "c", "local", "--", "/bin/sh", "-c", "echo changed > /etc/new"]);
+    s.ok(&["commit", "c", "--name", "committed"]);
+    for (img, tag) in [("local", "pushed:1"), ("committed", "pushed:2")] {
+        let r = s.json(&["image", "push", img, &reg.reference(tag), "--json"]);
+        assert!(r["manifest"].as_str().unwrap().starts_with("sha256:"), "{r}");
+    }
+    let r = s.json(&["image", "pull", &reg.reference("pushed:1"), "--name", "back", "--size", "64M", "--json"]);
+    assert_eq!(r["image"]["layers"].as_array().unwrap().len(), 1, "pushed squashed: {r}");
+    let out = s.ok(&["run", "--rm", "back", "--", "/bin/sh", "-c", "cat /etc/link; stat -c '%a %h' /etc/motd; test -e /etc/new || echo no-new"]);
+    assert_eq!(out, "pushed\n600 1\nno-new\n");
+    let digest = |img: &str| s.ok(&["run", "--rm", img, "--", "/bin/sh", "-c", "cat /etc/motd /etc/new 2>&1; ls -la /bin | wc -l"]);
+    s.ok(&["image", "pull", &reg.reference("pushed:2"), "--name", "back2", "--size", "64M"]);
+    assert_eq!(digest("back2"), digest("committed"));
+    let err = s.fails(&["image", "push", "nosuch", &reg.reference("x:1")]);
+    assert!(err.contains("no image 'nosuch'"), "{err}");
+}

@@ -117,6 +117,27 @@ is not read-only) and is removed by the next pull or import.")]
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Push an image of the pool to a registry, as one layer (its top volume's whole tree).
+    #[command(after_help = "\
+A layer volume holds the whole filesystem up to its layer, and the pool keeps neither the \
+blobs an image was imported or pulled from nor a commit's list of changes, so push sends the \
+image squashed: one gzip'd tar of its top volume (read-only mount), with a config that names \
+the platform and the layer (the original command and environment are not kept by the pool). \
+Credentials and --plain-http as for `image pull`.")]
+    Push {
+        /// The image in the pool.
+        name: String,
+        /// Where to push it, e.g. 127.0.0.1:5000/app:2.
+        reference: String,
+        /// Speak plain HTTP to the registry (always so for localhost and 127.x).
+        #[arg(long)]
+        plain_http: bool,
+        /// Credentials file (docker config.json or podman auth.json format).
+        #[arg(long)]
+        auth_file: Option<PathBuf>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// The pool's images.
     List(JsonFlag),
     /// Remove an image; its layer volumes go unless another image or a volume uses them.
@@ -276,6 +297,15 @@ pub fn image_cmd(pool: &Pool, c: ImageCmd) -> Result<()> {
                 r.layers_reused.len(),
                 r.image.top
             );
+            Ok(())
+        }
+        ImageCmd::Push { name, reference, plain_http, auth_file, out } => {
+            let r = registry::push(pool, &name, &reference, &Connect { plain_http, auth_file })
+                .with_context(|| format!("pushing image '{name}' to {reference}"))?;
+            if out.json {
+                return print_json(&r);
+            }
+            println!("pushed image '{name}' to {reference}: manifest {}, one layer of {}", r.manifest, format_size(r.layer_bytes));
             Ok(())
         }
         ImageCmd::List(o) => {

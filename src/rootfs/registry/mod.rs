@@ -13,6 +13,7 @@
 mod auth;
 mod client;
 mod download;
+mod push;
 
 mod reference;
 
@@ -23,6 +24,7 @@ use serde::Serialize;
 pub use auth::default_auth_file;
 pub use client::Connect;
 pub use download::CONCURRENT_DOWNLOADS;
+pub use push::{push, PushReport};
 
 pub use reference::{is_local, parse as parse_reference};
 
