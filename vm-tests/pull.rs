@@ -117,8 +117,8 @@ fn pull_bad_input_is_refused_and_leaves_nothing() {
 
     pull_fails(&s, &["127.0.0.1:5000/UPPER//x:1"], &["does not parse"]);
     let missing = reg.reference("good:nope");
-    pull_fails(&s, &[&missing], &[&missing, "unknown", "check the repository name and tag"]);
-    pull_fails(&s, &[&reg.reference("nosuchrepo:1")], &["nosuchrepo:1", "unknown"]);
+    pull_fails(&s, &[&missing], &[&missing, "ManifestUnknown", "check the repository name and tag"]);
+    pull_fails(&s, &[&reg.reference("nosuchrepo:1")], &["nosuchrepo:1", "Unknown"]);
     // Nothing listens on this port once the listener is dropped.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let down = format!("127.0.0.1:{port}/good:1");

@@ -167,7 +167,7 @@ pub struct ImportOptions {
 }
 
 /// `rcx-dm image import`: see the module comment. A layer whose archive or digest is bad fails
-/// the import, and the layer volumes it made are deleted again (see [`install`]).
+/// the import, and the layer volumes it made are deleted again (see `install`).
 pub fn import(pool: &Pool, layout: &Path, name: &str, opts: &ImportOptions, progress: Progress) -> Result<ImageRecord> {
     validate_image_name(name)?;
     let img = oci::open(layout, opts.reference.as_deref())?;

@@ -366,3 +366,94 @@ mod tests {
         assert_eq!(open(dir.path(), None).unwrap().layers.len(), MAX_LAYERS);
     }
 }
+
+/// `resolve` over documents that are not a layout (what a registry serves): nesting, platforms
+/// and verification are the same whatever the source.
+#[cfg(test)]
+mod resolve_tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use serde_json::json;
+
+    use super::super::*;
+    use super::*;
+    use crate::rootfs::oci::test_util::*;
+
+    /// Blobs in memory, checked like a registry client checks them.
+    struct Mem(BTreeMap<String, Vec<u8>>, PathBuf);
+
+    impl Mem {
+        fn put(&mut self, v: &serde_json::Value) -> serde_json::Value {
+            let b = serde_json::to_vec(v).unwrap();
+            let d = sha(&b);
+            let size = b.len();
+            self.0.insert(d.clone(), b);
+            json!({ "mediaType": v.get("mediaType").cloned().unwrap_or(json!(MEDIA_TYPE_MANIFEST)), "digest": d, "size": size })
+        }
+    }
+
+    impl Documents for Mem {
+        fn manifest(&self, digest: &Digest, size: u64, what: &str) -> Result<Vec<u8>> {
+            let b = self.0.get(&digest.to_string()).cloned().ok_or_else(|| Error::invalid("test", format!("{what}: missing")))?;
+            if b.len() as u64 != size || Digest::of(&b) != *digest {
+                return Err(Error::invalid("test", format!("{what}: digest mismatch")));
+            }
+            Ok(b)
+        }
+        fn config(&self, digest: &Digest, size: u64, what: &str) -> Result<Vec<u8>> {
+            self.manifest(digest, size, what)
+        }
+        fn check_layer(&self, _: &Digest, _: u64, _: &str) -> Result<()> {
+            Ok(())
+        }
+        fn blob_dir(&self) -> &Path {
+            &self.1
+        }
+    }
+
+    fn image(m: &mut Mem, arch: &str) -> serde_json::Value {
+        let tar = fake_tar(1, 10);
+        let config = m.put(&json!({ "architecture": arch, "os": "linux", "rootfs": { "type": "layers", "diff_ids": [sha(&tar)] } }));
+        let layer = json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha(&tar), "size": tar.len() });
+        let mut d = m.put(&json!({ "schemaVersion": 2, "mediaType": MEDIA_TYPE_MANIFEST, "config": config, "layers": [layer] }));
+        d["platform"] = json!({ "os": "linux", "architecture": arch });
+        d
+    }
+
+    fn top(m: &Mem, d: &serde_json::Value) -> (Digest, Vec<u8>) {
+        let digest = Digest::parse(d["digest"].as_str().unwrap()).unwrap();
+        (digest.clone(), m.0[&digest.to_string()].clone())
+    }
+
+    #[test]
+    fn nesting_platforms_and_digests_over_any_source() {
+        let mut m = Mem(BTreeMap::new(), PathBuf::from("/dl"));
+        let amd = image(&mut m, "amd64");
+        let arm = image(&mut m, "arm64");
+        let index = m.put(&json!({ "schemaVersion": 2, "mediaType": MEDIA_TYPE_INDEX, "manifests": [arm, amd.clone()] }));
+        let (d, b) = top(&m, &index);
+        let img = resolve(&m, d.clone(), b.clone(), "", &Platform::linux("amd64"), "reg/x:1").unwrap();
+        assert_eq!(img.manifest_digest.to_string(), amd["digest"].as_str().unwrap());
+        assert_eq!(img.layers[0].path(), Path::new("/dl/blobs/sha256").join(&sha(&fake_tar(1, 10))[7..]));
+        assert!(img.layers[0].label().contains("of image reg/x:1"));
+        let e = err_text(resolve(&m, d, b, "", &Platform::linux("s390x"), "reg/x:1"));
+        assert!(e.contains("none for linux/s390x") && e.contains("linux/amd64"), "{e}");
+
+        // An index nested past the cap: refused, however the documents are served.
+        let mut d = index.clone();
+        for _ in 0..MAX_INDEX_DEPTH + 1 {
+            d = m.put(&json!({ "schemaVersion": 2, "mediaType": MEDIA_TYPE_INDEX, "manifests": [d] }));
+        }
+        let (dd, b) = top(&m, &d);
+        let e = err_text(resolve(&m, dd, b, "", &Platform::linux("amd64"), "reg/x:1"));
+        assert!(e.contains(&format!("nest more than {MAX_INDEX_DEPTH} deep")) && e.contains("reg/x:1"), "{e}");
+
+        // A nested manifest whose bytes do not match its descriptor.
+        let key = amd["digest"].as_str().unwrap().to_string();
+        m.0.get_mut(&key).unwrap().push(b' ');
+        let (d, b) = top(&m, &index);
+        let e = err_text(resolve(&m, d, b, "", &Platform::linux("amd64"), "reg/x:1"));
+        assert!(e.contains("digest mismatch"), "{e}");
+    }
+}
