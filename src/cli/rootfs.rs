@@ -66,12 +66,8 @@ pub enum ImageCmd {
         /// Which image of the layout (its org.opencontainers.image.ref.name).
         #[arg(long)]
         reference: Option<String>,
-        /// Filesystem of the layer volumes.
-        #[arg(long, default_value = "ext4")]
-        fs: Fs,
-        /// Size of the image's filesystem (and of containers made from it).
-        #[arg(long, default_value = DEFAULT_IMAGE_SIZE, value_parser = size_arg)]
-        size: u64,
+        #[command(flatten)]
+        shape: LayerShape,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -108,12 +104,8 @@ is not read-only) and is removed by the next pull or import.")]
         /// Credentials file (docker config.json or podman auth.json format).
         #[arg(long)]
         auth_file: Option<PathBuf>,
-        /// Filesystem of the layer volumes.
-        #[arg(long, default_value = "ext4")]
-        fs: Fs,
-        /// Size of the image's filesystem (and of containers made from it).
-        #[arg(long, default_value = DEFAULT_IMAGE_SIZE, value_parser = size_arg)]
-        size: u64,
+        #[command(flatten)]
+        shape: LayerShape,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -146,6 +138,17 @@ Credentials and --plain-http as for `image pull`.")]
         #[command(flatten)]
         out: JsonFlag,
     },
+}
+
+/// The filesystem and size an image's layer volumes get (`image import`, `image pull`).
+#[derive(Args)]
+pub struct LayerShape {
+    /// Filesystem of the layer volumes.
+    #[arg(long, default_value = "ext4")]
+    fs: Fs,
+    /// Size of the image's filesystem (and of containers made from it).
+    #[arg(long, default_value = DEFAULT_IMAGE_SIZE, value_parser = size_arg)]
+    size: u64,
 }
 
 #[derive(Args)]
@@ -260,7 +263,7 @@ pub fn populate(pool: &Pool, a: PopulateArgs) -> Result<()> {
 
 pub fn image_cmd(pool: &Pool, c: ImageCmd) -> Result<()> {
     match c {
-        ImageCmd::Import { path, name, reference, fs, size, out } => {
+        ImageCmd::Import { path, name, reference, shape: LayerShape { fs, size }, out } => {
             let total = rcx_dm::rootfs::oci::open(&path, reference.as_deref())
                 .map(|i| i.layers.iter().map(|l| l.size).sum())
                 .ok();
@@ -277,7 +280,7 @@ pub fn image_cmd(pool: &Pool, c: ImageCmd) -> Result<()> {
             println!("imported image '{}': {} layer(s) ({shared} shared with other images), top volume {}", r.name, r.layers.len(), r.top);
             Ok(())
         }
-        ImageCmd::Pull { reference, name, platform, plain_http, auth_file, fs, size, out } => {
+        ImageCmd::Pull { reference, name, platform, plain_http, auth_file, shape: LayerShape { fs, size }, out } => {
             let opts = PullOptions { name, fs, size_bytes: size, platform, connect: Connect { plain_http, auth_file } };
             let (events, bars) = pull_display();
             let r = registry::pull(pool, &reference, &opts, events, populate::no_progress());
