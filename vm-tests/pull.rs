@@ -74,7 +74,9 @@ fn pull_multi_layer_image_runs_and_shares_its_layers() {
     let base = busybox_base();
     let a = layout("a", &[(base.clone(), Comp::Gzip), (file_layer("etc/a", b"from a\n"), Comp::Plain), (file_layer("opt/b", b"from b\n"), Comp::Gzip)]);
     reg.push_layout(&a, None, "app:1");
+    let t = std::time::Instant::now();
     let r = s.json(&["image", "pull", &reg.reference("app:1"), "--size", "64M", "--json"]);
+    println!("pull of 3 layers ({} bytes fetched): {:?}", r["bytes_fetched"], t.elapsed());
     assert_eq!(r["image"]["name"], "app-1", "{r}");
     assert_eq!(r["layers_fetched"].as_array().unwrap().len(), 3, "{r}");
     assert_eq!(r["layers_reused"].as_array().unwrap().len(), 0, "{r}");
@@ -90,7 +92,9 @@ fn pull_multi_layer_image_runs_and_shares_its_layers() {
     // A second image on the same two lower layers: only its own layer is fetched.
     let b = layout("b", &[(base, Comp::Gzip), (file_layer("etc/a", b"from a\n"), Comp::Plain), (file_layer("srv/c", b"from c\n"), Comp::Gzip)]);
     reg.push_layout(&b, None, "app:2");
+    let t = std::time::Instant::now();
     let r2 = s.json(&["image", "pull", &reg.reference("app:2"), "--size", "64M", "--json"]);
+    println!("pull sharing 2 of 3 layers ({} bytes fetched): {:?}", r2["bytes_fetched"], t.elapsed());
     let own = layer_digests(&b)[2].clone();
     assert_eq!(r2["layers_fetched"], serde_json::json!([own]), "{r2}");
     assert_eq!(r2["layers_reused"].as_array().unwrap().len(), 2, "{r2}");
@@ -117,8 +121,8 @@ fn pull_bad_input_is_refused_and_leaves_nothing() {
 
     pull_fails(&s, &["127.0.0.1:5000/UPPER//x:1"], &["does not parse"]);
     let missing = reg.reference("good:nope");
-    pull_fails(&s, &[&missing], &[&missing, "ManifestUnknown", "check the repository name and tag"]);
-    pull_fails(&s, &[&reg.reference("nosuchrepo:1")], &["nosuchrepo:1", "Unknown"]);
+    pull_fails(&s, &[&missing], &[&missing, "check the repository name and tag"]);
+    pull_fails(&s, &[&reg.reference("nosuchrepo:1")], &["nosuchrepo:1", "check the repository name and tag"]);
     // Nothing listens on this port once the listener is dropped.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let down = format!("127.0.0.1:{port}/good:1");

@@ -187,7 +187,7 @@ pub(crate) fn registry_error(given: &str, registry: &str, doing: &str, e: OciDis
         OciDistributionError::ServerError { code: 401, .. } => format!("{doing}: the registry answered 401 Unauthorized: {creds}"),
         OciDistributionError::ServerError { code: 403, .. } => format!("{doing}: the registry answered 403 Forbidden: {creds}"),
         OciDistributionError::ServerError { code: 404, .. } => {
-            format!("{doing}: not found (404): the registry has no such repository or tag; check the name and tag")
+            format!("{doing}: not found (404): the registry has no such repository or tag; check the repository name and tag")
         }
         OciDistributionError::RegistryError { envelope, .. } => {
             let codes: Vec<String> = envelope.errors.iter().map(|x| format!("{:?}: {}", x.code, x.message)).collect();
