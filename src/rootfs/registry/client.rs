@@ -191,23 +191,24 @@ pub(crate) fn registry_error(given: &str, registry: &str, doing: &str, e: OciDis
         }
         OciDistributionError::RegistryError { envelope, .. } => {
             let codes: Vec<String> = envelope.errors.iter().map(|x| format!("{:?}: {}", x.code, x.message)).collect();
-            let hint = if codes.iter().any(|c| c.contains("Unknown")) {
-                "; check the repository name and tag".to_string()
+            let all = codes.join("; ");
+            if codes.iter().any(|c| c.contains("Unknown")) {
+                format!("{doing}: not found ({all}); check the repository name and tag")
             } else if codes.iter().any(|c| c.contains("Unauthorized") || c.contains("Denied")) {
-                format!("; {creds}")
+                format!("{doing}: the registry refused ({all}); {creds}")
             } else {
-                String::new()
-            };
-            format!("{doing}: the registry refused: {}{hint}", codes.join("; "))
+                format!("{doing}: the registry refused: {all}")
+            }
         }
         OciDistributionError::ServerError { code, message, .. } => {
             let m: String = message.chars().take(200).collect();
             format!("{doing}: the registry answered {code} ({}); try again later or check the registry's log", m.trim())
         }
-        OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => format!(
-            "{doing}: cannot reach the registry {registry} ({}); is it running and is the address right? (use --plain-http for a registry without TLS)",
-            source_chain(r)
-        ),
+        OciDistributionError::RequestError(r) if r.is_connect() || r.is_timeout() => {
+            let detail = source_chain(r);
+            let tls = if detail.contains("https://") { " (use --plain-http for a registry without TLS)" } else { "" };
+            format!("{doing}: cannot reach the registry {registry} ({detail}); is it running and is the address right?{tls}")
+        }
         other => format!("{doing}: {}", source_chain(other)),
     };
     Error::Registry { reference: given.to_string(), why }

@@ -202,7 +202,12 @@ impl Job {
                     tracing::debug!(error = %e, "the client's own check failed; checking the digest here");
                     break;
                 }
-                Err(e) => return Err(self.bad(format!("download broke off after {n} of {} bytes: {e}", self.size))),
+                Err(e) => {
+                    return Err(self.bad(format!(
+                        "the download ended after {n} of {} bytes (a truncated blob, or the connection broke): {e}",
+                        self.size
+                    )))
+                }
             };
             n += chunk.len() as u64;
             if n > self.size {

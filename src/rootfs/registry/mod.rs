@@ -13,7 +13,7 @@
 mod auth;
 mod client;
 mod download;
-mod push;
+pub(crate) mod push;
 
 mod reference;
 

@@ -57,7 +57,7 @@ impl<W: Write> Write for HashWriter<W> {
 }
 
 /// The tree at `root` as a gzip'd tar in `out`: (blob digest, blob size, diff_id).
-fn write_layer(root: &Path, out: File) -> Result<(Digest, u64, Digest)> {
+pub(crate) fn write_layer(root: &Path, out: File) -> Result<(Digest, u64, Digest)> {
     let blob = HashWriter { inner: BufWriter::with_capacity(1 << 20, out), hasher: Sha256::new(), count: 0 };
     let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::fast());
     let tar_w = HashWriter { inner: gz, hasher: Sha256::new(), count: 0 };
@@ -108,6 +108,23 @@ pub fn push(pool: &Pool, name: &str, reference: &str, connect: &Connect) -> Resu
     }
     let (digest, size, diff_id) = written?;
 
+    let mut file = tmp;
+    // The writer was a dup of this descriptor: they share the offset, now at the end.
+    std::io::Seek::rewind(&mut file).ctx(|| "rewinding the layer file".into())?;
+    let manifest_digest = upload(&remote, file, &digest, size, &diff_id)?;
+    Ok(PushReport {
+        image: name.to_string(),
+        reference: reference.to_string(),
+        manifest: manifest_digest.to_string(),
+        layer: digest.to_string(),
+        layer_bytes: size,
+        diff_id: diff_id.to_string(),
+    })
+}
+
+/// Upload one layer blob (`file`, read from its start), a config naming it and a manifest,
+/// as the remote's reference. Returns the manifest's digest.
+pub(crate) fn upload(remote: &Remote, mut file: File, digest: &Digest, size: u64, diff_id: &Digest) -> Result<Digest> {
     let host = Platform::host();
     let config = serde_json::json!({
         "architecture": host.architecture,
@@ -128,9 +145,6 @@ pub fn push(pool: &Pool, name: &str, reference: &str, connect: &Connect) -> Resu
 
     let c = &remote.client;
     let r = &remote.reference;
-    let mut file = tmp;
-    // The writer was a dup of this descriptor: they share the offset, now at the end.
-    std::io::Seek::rewind(&mut file).ctx(|| "rewinding the layer file".into())?;
     remote.rt.block_on(async {
         let chunks = std::iter::from_fn(move || {
             let mut buf = vec![0u8; 1 << 20];
@@ -151,12 +165,5 @@ pub fn push(pool: &Pool, name: &str, reference: &str, connect: &Connect) -> Resu
         c.push_manifest_raw(r, manifest.clone(), ct).await.map_err(|e| remote.error("uploading the manifest", e))?;
         Ok::<_, Error>(())
     })?;
-    Ok(PushReport {
-        image: name.to_string(),
-        reference: reference.to_string(),
-        manifest: manifest_digest.to_string(),
-        layer: digest.to_string(),
-        layer_bytes: size,
-        diff_id: diff_id.to_string(),
-    })
+    Ok(manifest_digest)
 }
