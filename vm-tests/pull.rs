@@ -266,6 +266,7 @@ fn push_an_imported_image_then_pull_it_back() {
     }
     let r = s.json(&["image", "pull", &reg.reference("pushed:1"), "--name", "back", "--size", "64M", "--json"]);
     assert_eq!(r["image"]["layers"].as_array().unwrap().len(), 1, "pushed squashed: {r}");
+    assert_eq!(r["image"]["config"]["Cmd"], serde_json::json!(["/bin/sh"]), "the command went along: {r}");
     let out = s.ok(&["run", "--rm", "back", "--", "/bin/sh", "-c", "cat /etc/link; stat -c '%a %h' /etc/motd; test -e /etc/new || echo no-new"]);
     assert_eq!(out, "pushed\n600 1\nno-new\n");
     let digest = |img: &str| s.ok(&["run", "--rm", img, "--", "/bin/sh", "-c", "cat /etc/motd /etc/new 2>&1; ls -la /bin | wc -l"]);

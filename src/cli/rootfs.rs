@@ -114,7 +114,8 @@ is not read-only) and is removed by the next pull or import.")]
 A layer volume holds the whole filesystem up to its layer, and the pool keeps neither the \
 blobs an image was imported or pulled from nor a commit's list of changes, so push sends the \
 image squashed: one gzip'd tar of its top volume (read-only mount), with a config that names \
-the platform and the layer (the original command and environment are not kept by the pool). \
+the platform, the layer, and the command, environment, working directory and user the image was \
+imported or pulled with. \
 Credentials and --plain-http as for `image pull`.")]
     Push {
         /// The image in the pool.

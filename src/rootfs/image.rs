@@ -49,6 +49,10 @@ pub struct ImageRecord {
     pub committed_from: Option<u32>,
     /// When the record was written, in seconds since the epoch.
     pub created_unix: u64,
+    /// What a runtime needs from the image's config (command, environment, ...), kept so
+    /// `image push` can send it on; a commit inherits its image's. None in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<oci::ImageConfig>,
 }
 
 /// One layer of an image record: the volume that holds it.
@@ -305,6 +309,7 @@ pub(crate) fn install(
         manifest: Some(img.manifest_digest.to_string()),
         committed_from: None,
         created_unix: now(),
+        config: Some(img.config.clone()),
     };
     put_image(pool, &rec)?;
     Ok((rec, built))
@@ -415,7 +420,7 @@ pub fn commit(pool: &Pool, v: &VolRef, name: &str) -> Result<ImageRecord> {
         let _ = pool.delete(&sref, true);
         return Err(e);
     }
-    let mut layers = inherited_layers(pool, rec.parent)?;
+    let (mut layers, config) = inherited(pool, rec.parent)?;
     layers.push(LayerEntry { chain_id: None, volume: snap.id, created: true, volume_name: Some(vname) });
     let img = ImageRecord {
         name: name.to_string(),
@@ -426,18 +431,19 @@ pub fn commit(pool: &Pool, v: &VolRef, name: &str) -> Result<ImageRecord> {
         manifest: None,
         committed_from: Some(rec.id),
         created_unix: now(),
+        config,
     };
     put_image(pool, &img)?;
     Ok(img)
 }
 
-/// The layers below a volume: those of the image whose top is its parent, if any.
-fn inherited_layers(pool: &Pool, parent: Option<u32>) -> Result<Vec<LayerEntry>> {
-    let Some(p) = parent else { return Ok(Vec::new()) };
+/// The layers below a volume, and the config: those of the image whose top is its parent, if any.
+fn inherited(pool: &Pool, parent: Option<u32>) -> Result<(Vec<LayerEntry>, Option<oci::ImageConfig>)> {
+    let Some(p) = parent else { return Ok((Vec::new(), None)) };
     Ok(images(pool)?
         .into_iter()
         .find(|i| i.top == p)
-        .map(|i| i.layers.into_iter().map(|l| LayerEntry { created: false, ..l }).collect())
+        .map(|i| (i.layers.into_iter().map(|l| LayerEntry { created: false, ..l }).collect(), i.config))
         .unwrap_or_default())
 }
 
@@ -525,6 +531,7 @@ mod tests {
             manifest: None,
             committed_from: Some(1),
             created_unix: 5,
+            config: Some(oci::ImageConfig { cmd: Some(vec!["/bin/sh".into()]), ..Default::default() }),
         };
         let j = serde_json::to_string(&r).unwrap();
         assert!(j.contains("\"fs\":\"xfs\""));

@@ -111,7 +111,7 @@ pub fn push(pool: &Pool, name: &str, reference: &str, connect: &Connect) -> Resu
     let mut file = tmp;
     // The writer was a dup of this descriptor: they share the offset, now at the end.
     std::io::Seek::rewind(&mut file).ctx(|| "rewinding the layer file".into())?;
-    let manifest_digest = upload(&remote, file, &digest, size, &diff_id)?;
+    let manifest_digest = upload(&remote, file, &digest, size, &diff_id, rec.config.as_ref())?;
     Ok(PushReport {
         image: name.to_string(),
         reference: reference.to_string(),
@@ -124,12 +124,19 @@ pub fn push(pool: &Pool, name: &str, reference: &str, connect: &Connect) -> Resu
 
 /// Upload one layer blob (`file`, read from its start), a config naming it and a manifest,
 /// as the remote's reference. Returns the manifest's digest.
-pub(crate) fn upload(remote: &Remote, mut file: File, digest: &Digest, size: u64, diff_id: &Digest) -> Result<Digest> {
+pub(crate) fn upload(
+    remote: &Remote,
+    mut file: File,
+    digest: &Digest,
+    size: u64,
+    diff_id: &Digest,
+    runtime: Option<&crate::rootfs::oci::ImageConfig>,
+) -> Result<Digest> {
     let host = Platform::host();
     let config = serde_json::json!({
         "architecture": host.architecture,
         "os": host.os,
-        "config": {},
+        "config": runtime.cloned().unwrap_or_default(),
         "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
     });
     let config = serde_json::to_vec(&config).map_err(|e| Error::Inconsistent(format!("encoding the config: {e}")))?;
