@@ -133,7 +133,7 @@ fn pull_bad_input_is_refused_and_leaves_nothing() {
     // Nothing listens on this port once the listener is dropped.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let down = format!("127.0.0.1:{port}/good:1");
-    pull_fails(&s, &[&down], &[&down, "cannot reach the registry"]);
+    pull_fails(&s, &[&down, "--name", "down"], &[&down, "cannot reach the registry"]);
     let r = reg.reference("good:1");
     pull_fails(&s, &[&r, "--name", "arm", "--platform", "linux/arm64"], &[&r, "linux/amd64 only", "--platform"]);
     pull_fails(&s, &[&r, "--name", "p", "--platform", "linux"], &["os/architecture"]);
