@@ -454,6 +454,16 @@ pub enum Error {
         why: String,
     },
 
+    /// A registry could not be reached, refused the request (401, 403, 404, 5xx), or sent
+    /// something that is not what was asked for (`image pull`, `image push`).
+    #[error("{reference}: {why}")]
+    Registry {
+        /// The image reference as given, e.g. `127.0.0.1:5000/app:1`.
+        reference: String,
+        /// What went wrong, with what to do.
+        why: String,
+    },
+
     /// An I/O or system call failed; made by the crate's internal `.ctx(...)` helper and
     /// similar wrappers.
     #[error("{context}: {source}")]

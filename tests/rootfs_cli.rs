@@ -36,3 +36,19 @@ fn help_covers_the_rootfs_commands() {
     let out = String::from_utf8_lossy(&run(root.path(), &["populate", "--help"]).stdout).into_owned();
     assert!(out.contains("rsync") && out.contains("OCI"), "{out}");
 }
+
+#[test]
+fn pull_and_push_arguments_are_checked_first() {
+    refused(&["image", "pull", "127.0.0.1:5000/a:1", "--platform", "linux"], "os/architecture");
+    refused(&["image", "pull", "127.0.0.1:5000/a:1", "--name", "../x"], "invalid volume name");
+    refused(&["image", "pull", "127.0.0.1:5000/a:1", "--size", "lots"], "lots");
+    refused(&["image", "pull"], "<REFERENCE>");
+    refused(&["image", "push", "a"], "<REFERENCE>");
+    let root = tempfile::tempdir().unwrap();
+    let out = String::from_utf8_lossy(&run(root.path(), &["image", "pull", "--help"]).stdout).into_owned();
+    for w in ["--platform", "--plain-http", "--auth-file", "config.json", "killed pull", "chain id"] {
+        assert!(out.contains(w), "image pull --help lacks {w}:\n{out}");
+    }
+    let out = String::from_utf8_lossy(&run(root.path(), &["image", "push", "--help"]).stdout).into_owned();
+    assert!(out.contains("squashed"), "{out}");
+}

@@ -26,3 +26,4 @@ mod registry;
 mod cri_client;
 mod cri;
 mod cri_bench;
+mod pull;

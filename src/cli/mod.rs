@@ -100,7 +100,7 @@ enum Cmd {
     Format(rootfs::FormatArgs),
     /// Make a volume's content equal to a tar, a directory or an OCI image layout.
     Populate(rootfs::PopulateArgs),
-    /// OCI images: import (one read-only volume per layer, shared by chain id), list, rm.
+    /// OCI images: import or pull (one read-only volume per layer, shared by chain id), push, list, rm.
     #[command(subcommand)]
     Image(rootfs::ImageCmd),
     /// Make a stopped container's volume a new read-only image (like `docker commit`).

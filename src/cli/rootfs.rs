@@ -3,15 +3,18 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use rcx_dm::pool::{Pool, VolRef};
 use rcx_dm::rootfs::fs::Fs;
 use rcx_dm::rootfs::image::{self, ImportOptions};
+use rcx_dm::rootfs::oci::Platform;
+use rcx_dm::rootfs::registry::{self, Connect, LayerState, PullEvent, PullOptions};
 use rcx_dm::rootfs::populate::{self, Progress, Source};
 use rcx_dm::units::format_size;
 
@@ -63,12 +66,68 @@ pub enum ImageCmd {
         /// Which image of the layout (its org.opencontainers.image.ref.name).
         #[arg(long)]
         reference: Option<String>,
-        /// Filesystem of the layer volumes.
-        #[arg(long, default_value = "ext4")]
-        fs: Fs,
-        /// Size of the image's filesystem (and of containers made from it).
-        #[arg(long, default_value = DEFAULT_IMAGE_SIZE, value_parser = size_arg)]
-        size: u64,
+        #[command(flatten)]
+        shape: LayerShape,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Pull an image from an OCI distribution registry into layer volumes.
+    #[command(after_help = "\
+REFERENCE is [REGISTRY[:PORT]/]REPOSITORY[:TAG][@sha256:DIGEST], as docker takes it (no registry: \
+Docker Hub; no tag: latest). A manifest list or index is resolved for linux on this host's \
+architecture, or --platform. Layers whose volume is already in the pool (same chain id, \
+filesystem and size) are not fetched; the others are downloaded several at once into \
+<pool>/images/downloads/, each checked against its digest and size as it arrives, and built \
+in order, each checked against its diff_id, as soon as its blob is complete.
+
+Credentials: the registry's entry in `auths` of --auth-file, else $REGISTRY_AUTH_FILE, else \
+$DOCKER_CONFIG/config.json, else ~/.docker/config.json (`auth`: base64 of user:password, or \
+`username`/`password`, or `registrytoken`); anonymous otherwise, with the registry's bearer-token \
+exchange. Credential helpers (credsStore, credHelpers) are not run.
+
+A failed pull keeps nothing. A killed pull leaves its finished layer volumes and downloaded blobs, \
+and the next pull of the image starts from them; a half-built layer volume is never used (it \
+is not read-only) and is removed by the next pull or import.")]
+    Pull {
+        /// The image reference, e.g. 127.0.0.1:5000/app:1 or docker.io/library/busybox:latest.
+        reference: String,
+        /// Name for the image in the pool (default: the repository's last part and the tag,
+        /// e.g. app-1).
+        #[arg(long, value_parser = image_name_arg)]
+        name: Option<String>,
+        /// Platform of a multi-platform image: os/arch[/variant] (default: linux/<this host's>).
+        #[arg(long, value_parser = platform_arg)]
+        platform: Option<Platform>,
+        /// Speak plain HTTP to the registry (always so for localhost and 127.x).
+        #[arg(long)]
+        plain_http: bool,
+        /// Credentials file (docker config.json or podman auth.json format).
+        #[arg(long)]
+        auth_file: Option<PathBuf>,
+        #[command(flatten)]
+        shape: LayerShape,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Push an image of the pool to a registry, as one layer (its top volume's whole tree).
+    #[command(after_help = "\
+A layer volume holds the whole filesystem up to its layer, and the pool keeps neither the \
+blobs an image was imported or pulled from nor a commit's list of changes, so push sends the \
+image squashed: one gzip'd tar of its top volume (read-only mount), with a config that names \
+the platform, the layer, and the command, environment, working directory and user the image was \
+imported or pulled with. \
+Credentials and --plain-http as for `image pull`.")]
+    Push {
+        /// The image in the pool.
+        name: String,
+        /// Where to push it, e.g. 127.0.0.1:5000/app:2.
+        reference: String,
+        /// Speak plain HTTP to the registry (always so for localhost and 127.x).
+        #[arg(long)]
+        plain_http: bool,
+        /// Credentials file (docker config.json or podman auth.json format).
+        #[arg(long)]
+        auth_file: Option<PathBuf>,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -82,6 +141,17 @@ pub enum ImageCmd {
     },
 }
 
+/// The filesystem and size an image's layer volumes get (`image import`, `image pull`).
+#[derive(Args)]
+pub struct LayerShape {
+    /// Filesystem of the layer volumes.
+    #[arg(long, default_value = "ext4")]
+    fs: Fs,
+    /// Size of the image's filesystem (and of containers made from it).
+    #[arg(long, default_value = DEFAULT_IMAGE_SIZE, value_parser = size_arg)]
+    size: u64,
+}
+
 #[derive(Args)]
 pub struct CommitArgs {
     /// The (stopped) container volume, by id or name.
@@ -91,6 +161,10 @@ pub struct CommitArgs {
     pub name: String,
     #[command(flatten)]
     pub out: JsonFlag,
+}
+
+fn platform_arg(s: &str) -> std::result::Result<Platform, String> {
+    Platform::parse(s).map_err(|e| e.to_string())
 }
 
 fn image_name_arg(s: &str) -> std::result::Result<String, String> {
@@ -114,6 +188,51 @@ fn progress_bar(total: Option<u64>, what: &str) -> (Progress, Option<ProgressBar
     bar.set_message(what.to_string());
     let b = bar.clone();
     (Arc::new(move |n| b.inc(n)), Some(bar))
+}
+
+/// A pull's display: a bar per layer on a terminal, a log line per layer step otherwise.
+fn pull_display() -> (registry::Events, Option<MultiProgress>) {
+    if !std::io::stderr().is_terminal() {
+        let events: registry::Events = Arc::new(|e: PullEvent| {
+            let what = match e.state {
+                LayerState::Reused => "already in the pool",
+                LayerState::Downloading(0) => "downloading",
+                LayerState::Downloading(_) => return,
+                LayerState::Downloaded => "downloaded",
+                LayerState::Applying => "applying",
+                LayerState::Applied => "applied",
+            };
+            eprintln!("layer {} {} ({}): {what}", e.index + 1, e.digest, format_size(e.size));
+        });
+        return (events, None);
+    }
+    let multi = MultiProgress::new();
+    let bars: Arc<Mutex<BTreeMap<usize, ProgressBar>>> = Default::default();
+    let m = multi.clone();
+    let style = ProgressStyle::with_template("{prefix} {msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let events: registry::Events = Arc::new(move |e: PullEvent| {
+        let Ok(mut bars) = bars.lock() else { return };
+        let bar = bars.entry(e.index).or_insert_with(|| {
+            let b = m.add(ProgressBar::new(e.size).with_style(style.clone()));
+            b.set_prefix(format!("layer {} {}", e.index + 1, e.digest));
+            b
+        });
+        match e.state {
+            LayerState::Reused => bar.finish_with_message("in the pool"),
+            LayerState::Downloading(n) => {
+                bar.set_message("downloading");
+                bar.set_position(n);
+            }
+            LayerState::Downloaded => {
+                bar.set_position(e.size);
+                bar.set_message("downloaded");
+            }
+            LayerState::Applying => bar.set_message("applying"),
+            LayerState::Applied => bar.finish_with_message("applied"),
+        }
+    });
+    (events, Some(multi))
 }
 
 pub fn format(pool: &Pool, a: FormatArgs) -> Result<()> {
@@ -145,7 +264,7 @@ pub fn populate(pool: &Pool, a: PopulateArgs) -> Result<()> {
 
 pub fn image_cmd(pool: &Pool, c: ImageCmd) -> Result<()> {
     match c {
-        ImageCmd::Import { path, name, reference, fs, size, out } => {
+        ImageCmd::Import { path, name, reference, shape: LayerShape { fs, size }, out } => {
             let total = rcx_dm::rootfs::oci::open(&path, reference.as_deref())
                 .map(|i| i.layers.iter().map(|l| l.size).sum())
                 .ok();
@@ -160,6 +279,37 @@ pub fn image_cmd(pool: &Pool, c: ImageCmd) -> Result<()> {
             }
             let shared = r.layers.iter().filter(|l| !l.created).count();
             println!("imported image '{}': {} layer(s) ({shared} shared with other images), top volume {}", r.name, r.layers.len(), r.top);
+            Ok(())
+        }
+        ImageCmd::Pull { reference, name, platform, plain_http, auth_file, shape: LayerShape { fs, size }, out } => {
+            let opts = PullOptions { name, fs, size_bytes: size, platform, connect: Connect { plain_http, auth_file } };
+            let (events, bars) = pull_display();
+            let r = registry::pull(pool, &reference, &opts, events, populate::no_progress());
+            if let Some(b) = bars {
+                let _ = b.clear();
+            }
+            let r = r.with_context(|| format!("pulling {reference}"))?;
+            if out.json {
+                return print_json(&r);
+            }
+            println!(
+                "pulled {reference} as image '{}': {} layer(s), {} fetched ({}), {} already in the pool, top volume {}",
+                r.image.name,
+                r.image.layers.len(),
+                r.layers_fetched.len() + r.layers_resumed.len(),
+                format_size(r.bytes_fetched),
+                r.layers_reused.len(),
+                r.image.top
+            );
+            Ok(())
+        }
+        ImageCmd::Push { name, reference, plain_http, auth_file, out } => {
+            let r = registry::push(pool, &name, &reference, &Connect { plain_http, auth_file })
+                .with_context(|| format!("pushing image '{name}' to {reference}"))?;
+            if out.json {
+                return print_json(&r);
+            }
+            println!("pushed image '{name}' to {reference}: manifest {}, one layer of {}", r.manifest, format_size(r.layer_bytes));
             Ok(())
         }
         ImageCmd::List(o) => {

@@ -49,6 +49,10 @@ pub struct ImageRecord {
     pub committed_from: Option<u32>,
     /// When the record was written, in seconds since the epoch.
     pub created_unix: u64,
+    /// What a runtime needs from the image's config (command, environment, ...), kept so
+    /// `image push` can send it on; a commit inherits its image's. None in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<oci::ImageConfig>,
 }
 
 /// One layer of an image record: the volume that holds it.
@@ -166,46 +170,149 @@ pub struct ImportOptions {
     pub reference: Option<String>,
 }
 
-/// `rcx-dm image import`: see the module comment. A layer whose archive or digest is bad is
-/// deleted again; layers made before it stay (complete, shared by the next attempt).
+/// `rcx-dm image import`: see the module comment. A layer whose archive or digest is bad fails
+/// the import, and the layer volumes it made are deleted again (see `install`).
 pub fn import(pool: &Pool, layout: &Path, name: &str, opts: &ImportOptions, progress: Progress) -> Result<ImageRecord> {
+    validate_image_name(name)?;
+    let img = oci::open(layout, opts.reference.as_deref())?;
+    if img.layers.is_empty() {
+        return Err(Error::invalid("image", format!("{} has no layers", layout.display())));
+    }
+    install(pool, &img, name, opts.fs, opts.size_bytes, &mut LocalBlobs, progress).map(|(rec, _)| rec)
+}
+
+/// Where the blobs of layers to build come from. `install` says which layers it must build
+/// (the others are in the pool already), then asks for each blob in order just before it
+/// builds that layer, and says when it is done with it.
+pub(crate) trait Blobs {
+    /// The layers (indexes, bottom first) that will be built; called once, under the images
+    /// lock, before any `ready`.
+    fn planned(&mut self, img: &oci::Image, missing: &[usize]) -> Result<()>;
+    /// Block until layer `i`'s blob is where `img.layers[i]` says.
+    fn ready(&mut self, i: usize) -> Result<()>;
+    /// Layer `i` is built (or failed): its blob is no longer needed.
+    fn done(&mut self, i: usize, built: bool);
+}
+
+/// An OCI layout's blobs are there already.
+struct LocalBlobs;
+
+impl Blobs for LocalBlobs {
+    fn planned(&mut self, _: &oci::Image, _: &[usize]) -> Result<()> {
+        Ok(())
+    }
+    fn ready(&mut self, _: usize) -> Result<()> {
+        Ok(())
+    }
+    fn done(&mut self, _: usize, _: bool) {}
+}
+
+/// The chain of existing layer volumes: the volume of each layer found complete in the pool,
+/// bottom first, up to the first missing one (a layer above a missing one cannot exist).
+fn existing_chain(pool: &Pool, img: &oci::Image, fs: Fs, size_bytes: u64) -> Result<Vec<(u32, String)>> {
+    let mut parent = match pool.resolve(&VolRef::Name(base::base_name(fs, size_bytes))) {
+        Ok(b) if b.read_only => b.id,
+        Ok(_) | Err(Error::NoSuchVolume { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for l in &img.layers {
+        let base_name = layer_volume_name(&l.chain_id, fs, size_bytes);
+        match existing_layer(pool, &base_name, &l.chain_id.to_string(), parent)? {
+            Found::Layer(id, vname) => {
+                out.push((id, vname));
+                parent = id;
+            }
+            Found::FreeName(_) => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Make `img` image `name` in the pool: layers found complete in the pool (by full chain id)
+/// are shared, the others built in order from the blobs `blobs` provides. On failure the
+/// layer volumes this call made are deleted again; only a killed process leaves them (each
+/// complete, found by the next attempt). Returns the record and which layers were built.
+pub(crate) fn install(
+    pool: &Pool,
+    img: &oci::Image,
+    name: &str,
+    fs: Fs,
+    size_bytes: u64,
+    blobs: &mut dyn Blobs,
+    progress: Progress,
+) -> Result<(ImageRecord, Vec<usize>)> {
     validate_image_name(name)?;
     let _l = import_lock(pool)?;
     if find(pool, name)?.is_some() {
         return Err(Error::Exists(format!("image '{name}' (remove it with `rcx-dm image rm {name}`)")));
     }
-    let img = oci::open(layout, opts.reference.as_deref())?;
-    if img.layers.is_empty() {
-        return Err(Error::invalid("image", format!("{} has no layers", layout.display())));
-    }
-    let base = base::ensure_base(pool, opts.fs, opts.size_bytes)?;
-    let mut parent = base.id;
+    let have = existing_chain(pool, img, fs, size_bytes)?;
+    let missing: Vec<usize> = (have.len()..img.layers.len()).collect();
+    blobs.planned(img, &missing)?;
     let mut layers = Vec::new();
-    for l in &img.layers {
-        let base_name = layer_volume_name(&l.chain_id, opts.fs, opts.size_bytes);
-        let chain = l.chain_id.to_string();
-        let (volume, created, vname) = match existing_layer(pool, &base_name, &chain, parent)? {
-            Found::Layer(id, vname) => {
+    let mut built = Vec::new();
+    let result = (|| {
+        let mut parent = None;
+        for (i, l) in img.layers.iter().enumerate() {
+            let chain = l.chain_id.to_string();
+            if let Some((id, vname)) = have.get(i) {
                 progress(l.size);
-                (id, false, vname)
+                layers.push(LayerEntry { chain_id: Some(chain), volume: *id, created: false, volume_name: Some(vname.clone()) });
+                parent = Some(*id);
+                continue;
             }
-            Found::FreeName(vname) => (build_layer(pool, &vname, &chain, parent, opts.fs, l, progress.clone())?, true, vname),
-        };
-        layers.push(LayerEntry { chain_id: Some(chain), volume, created, volume_name: Some(vname) });
-        parent = volume;
-    }
+            blobs.ready(i)?;
+            // The base is made only once a blob is here: a pull refused early leaves no volume.
+            let below = match parent {
+                Some(p) => p,
+                None => base::ensure_base(pool, fs, size_bytes)?.id,
+            };
+            let base_name = layer_volume_name(&l.chain_id, fs, size_bytes);
+            let (volume, vname) = match existing_layer(pool, &base_name, &chain, below)? {
+                // Made by someone else since the plan: cannot happen under the lock, but harmless.
+                Found::Layer(id, vname) => (id, vname),
+                Found::FreeName(vname) => {
+                    let r = build_layer(pool, &vname, &chain, below, fs, l, progress.clone());
+                    blobs.done(i, r.is_ok());
+                    let id = r?;
+                    built.push(i);
+                    layers.push(LayerEntry { chain_id: Some(chain), volume: id, created: true, volume_name: Some(vname) });
+                    parent = Some(id);
+                    crate::pool::fault::point("install.layer_built")?;
+                    continue;
+                }
+            };
+            layers.push(LayerEntry { chain_id: Some(chain), volume, created: false, volume_name: Some(vname) });
+            parent = Some(volume);
+        }
+        parent.ok_or_else(|| Error::invalid("image", format!("{} has no layers", img.layout.display())))
+    })();
+    let top = match result {
+        Ok(t) => t,
+        Err(e) => {
+            // Top down: each is a child of the one before.
+            for l in layers.iter().rev().filter(|l| l.created) {
+                if let Err(d) = pool.delete(&VolRef::Id(l.volume), true).and_then(|_| remove_durable(&layer_record_path(pool, l.volume))) {
+                    tracing::warn!(error = %d, volume = l.volume, "could not delete a layer volume of the failed image; the next import of it reuses it");
+                }
+            }
+            return Err(e);
+        }
+    };
     let rec = ImageRecord {
         name: name.to_string(),
-        fs: opts.fs,
-        size_bytes: opts.size_bytes,
+        fs,
+        size_bytes,
         layers,
-        top: parent,
+        top,
         manifest: Some(img.manifest_digest.to_string()),
         committed_from: None,
         created_unix: now(),
+        config: Some(img.config.clone()),
     };
     put_image(pool, &rec)?;
-    Ok(rec)
+    Ok((rec, built))
 }
 
 enum Found {
@@ -313,7 +420,7 @@ pub fn commit(pool: &Pool, v: &VolRef, name: &str) -> Result<ImageRecord> {
         let _ = pool.delete(&sref, true);
         return Err(e);
     }
-    let mut layers = inherited_layers(pool, rec.parent)?;
+    let (mut layers, config) = inherited(pool, rec.parent)?;
     layers.push(LayerEntry { chain_id: None, volume: snap.id, created: true, volume_name: Some(vname) });
     let img = ImageRecord {
         name: name.to_string(),
@@ -324,18 +431,19 @@ pub fn commit(pool: &Pool, v: &VolRef, name: &str) -> Result<ImageRecord> {
         manifest: None,
         committed_from: Some(rec.id),
         created_unix: now(),
+        config,
     };
     put_image(pool, &img)?;
     Ok(img)
 }
 
-/// The layers below a volume: those of the image whose top is its parent, if any.
-fn inherited_layers(pool: &Pool, parent: Option<u32>) -> Result<Vec<LayerEntry>> {
-    let Some(p) = parent else { return Ok(Vec::new()) };
+/// The layers below a volume, and the config: those of the image whose top is its parent, if any.
+fn inherited(pool: &Pool, parent: Option<u32>) -> Result<(Vec<LayerEntry>, Option<oci::ImageConfig>)> {
+    let Some(p) = parent else { return Ok((Vec::new(), None)) };
     Ok(images(pool)?
         .into_iter()
         .find(|i| i.top == p)
-        .map(|i| i.layers.into_iter().map(|l| LayerEntry { created: false, ..l }).collect())
+        .map(|i| (i.layers.into_iter().map(|l| LayerEntry { created: false, ..l }).collect(), i.config))
         .unwrap_or_default())
 }
 
@@ -423,6 +531,7 @@ mod tests {
             manifest: None,
             committed_from: Some(1),
             created_unix: 5,
+            config: Some(oci::ImageConfig { cmd: Some(vec!["/bin/sh".into()]), ..Default::default() }),
         };
         let j = serde_json::to_string(&r).unwrap();
         assert!(j.contains("\"fs\":\"xfs\""));

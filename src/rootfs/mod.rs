@@ -13,6 +13,7 @@
 //! - `base`: empty filesystems as snapshots of a kept formatted base.
 //! - `populate`: a volume's content replaced by a tar, directory or image, all or nothing.
 //! - `image`: images imported into the pool, layers shared by chain id; commit.
+//! - `registry`: images pulled from and pushed to OCI distribution registries.
 //! - `trim`: deleted files' blocks given back to the pool and the host (FITRIM).
 //! - `grow`: a filesystem grown to its volume's new size (`thin resize`).
 
@@ -26,5 +27,6 @@ pub(crate) mod layer;
 pub(crate) mod mount;
 pub mod oci;
 pub mod populate;
+pub mod registry;
 pub(crate) mod tree;
 pub mod trim;

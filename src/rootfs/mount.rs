@@ -20,6 +20,26 @@ pub(crate) fn with_mounted<T: Send>(
     mountpoint: &Path,
     work: impl FnOnce(&Path) -> Result<T> + Send,
 ) -> Result<T> {
+    with_mounted_flags(dev, fs, mountpoint, MsFlags::MS_NOATIME, work)
+}
+
+/// [`with_mounted`], read-only: for reading an image layer, which must not change.
+pub(crate) fn with_mounted_ro<T: Send>(
+    dev: &Path,
+    fs: Fs,
+    mountpoint: &Path,
+    work: impl FnOnce(&Path) -> Result<T> + Send,
+) -> Result<T> {
+    with_mounted_flags(dev, fs, mountpoint, MsFlags::MS_NOATIME | MsFlags::MS_RDONLY, work)
+}
+
+fn with_mounted_flags<T: Send>(
+    dev: &Path,
+    fs: Fs,
+    mountpoint: &Path,
+    flags: MsFlags,
+    work: impl FnOnce(&Path) -> Result<T> + Send,
+) -> Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
             // CLONE_NEWNS implies CLONE_FS: this thread alone gets the new namespace.
@@ -33,7 +53,7 @@ pub(crate) fn with_mounted<T: Send>(
             mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
                 .map_err(std::io::Error::from)
                 .ctx(|| "making the private mount namespace a slave of the host's".to_string())?;
-            mount(Some(dev), mountpoint, Some(fs.kernel_name()), MsFlags::MS_NOATIME, fs.mount_data(false))
+            mount(Some(dev), mountpoint, Some(fs.kernel_name()), flags, fs.mount_data(flags.contains(MsFlags::MS_RDONLY)))
                 .map_err(std::io::Error::from)
                 .ctx(|| format!("mounting {} ({fs}) on {}", dev.display(), mountpoint.display()))?;
             let result = work(mountpoint);

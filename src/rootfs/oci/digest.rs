@@ -49,7 +49,7 @@ impl Digest {
     }
 
     /// The digest a hasher has computed over what it was fed.
-    pub(super) fn from_hasher(h: Sha256) -> Digest {
+    pub(crate) fn from_hasher(h: Sha256) -> Digest {
         Digest { hex: to_hex(&h.finalize()) }
     }
 

@@ -112,21 +112,21 @@ pub(super) struct RootFs {
 
 /// The part of an image config's `config` object a runtime needs. Docker writes `null` for
 /// unset fields, which serde reads as `None`.
-#[derive(Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Deserialize, serde::Serialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageConfig {
     /// `Env`: `NAME=value` strings.
-    #[serde(rename = "Env", default)]
+    #[serde(rename = "Env", default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<String>>,
     /// `Cmd`: the default command, or the default arguments of the entrypoint.
-    #[serde(rename = "Cmd", default)]
+    #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
     /// `Entrypoint`: what runs, with `Cmd` (or the user's command) as arguments.
-    #[serde(rename = "Entrypoint", default)]
+    #[serde(rename = "Entrypoint", default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
     /// `WorkingDir`: the directory the command starts in.
-    #[serde(rename = "WorkingDir", default)]
+    #[serde(rename = "WorkingDir", default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     /// `User`: `user`, `uid`, `user:group` or `uid:gid`.
-    #[serde(rename = "User", default)]
+    #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
 }

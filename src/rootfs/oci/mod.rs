@@ -31,12 +31,14 @@ pub use digest::{chain_ids, Digest};
 pub use document::ImageConfig;
 pub use image::{Image, Layer, LayerReader};
 pub use open::open;
+pub use select::Platform;
+pub(crate) use open::{resolve, Documents};
 
 use crate::error::Error;
 
 /// Layout files, manifests and configs are small (image-spec suggests 4 MiB for manifests);
 /// the cap keeps a crafted layout from making us read a huge file into memory.
-const MAX_JSON_BYTES: u64 = 32 << 20;
+pub(crate) const MAX_JSON_BYTES: u64 = 32 << 20;
 
 /// Index -> index -> ... -> manifest: real images use at most two levels; the cap stops a cycle.
 const MAX_INDEX_DEPTH: usize = 8;
