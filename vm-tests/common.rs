@@ -14,14 +14,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_rcx-dm");
 /// The rcx-dm binary to run: a copy of BIN on the scratch tmpfs, made once per test process.
 /// In the VM, BIN sits on the host's root shared over 9p, and every exec of the 45 MB debug
 /// binary pages it in over 9p again: measured ~5 s per command from 9p vs ~0.5 s from tmpfs.
+/// RCX_DM_BIN replaces BIN (tools/bench runs the measurements here with the release binary).
 pub fn bin() -> &'static Path {
     static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     COPY.get_or_init(|| {
+        let src = std::env::var_os("RCX_DM_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(BIN));
         let copy = scratch().join(format!("rcx-dm-{}", std::process::id()));
         let tmp = copy.with_extension("tmp");
-        match std::fs::copy(BIN, &tmp).and_then(|_| std::fs::rename(&tmp, &copy)) {
+        match std::fs::copy(&src, &tmp).and_then(|_| std::fs::rename(&tmp, &copy)) {
             Ok(()) => copy,
-            Err(_) => PathBuf::from(BIN),
+            Err(_) => src,
         }
     })
 }

@@ -42,6 +42,8 @@ pub struct Ctrd {
     serve: Option<Child>,
     containerd: Option<Child>,
     pub s: Scenario,
+    /// serve's `--size`: of the volumes it makes for first layers.
+    serve_size: String,
 }
 
 /// The CRI plugin's part of containerd's config as the README gives it to operators (the test
@@ -77,16 +79,22 @@ impl Ctrd {
     /// walks serve and removes what containerd does not know); otherwise only its defaults
     /// (which would also collect snapshots `ctr` made without a lease, mid-test).
     pub fn new(tag: &str, gc_on_delete: bool) -> Ctrd {
-        Ctrd::start(tag, gc_on_delete, None)
+        Ctrd::start(tag, gc_on_delete, None, "256M")
     }
 
     /// A Kubernetes node's containerd: the CRI plugin on with [`CRI_TOML`], host-network pods
     /// only (no CNI config), the collector after every deletion.
     pub fn with_cri(tag: &str, node: &CriNode) -> Ctrd {
-        Ctrd::start(tag, true, Some(node))
+        Ctrd::start(tag, true, Some(node), "256M")
     }
 
-    fn start(tag: &str, gc_on_delete: bool, cri: Option<&CriNode>) -> Ctrd {
+    /// [`Ctrd::with_cri`] with serve making volumes of `serve_size` (benchmarks give every
+    /// snapshotter the same volume size).
+    pub fn with_cri_sized(tag: &str, node: &CriNode, serve_size: &str) -> Ctrd {
+        Ctrd::start(tag, true, Some(node), serve_size)
+    }
+
+    fn start(tag: &str, gc_on_delete: bool, cri: Option<&CriNode>, serve_size: &str) -> Ctrd {
         let s = Scenario::new(tag);
         s.ok(&["pool", "create", "--data-size", "8G", "--meta-size", "64M"]);
         let dir = s.root.join("ctrd");
@@ -157,7 +165,7 @@ disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containe
             gc = u32::from(gc_on_delete)
         );
         std::fs::write(dir.join("config.toml"), config).unwrap();
-        let mut c = Ctrd { dir, serve_sock, sock, serve: None, containerd: None, s };
+        let mut c = Ctrd { dir, serve_sock, sock, serve: None, containerd: None, s, serve_size: serve_size.to_string() };
         c.start_serve();
         c.start_containerd();
         c
@@ -170,7 +178,7 @@ disabled_plugins = [{disabled}"io.containerd.snapshotter.v1.btrfs", "io.containe
     pub fn start_serve(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("serve.log")).unwrap();
         let child = Command::new(bin())
-            .args(["serve", "--socket", path_str(&self.serve_sock), "--size", "256M"])
+            .args(["serve", "--socket", path_str(&self.serve_sock), "--size", &self.serve_size])
             .env("RCX_DM_ROOT", &self.s.root)
             .env("RCX_DM_POOL", &self.s.pool)
             .env("RUST_LOG", "rcx_dm=info")

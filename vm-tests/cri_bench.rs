@@ -1,9 +1,11 @@
-//! A measurement, not a test (ignored unless asked for): the time kubelet waits for a pod, from
-//! RunPodSandbox to a running container through containerd's CRI, with rcx-dm against
-//! containerd's own devmapper (on a thin-pool of the same geometry made with dmsetup, as its
-//! documentation says) and overlayfs. Run it with
-//! `tools/test --vm-only -- cri_pod_start --ignored --nocapture`; RCX_DM_CRI_ROUNDS pods per
-//! snapshotter (default 8), one at a time, after one unmeasured pod.
+//! A measurement, not a test (ignored unless asked for; `tools/bench` runs it in its VM run with
+//! RCX_DM_BIN set to the release binary, workload 8 of bench/REPORT.md): the time kubelet waits
+//! for a pod, from RunPodSandbox to a running container through containerd's CRI, with rcx-dm
+//! against containerd's own devmapper (on a thin-pool of the same geometry made with dmsetup, as
+//! its documentation says) and overlayfs. Prints `CSV,podstart,SNAPSHOTTER,0,MS` rows.
+//! By hand: `RCX_DM_BIN=$PWD/target/release/rcx-dm tools/test --vm-only -- cri_pod_start --ignored --nocapture`;
+//! RCX_DM_BENCH_PODS pods per snapshotter (default 5), one at a time, after one unmeasured pod;
+//! RCX_DM_BENCH_ONLY: runs if it names 8.
 
 use std::time::Instant;
 
@@ -11,17 +13,27 @@ use crate::common::*;
 use crate::containerd::CriSnapshotter;
 use crate::cri::node;
 
+/// A benchmark knob from the environment (tools/bench passes RCX_DM_* into the VM).
+pub fn bench_knob(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Whether RCX_DM_BENCH_ONLY (a comma list of workload numbers), if set, names `workload`.
+pub fn bench_wants(workload: u32) -> bool {
+    std::env::var("RCX_DM_BENCH_ONLY").map_or(true, |o| o.split(',').any(|w| w.trim().parse() == Ok(workload)))
+}
+
 /// A thin-pool for containerd's devmapper: sparse files on the scratch tmpfs behind loops,
 /// 8G data, 64M metadata, 64K blocks, zeroing on (rcx-dm's pool in these tests). Removed on
 /// drop with the thin devices devmapper left in it.
-struct DmThinPool {
-    name: String,
+pub struct DmThinPool {
+    pub name: String,
     loops: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl DmThinPool {
-    fn new(name: &str) -> DmThinPool {
+    pub fn new(name: &str) -> DmThinPool {
         let dir = tempfile::Builder::new().prefix("cri-dmpool-").tempdir_in(scratch()).unwrap();
         let data_bytes: u64 = 8 << 30;
         let block_sectors = (64 << 10) / 512;
@@ -57,9 +69,13 @@ impl Drop for DmThinPool {
 #[test]
 #[ignore = "a measurement: tools/test --vm-only -- cri_pod_start --ignored --nocapture"]
 fn cri_pod_start_time_rcx_dm_devmapper_overlayfs() {
-    let rounds: usize = std::env::var("RCX_DM_CRI_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    if !bench_wants(8) {
+        return;
+    }
+    let rounds = bench_knob("RCX_DM_BENCH_PODS", 5);
     let mut lines = Vec::new();
     for (i, kind) in ["rcx-dm", "devmapper", "overlayfs"].into_iter().enumerate() {
+        println!("META,podstart-label,{kind},containerd CRI with snapshotter = \"{kind}\"");
         let dmpool = (kind == "devmapper").then(|| DmThinPool::new(&format!("crib{}-pool", std::process::id())));
         let snap = match kind {
             "rcx-dm" => CriSnapshotter::RcxDm,
@@ -78,6 +94,7 @@ fn cri_pod_start_time_rcx_dm_devmapper_overlayfs() {
             n.end_pod(&mut cri, &pod, &id);
             // The first pod pays one-time costs (devmapper's base mkfs, runc's first exec).
             if r > 0 {
+                println!("CSV,podstart,{kind},0,{took:.3}");
                 ms.push(took);
             }
         }

@@ -27,3 +27,4 @@ mod cri_client;
 mod cri;
 mod cri_bench;
 mod pull;
+mod pull_bench;

@@ -249,6 +249,53 @@ fn pull_killed_midway_resumes_and_shows_no_half_made_layer() {
 }
 
 #[test]
+fn pull_continues_a_partial_blob_and_restarts_a_damaged_one() {
+    let s = Scenario::new("pullpart");
+    s.ok(&["pool", "create", "--data-size", "2G"]);
+    let reg = Registry::start(&regdir("part"), false);
+    let l = layout("part", &[
+        (busybox_base(), Comp::Gzip),
+        // (skopeo would compress plain layers on the way, under other digests)
+        (file_layer("p/big", &pattern(7, 3 << 20)), Comp::Gzip),
+        (file_layer("p/other", &pattern(8, 2 << 20)), Comp::Gzip),
+    ]);
+    reg.push_layout(&l, None, "p:1");
+    let r = reg.reference("p:1");
+    let digests = layer_digests(&l);
+    let blob = |i: usize| std::fs::read(stored_blob(&reg, &digests[i])).unwrap();
+    // What a pull killed mid-download leaves: the first half of layer 1's blob, and a "half"
+    // of layer 2's whose kept bytes are damaged (a crash before they reached the disk).
+    let dl = s.pool_dir().join("images/downloads/blobs/sha256");
+    std::fs::create_dir_all(&dl).unwrap();
+    let (b1, b2) = (blob(1), blob(2));
+    std::fs::write(dl.join(format!("{}.partial", &digests[1][7..])), &b1[..b1.len() / 2]).unwrap();
+    let mut bad = b2[..b2.len() / 2].to_vec();
+    bad[100] ^= 0xff;
+    std::fs::write(dl.join(format!("{}.partial", &digests[2][7..])), &bad).unwrap();
+    // And one of a blob this image does not have.
+    std::fs::write(dl.join(format!("{}.partial", "ab".repeat(32))), b"stale").unwrap();
+    let out = s.json(&["image", "pull", &r, "--size", "64M", "--json"]);
+    let total: u64 = (0..3).map(|i| blob(i).len() as u64).sum();
+    let fetched = out["bytes_fetched"].as_u64().unwrap();
+    // Layer 1's kept half is not fetched again; layer 2 is fetched whole once its resumed
+    // digest fails (its half, then all of it).
+    let want = total - (b1.len() / 2) as u64 + (b2.len() - b2.len() / 2) as u64;
+    assert_eq!(fetched, want, "bytes fetched: {out}");
+    let sum = |data: &[u8]| {
+        let f = scratch().join(format!("pullpart-{}", std::process::id()));
+        std::fs::write(&f, data).unwrap();
+        let out = sh(&format!("sha256sum {}", f.display()));
+        std::fs::remove_file(&f).unwrap();
+        out.split_whitespace().next().unwrap().to_string()
+    };
+    assert_eq!(
+        s.ok(&["run", "--rm", "p-1", "--", "/bin/busybox", "sha256sum", "/p/big", "/p/other"]),
+        format!("{}  /p/big\n{}  /p/other\n", sum(&pattern(7, 3 << 20)), sum(&pattern(8, 2 << 20)))
+    );
+    assert_eq!(snapshot(&s).2, Vec::<String>::new(), "nothing left in the download area, the stale partial included");
+}
+
+#[test]
 fn push_an_imported_image_then_pull_it_back() {
     let s = Scenario::new("push");
     s.ok(&["pool", "create", "--data-size", "2G"]);

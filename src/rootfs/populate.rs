@@ -218,7 +218,7 @@ pub(crate) fn fill(pool: &Pool, dev: &Path, fs: Fs, source: &Source, progress: P
                 let image = oci::open(dir, reference.as_deref())?;
                 let mut total = (0, 0);
                 for l in &image.layers {
-                    let s = apply_layer(&tree, l, progress.clone())?;
+                    let s = apply_layer(&tree, l, false, progress.clone())?;
                     total = (total.0 + s.entries, total.1 + s.bytes);
                 }
                 Ok(total)
@@ -229,8 +229,10 @@ pub(crate) fn fill(pool: &Pool, dev: &Path, fs: Fs, source: &Source, progress: P
 
 /// Apply one OCI layer, then check its digests: a layer that does not match its manifest
 /// fails here, before anything is published.
-pub(crate) fn apply_layer(tree: &Tree, l: &oci::Layer, progress: Progress) -> Result<layer::LayerStats> {
-    let mut r = l.open()?;
+/// `blob_digested`: the caller checked the blob's digest as it wrote it (see
+/// [`oci::Layer::open_digested`]).
+pub(crate) fn apply_layer(tree: &Tree, l: &oci::Layer, blob_digested: bool, progress: Progress) -> Result<layer::LayerStats> {
+    let mut r = if blob_digested { l.open_digested()? } else { l.open()? };
     let s = layer::apply(tree, Counted { inner: &mut r, progress }).map_err(|e| match e {
         // Which layer of which image: the tar reader only knows its entry.
         Error::LimitExceeded { what, limit, why } => Error::LimitExceeded { what: format!("{}: {what}", l.label()), limit, why },

@@ -109,8 +109,19 @@ impl Layer {
     /// Start reading the layer: the reader yields the uncompressed tar stream. Call
     /// [`LayerReader::finish`] after consuming it; only then is the content known to be right.
     pub fn open(&self) -> Result<LayerReader> {
+        self.open_with(true)
+    }
+
+    /// [`Layer::open`] for a blob whose digest the caller checked as it wrote the file (a
+    /// download of this process): `finish` checks its size, the decompressed stream's diff_id
+    /// and the limits, but does not digest the blob a second time.
+    pub fn open_digested(&self) -> Result<LayerReader> {
+        self.open_with(false)
+    }
+
+    fn open_with(&self, digest_blob: bool) -> Result<LayerReader> {
         let file = Layout { dir: self.layout.clone() }.open_blob(&self.digest, self.size, &self.label)?;
-        let raw = Hashing::new(file);
+        let raw = Hashing::new(file, digest_blob);
         let decoder = match self.compression {
             // Tar readers read 512 bytes at a time; the decoders buffer for themselves.
             LayerCompression::None => Decoder::Plain(BufReader::with_capacity(1 << 16, raw)),
@@ -120,27 +131,30 @@ impl Layer {
                     .ctx(|| format!("starting zstd decompression of {}", self.label))?,
             ),
         };
-        Ok(LayerReader { decoded: Hashing::new(decoder), layer: self.clone(), decode_error: None })
+        Ok(LayerReader { decoded: Hashing::new(decoder, true), layer: self.clone(), decode_error: None })
     }
 }
 
 /// A reader that hashes and counts what passes through it.
+/// (Without a hasher it only counts.)
 struct Hashing<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     count: u64,
 }
 
 impl<R> Hashing<R> {
-    fn new(inner: R) -> Self {
-        Hashing { inner, hasher: Sha256::new(), count: 0 }
+    fn new(inner: R, hash: bool) -> Self {
+        Hashing { inner, hasher: hash.then(Sha256::new), count: 0 }
     }
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -237,15 +251,15 @@ impl LayerReader {
         io::copy(raw, &mut io::sink()).ctx(|| format!("reading {} at {}", l.label, l.path.display()))?;
 
         // The blob itself first: if it is damaged, that explains any decode or diff_id error.
-        let (raw_count, raw_digest) = (raw.count, Digest::from_hasher(std::mem::take(&mut raw.hasher)));
+        let (raw_count, raw_digest) = (raw.count, raw.hasher.take().map(Digest::from_hasher));
         if raw_count != l.size {
             return Err(corrupt(
                 &l.label,
                 format!("blob is {raw_count} bytes but the manifest says {}", l.size),
             ));
         }
-        if raw_digest != l.digest {
-            return Err(corrupt(&l.label, format!("digest mismatch (blob has {raw_digest})")));
+        if let Some(d) = raw_digest.filter(|d| *d != l.digest) {
+            return Err(corrupt(&l.label, format!("digest mismatch (blob has {d})")));
         }
         if over_limit {
             return Err(Error::LimitExceeded {
@@ -266,7 +280,7 @@ impl LayerReader {
                 ),
             ));
         }
-        let diff_id = Digest::from_hasher(std::mem::take(&mut self.decoded.hasher));
+        let diff_id = Digest::from_hasher(self.decoded.hasher.take().unwrap_or_default());
         if diff_id != l.diff_id {
             return Err(Error::invalid(
                 "OCI image",
@@ -375,6 +389,35 @@ mod tests {
             let _ = r.read_exact(&mut head);
             let e = err_text(r.finish());
             assert!(e.contains("digest mismatch") && e.contains(&sha(&blob)), "{c:?}: {e}");
+        }
+    }
+
+    /// A blob its writer digested is not digested again, and a damaged one is still refused:
+    /// by its decoder or its diff_id.
+    #[test]
+    fn open_digested_skips_the_blob_digest_but_not_the_diff_id() {
+        for c in [LayerCompression::None, LayerCompression::Gzip, LayerCompression::Zstd] {
+            let tar = fake_tar(4, 80_000);
+            let (dir, m) = layout(vec![(tar.clone(), c)]);
+            let img = open(dir.path(), None).unwrap();
+            let mut r = img.layers[0].open_digested().unwrap();
+            let mut all = Vec::new();
+            r.read_to_end(&mut all).unwrap();
+            assert_eq!(all, tar, "{c:?}");
+            r.finish().unwrap();
+
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(blob_file(dir.path(), &m)).unwrap()).unwrap();
+            let path = blob_file(dir.path(), &manifest["layers"][0]);
+            let mut blob = std::fs::read(&path).unwrap();
+            let mid = blob.len() / 2;
+            blob[mid] ^= 0x55;
+            std::fs::write(&path, &blob).unwrap();
+            let mut r = img.layers[0].open_digested().unwrap();
+            let read = r.read_to_end(&mut Vec::new());
+            let e = read.err().map(|e| e.to_string()).unwrap_or_else(|| err_text(r.finish()));
+            assert!(!e.contains("digest mismatch"), "{c:?}: the blob was digested again: {e}");
+            assert!(!e.is_empty(), "{c:?}: a damaged blob was accepted");
         }
     }
 

@@ -6,8 +6,11 @@
 //! there, and removes each blob once its layer volume is built.
 //!
 //! A killed pull leaves complete blobs (reused by the next pull once their size is right; the
-//! digest is checked again as the layer is built) and `.partial` files (removed, since the
-//! images lock is held by whoever pulls, no other pull is writing them).
+//! digest is checked again as the layer is built) and `.partial` files: the next pull of the
+//! image asks the registry for the rest (an HTTP range from the kept length), digests the kept
+//! part and goes on; if the whole then does not match, it downloads the blob once more from the
+//! start. `.partial` files of blobs the pulling image does not need are removed (the images
+//! lock is held by whoever pulls: no other pull is writing them).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -67,10 +70,14 @@ impl<'a> Downloads<'a> {
 impl Blobs for Downloads<'_> {
     fn planned(&mut self, img: &oci::Image, missing: &[usize]) -> Result<()> {
         std::fs::create_dir_all(&self.dir).ctx(|| format!("creating {}", self.dir.display()))?;
-        // Left by a killed pull; the images lock says nobody is writing them now.
+        // `.partial` files left by a killed pull are continued by the downloads of their blobs
+        // (the images lock says nobody else is writing them); those this image does not need
+        // are removed.
+        let wanted: std::collections::BTreeSet<String> = missing.iter().map(|&i| img.layers[i].digest.hex().to_string()).collect();
         for e in std::fs::read_dir(&self.dir).ctx(|| format!("listing {}", self.dir.display()))? {
             let p = e.ctx(|| format!("listing {}", self.dir.display()))?.path();
-            if p.extension().is_some_and(|x| x == "partial") {
+            let stem = p.file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
+            if p.extension().is_some_and(|x| x == "partial") && !wanted.contains(&stem) {
                 std::fs::remove_file(&p).ctx(|| format!("removing {}", p.display()))?;
             }
         }
@@ -119,9 +126,13 @@ impl Blobs for Downloads<'_> {
         Ok(())
     }
 
-    fn ready(&mut self, i: usize) -> Result<()> {
+    fn ready(&mut self, i: usize) -> Result<bool> {
+        // Digested by its task as it was written; a blob found complete from an earlier pull
+        // (or shared with another layer) is digested again as the layer is built.
+        let mut digested = false;
         if let Some(t) = self.tasks.remove(&i) {
             self.remote.rt.block_on(t).map_err(|e| Error::Inconsistent(format!("a download task failed: {e}")))??;
+            digested = true;
         }
         if let Some((d, size, label)) = self.layers.get(&i) {
             let ok = std::fs::metadata(self.path(d)).map(|m| m.len() == *size).unwrap_or(false);
@@ -130,7 +141,7 @@ impl Blobs for Downloads<'_> {
             }
             (self.events)(PullEvent { index: i, total: 0, digest: d.short(), size: *size, state: LayerState::Applying });
         }
-        Ok(())
+        Ok(digested)
     }
 
     fn done(&mut self, i: usize, built: bool) {
@@ -161,6 +172,25 @@ impl Drop for Downloads<'_> {
     }
 }
 
+/// What a resumed download's digest mismatch says (and `Job::run` looks for).
+const RESUMED_MISMATCH: &str = "the digest of a resumed download does not match";
+
+/// Feed the first `len` bytes of `f` to `hasher`; the bytes read.
+fn hash_prefix(f: &mut std::fs::File, hasher: &mut Sha256, len: u64) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0;
+    let mut r = (&*f).take(len);
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            return Ok(n);
+        }
+        hasher.update(&buf[..k]);
+        n += k as u64;
+    }
+}
+
 /// One blob download, owned by its task.
 struct Job {
     remote_client: Arc<oci_client::Client>,
@@ -185,17 +215,49 @@ impl Job {
     }
 
     async fn run(self) -> Result<()> {
+        match self.fetch(true).await {
+            // A resumed blob whose digest is wrong: its kept part may be what a crash left
+            // half-written; once more from the start before blaming the registry.
+            Err(Error::Registry { why, .. }) if why.contains(RESUMED_MISMATCH) => self.fetch(false).await,
+            r => r,
+        }
+    }
+
+    /// Download into `<hex>.partial` (continuing one a killed pull left when `resume`), check
+    /// size and digest, fsync, and give it its final name.
+    async fn fetch(&self, resume: bool) -> Result<()> {
         let ev = |state| (self.events)(PullEvent { index: self.index, total: self.total, digest: self.digest.short(), size: self.size, state });
-        ev(LayerState::Downloading(0));
-        let desc = descriptor(&self.digest, self.size, &self.media_type);
-        let mut s = self.remote_client.pull_blob_stream(&self.reference, &desc).await.map_err(|e| {
-            super::client::registry_error(&self.given, &self.registry, &format!("fetching {}", self.label), e, self.had_creds)
-        })?;
+        let started = std::time::Instant::now();
         let partial = self.path.with_extension("partial");
-        let mut f = std::fs::File::create(&partial).ctx(|| format!("creating {}", partial.display()))?;
+        let kept = if resume { std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) } else { 0 };
+        let kept = if kept >= self.size { 0 } else { kept };
+        ev(LayerState::Downloading(kept));
+        let desc = descriptor(&self.digest, self.size, &self.media_type);
+        let fail = |e| super::client::registry_error(&self.given, &self.registry, &format!("fetching {}", self.label), e, self.had_creds);
+        // A range request even from 0: the registry's 206 answer is not digested by the client
+        // a second time (this loop digests every byte anyway, and says more when it is wrong).
+        let (mut s, from) = if self.size == 0 {
+            // No range of nothing to ask for.
+            (self.remote_client.pull_blob_stream(&self.reference, &desc).await.map_err(fail)?, 0)
+        } else {
+            match self.remote_client.pull_blob_stream_partial(&self.reference, &desc, kept, None).await.map_err(fail)? {
+                oci_client::client::BlobResponse::Partial(s) => (s, kept),
+                // A registry without range support sends the whole blob.
+                oci_client::client::BlobResponse::Full(s) => (s, 0),
+            }
+        };
         let (mut hasher, mut n) = (Sha256::new(), 0u64);
+        let mut f = if from > 0 {
+            let mut f = std::fs::OpenOptions::new().read(true).append(true).open(&partial).ctx(|| format!("opening {}", partial.display()))?;
+            n = hash_prefix(&mut f, &mut hasher, from).ctx(|| format!("reading {}", partial.display()))?;
+            tracing::info!(layer = self.index, bytes = n, "resuming a blob download");
+            f
+        } else {
+            std::fs::File::create(&partial).ctx(|| format!("creating {}", partial.display()))?
+        };
         while let Some(chunk) = s.stream.next().await {
-            // oci-client's own digest check fails the stream's last read; ours below says more.
+            // A full answer's digest is checked by the client too: its error on the last read
+            // is ours to give below, with more to say.
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) if n == self.size => {
@@ -223,11 +285,16 @@ impl Job {
         }
         let got = Digest::from_hasher(hasher);
         if got != self.digest {
+            let _ = std::fs::remove_file(&partial);
+            if from > 0 {
+                return Err(self.bad(format!("{RESUMED_MISMATCH} ({got})")));
+            }
             return Err(self.bad(format!("digest mismatch: the registry sent {got}; its copy of the blob is damaged")));
         }
         f.sync_all().ctx(|| format!("syncing {}", partial.display()))?;
         std::fs::rename(&partial, &self.path).ctx(|| format!("renaming {}", partial.display()))?;
         crate::durable::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+        tracing::info!(layer = self.index, bytes = n, ms = started.elapsed().as_millis() as u64, "blob downloaded");
         ev(LayerState::Downloaded);
         Ok(())
     }
