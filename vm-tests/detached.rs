@@ -186,9 +186,13 @@ fn detached_supervisor_killed_leaves_nothing_after_the_next_command() {
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), nix::sys::signal::Signal::SIGKILL).unwrap();
     // The container dies with its supervisor (PR_SET_PDEATHSIG).
+    // (Both were reparented to the VM's init, which may leave them zombies: dead all the same.)
+    let dead = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .map_or(true, |st| st.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+    };
     wait_for("the container to die with its supervisor", 30, || {
-        (cg_read(&cg, "cgroup.events").contains("populated 0") && !std::path::Path::new(&format!("/proc/{pid}")).exists())
-            .then_some(())
+        (cg_read(&cg, "cgroup.events").contains("populated 0") && dead(pid) && dead(sup)).then_some(())
     });
     let runs = s.pool_dir().join("runs");
     let recorded = std::fs::read_dir(&runs).unwrap().flatten().filter(|e| e.path().is_dir()).count();
