@@ -384,8 +384,12 @@ fn status_at(pool: &Pool, dir: &Path, rec: &ContainerRecord) -> Result<Container
             None if started.is_some() => ContainerState::Running,
             None => ContainerState::Starting,
             Some(_lock) => {
-                // The exit record is written before the lock goes: the supervisor died.
-                exit = Some(record_dead(pool, dir, rec)?);
+                // The exit record is written before the lock goes: read again now that the
+                // supervisor is gone (it may have exited just now); none means it died.
+                exit = match read_json::<ExitRecord>(&dir.join(EXIT))? {
+                    Some(x) => Some(x),
+                    None => Some(record_dead(pool, dir, rec)?),
+                };
                 ContainerState::Exited
             }
         }
