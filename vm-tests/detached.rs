@@ -166,7 +166,18 @@ fn detached_exit_codes_signals_and_bad_input() {
     assert_eq!(ps_entry(&s, "busy").unwrap()["state"], "running");
     s.ok(&["stop", "--time", "0", "busy"]);
 
-    for n in ["seven", "sig", "k", "busy"] {
+    // exec into a --userns container: its user namespace too, as its root (an unprivileged
+    // range outside), with the container's capabilities.
+    s.ok(&["run", "-d", "--userns", "auto", "--name", "u", "base", "--", "sleep", "600"]);
+    let map = code(&s, &["exec", "u", "--", "cat", "/proc/self/uid_map"], 0).0;
+    let f: Vec<&str> = map.split_whitespace().collect();
+    assert_eq!((f[0], f[2]), ("0", "65536"), "{map}");
+    assert_ne!(f[1], "0", "root inside must not be root outside: {map}");
+    let st = code(&s, &["exec", "u", "--", "cat", "/proc/self/status"], 0).0;
+    assert_eq!(status_line(&st, "Uid:"), "Uid:\t0\t0\t0\t0", "{st}");
+    s.ok(&["stop", "--time", "0", "u"]);
+
+    for n in ["seven", "sig", "k", "busy", "u"] {
         s.ok(&["rm", n]);
     }
     assert_eq!(volume_names(&s), ["base"]);
