@@ -200,6 +200,37 @@ pub enum Error {
     #[error("{0} must run as root (mounts, namespaces and cgroups need CAP_SYS_ADMIN); try sudo")]
     NotRoot(&'static str),
 
+    /// No detached container by that name (`rcx-dm ps` lists them).
+    #[error("no detached container '{name}' in pool '{pool}'; `rcx-dm ps` lists them")]
+    NoSuchContainer {
+        /// The name as given.
+        name: String,
+        /// The pool looked in.
+        pool: String,
+    },
+
+    /// A detached container is not in the state an operation needs (running for stop, kill,
+    /// exec; exited for rm).
+    #[error("container '{name}' is {state}; {advice}")]
+    ContainerState {
+        /// The container's name.
+        name: String,
+        /// What it is: "running", "exited (status 7)", ...
+        state: String,
+        /// What to do instead.
+        advice: &'static str,
+    },
+
+    /// A detached container did not start (`run -d`); its supervisor said why. `status` is
+    /// what `rcx-dm run` would have exited with (125, 126 or 127).
+    #[error("{msg}")]
+    DetachedStart {
+        /// 125 (setup), 126 (not executable) or 127 (not found).
+        status: i32,
+        /// The supervisor's error message.
+        msg: String,
+    },
+
     /// The container's command was not found in its root filesystem (exec gave ENOENT);
     /// `rcx-dm run` exits with `runner::EXIT_NOTFOUND` (127).
     #[error("command '{cmd}' not found in the container's root filesystem (looked in {searched}); copy it into the volume or give its full path")]

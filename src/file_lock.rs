@@ -48,6 +48,30 @@ impl FileLock {
         Self::try_lock_open(f, path, mode)
     }
 
+    /// Lock an existing file or directory (opened read-only, never created), waiting for a
+    /// conflicting holder to let go.
+    pub fn lock_existing(path: &Path, mode: LockMode) -> Result<FileLock> {
+        let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+        let arg = match mode {
+            LockMode::Exclusive => FlockArg::LockExclusive,
+            LockMode::Shared => FlockArg::LockShared,
+        };
+        let lock = Flock::lock(f, arg)
+            .map_err(|(_, e)| std::io::Error::from(e))
+            .ctx(|| format!("locking {}", path.display()))?;
+        Ok(FileLock { _lock: lock })
+    }
+
+    /// Close this descriptor without unlocking: a forked process that holds a copy of it keeps
+    /// the lock (flock locks belong to the open file description, shared across fork).
+    pub fn close_without_unlock(self) {
+        use std::os::fd::AsRawFd;
+        let fd = self._lock.as_raw_fd();
+        std::mem::forget(self);
+        // SAFETY: closing the descriptor this (forgotten) lock owned; nothing uses it again.
+        unsafe { libc::close(fd) };
+    }
+
     fn try_lock_open(f: File, path: &Path, mode: LockMode) -> Result<Option<FileLock>> {
         let arg = match mode {
             LockMode::Exclusive => FlockArg::LockExclusiveNonblock,

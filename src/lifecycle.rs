@@ -50,6 +50,10 @@ impl Pool {
             Ok(n) => tracing::info!("cleaned up after {n} run(s) whose rcx-dm died"),
             Err(e) => tracing::warn!("cleaning up after a dead run failed: {e}; will retry"),
         }
+        // After the runs: a detached container whose supervisor died gets its exit record.
+        if let Err(e) = runner::reap_dead_containers(&pool) {
+            tracing::warn!("recording the end of a detached container whose supervisor died failed: {e}; will retry");
+        }
         Ok(pool)
     }
 

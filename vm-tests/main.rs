@@ -9,6 +9,7 @@ mod crash;
 mod thin_edges;
 mod thin_walkthrough;
 mod runner;
+mod detached;
 mod oci_build;
 mod rootfs;
 mod containerd;

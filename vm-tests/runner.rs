@@ -23,7 +23,7 @@ const APPLETS: &[&str] = &[
 const ROOT_ENTRIES: &[&str] = &["bin", "dev", "etc", "lost+found", "proc", "root", "sys", "tmp"];
 
 /// A read-only busybox base volume named `name`; returns its id and device.
-fn make_base(s: &Scenario, name: &str) -> (u32, PathBuf) {
+pub(crate) fn make_base(s: &Scenario, name: &str) -> (u32, PathBuf) {
     let dev = s.device(&["thin", "create", "--size", "64M", "--name", name]);
     mkfs_ext4(&dev);
     {
@@ -95,7 +95,7 @@ fn finish(mut c: Child) -> (Option<i32>, String) {
 }
 
 /// The cgroups of this scenario's runs.
-fn run_cgroups(s: &Scenario) -> Vec<PathBuf> {
+pub(crate) fn run_cgroups(s: &Scenario) -> Vec<PathBuf> {
     let prefix = format!("{}-", s.pool);
     match std::fs::read_dir("/sys/fs/cgroup/rcx-dm") {
         Ok(d) => d
@@ -116,11 +116,11 @@ fn wait_for_container(s: &Scenario) -> PathBuf {
     })
 }
 
-fn cg_read(cg: &Path, file: &str) -> String {
+pub(crate) fn cg_read(cg: &Path, file: &str) -> String {
     std::fs::read_to_string(cg.join(file)).unwrap_or_default().trim().to_string()
 }
 
-fn volume_names(s: &Scenario) -> Vec<String> {
+pub(crate) fn volume_names(s: &Scenario) -> Vec<String> {
     let mut v: Vec<String> = volume_list(s)
         .as_array()
         .unwrap()
@@ -134,7 +134,7 @@ fn volume_names(s: &Scenario) -> Vec<String> {
 /// After the runs: no cgroup, no run record, no mount of any of the pool's devices anywhere
 /// (every live thin device has open count 0, so nothing holds it), and the only live devices
 /// are the pool and the volumes `list` calls active.
-fn assert_nothing_left(s: &Scenario) {
+pub(crate) fn assert_nothing_left(s: &Scenario) {
     assert_eq!(run_cgroups(s), Vec::<PathBuf>::new(), "cgroups left behind");
     let runs = s.pool_dir().join("runs");
     let left: Vec<String> = std::fs::read_dir(&runs)

@@ -13,6 +13,7 @@ use rcx_dm::units::{format_size, parse_size};
 
 mod classic;
 mod completions;
+mod containers;
 mod pool_cmd;
 mod rootfs;
 mod run;
@@ -86,6 +87,8 @@ enum Cmd {
     Run(run::RunArgs),
     /// Mark a volume read-only (a base: `run` uses snapshots of it), or writable with --off.
     SetReadonly(run::SetReadonlyArgs),
+    #[command(flatten)]
+    Container(containers::ContainerCmd),
     /// Classic origins: NAME-real (linear) and NAME (snapshot-origin) over a file, volume or device.
     #[command(subcommand)]
     Origin(classic::OriginCmd),
@@ -296,6 +299,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Image(c) => rootfs::image_cmd(&open()?, c),
         Cmd::Commit(a) => rootfs::commit(&open()?, a),
         Cmd::SetReadonly(a) => run::set_readonly(&open()?, a),
+        Cmd::Container(c) => containers::run(&open()?, c),
         Cmd::Origin(c) => classic::origin(&open()?, c),
         Cmd::Cow(c) => classic::cow(&open()?, c),
         Cmd::Merge(a) => classic::merge(&open()?, a),

@@ -92,6 +92,11 @@ pub struct RunArgs {
     /// Print where the time went (snapshot, activate, mount, namespaces, exec, teardown) to stderr.
     #[arg(long)]
     pub timings: bool,
+    /// Detached: print the container's name once its command runs and return; the container
+    /// goes on under a supervisor process, its output in `rcx-dm logs NAME` (see `rcx-dm ps`,
+    /// `stop`, `kill`, `exec`, `wait`, `rm`).
+    #[arg(long, short = 'd', conflicts_with_all = ["tty", "interactive", "timings"])]
+    pub detach: bool,
     /// The command and its arguments, after --.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -199,6 +204,23 @@ pub fn refuse_conflicts(args: &RunArgs) {
 
 /// `rcx-dm run`: exits the process with the container's status (or 125/126/127).
 pub fn run(pool: rcx_dm::Result<Pool>, args: RunArgs) -> Result<()> {
+    if args.detach {
+        return match pool.and_then(|p| runner::start_detached(&p, &args.spec())) {
+            Ok(name) => {
+                println!("{name}");
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("rcx-dm: error: {e}");
+                std::process::exit(match e {
+                    Error::DetachedStart { status, .. } => status,
+                    Error::CommandNotFound { .. } => runner::EXIT_NOTFOUND,
+                    Error::CommandNotExecutable { .. } => runner::EXIT_NOEXEC,
+                    _ => runner::EXIT_SETUP,
+                });
+            }
+        };
+    }
     let out = match pool.and_then(|p| runner::run(&p, &args.spec())) {
         Ok(o) => o,
         Err(e) => {

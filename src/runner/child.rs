@@ -131,7 +131,7 @@ impl ChildPlan {
 }
 
 /// execvp's search, with the container's PATH (glibc's execvpe would use rcx-dm's own).
-fn search_list(prog: &[u8], path: &str) -> Vec<CString> {
+pub(super) fn search_list(prog: &[u8], path: &str) -> Vec<CString> {
     if prog.contains(&b'/') {
         return vec![CString::new(prog).expect("no NUL")];
     }

@@ -66,6 +66,20 @@ pub fn run_container(
     hostname: &str,
     timings: &mut Vec<(&'static str, Duration)>,
 ) -> Result<RunOutcome> {
+    run_container_with(t, spec, hostname, timings, None)
+}
+
+/// Called once the command runs, with its PID 1 as the host sees it (`detach` records it).
+pub(super) type OnRunning<'a> = Option<&'a mut dyn FnMut(nix::unistd::Pid)>;
+
+/// `run_container`, telling `on_running` when the command has started.
+pub(super) fn run_container_with(
+    t: &ContainerRoot<'_>,
+    spec: &RunSpec,
+    hostname: &str,
+    timings: &mut Vec<(&'static str, Duration)>,
+    on_running: OnRunning<'_>,
+) -> Result<RunOutcome> {
     spec.validate()?;
     validate_hostname(hostname)?;
     match (&spec.userns, t.userns) {
@@ -173,6 +187,9 @@ pub fn run_container(
     }
     let (times, status) = match fork::collect(&started) {
         Report::Running(t) => {
+            if let Some(f) = on_running {
+                f(started.pid);
+            }
             let winch = relay.as_ref().map(|r| move || r.resize());
             (t, init::supervise(started.pid, winch.as_ref().map(|f| f as &dyn Fn()))?)
         }
@@ -222,7 +239,7 @@ fn abandon(started: &fork::Started, plan: &ChildPlan, env: &[(String, String)], 
 }
 
 /// The error for a container that never ran its command, from the child's report.
-fn start_error(plan: &ChildPlan, env: &[(String, String)], kind: FailureKind, errno: i32, what: &str) -> Error {
+pub(super) fn start_error(plan: &ChildPlan, env: &[(String, String)], kind: FailureKind, errno: i32, what: &str) -> Error {
     let e = nix::errno::Errno::from_raw(errno);
     let cmd = plan.program();
     match kind {

@@ -24,6 +24,10 @@
 //! (the id range, its lease in the pool's `runs/`, the id maps); the volume is then mounted by
 //! rcx-dm as an idmapped detached mount the child moves into place (`root_mount`).
 //!
+//! `detach`: `run -d`, a run under a supervisor of its own (a double fork of rcx-dm) with a
+//! record in the pool's `containers/` (log, pids, exit status) for `ps`, `stop`, `kill`, `logs`,
+//! `wait` and `rm`; `exec`: a command in a running one's namespaces and cgroup.
+//!
 //! No process is spawned besides the container itself. If rcx-dm dies, the container dies
 //! with it (PR_SET_PDEATHSIG), the kernel drops the mount with the container's mount
 //! namespace, and the next rcx-dm command finishes the teardown from the record
@@ -32,7 +36,9 @@
 mod cgroup;
 mod child;
 mod container;
+mod detach;
 mod devices;
+mod exec;
 mod fork;
 mod init;
 mod network;
@@ -51,6 +57,12 @@ use std::path::Path;
 
 pub use cgroup::{cpu_max, parse_cpus, parse_memory, parse_pids, Events, Limits};
 pub use container::{run_container, ContainerRoot, RunOutcome};
+pub use detach::{
+    kill, list as list_containers, logs, reap_dead_containers, remove as remove_container, start as start_detached,
+    status as container_status, stop, wait, ContainerRecord, ContainerState, ContainerStatus, ExitRecord, StartedRecord,
+    CONTAINERS_DIR, EXIT_SUPERVISOR_DIED, LOG,
+};
+pub use exec::{exec, ExecSpec};
 pub use init::STOP_GRACE;
 pub use network::{BRIDGE, GATEWAY};
 pub use report::{EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SETUP};

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::cgroup::{self, Limits};
-use super::container::{run_container, RunOutcome, ContainerRoot};
+use super::container::{run_container_with, ContainerRoot, OnRunning, RunOutcome};
 use super::report::monotonic_ns;
 use super::spec::{Net, RunSpec};
 use super::state::{self, RunState};
@@ -28,6 +28,12 @@ enum Mode {
 /// Run a container and wait for it. Call from a single-threaded process (it clones the
 /// calling process, and blocks the forwarded signals while it runs).
 pub fn run(pool: &Pool, spec: &RunSpec) -> Result<RunOutcome> {
+    run_with(pool, spec, None, None)
+}
+
+/// `run` with a run id chosen by the caller (`detach` names the container after it before the
+/// run starts) and a hook called once the command runs.
+pub(super) fn run_with(pool: &Pool, spec: &RunSpec, run_id: Option<String>, on_running: OnRunning<'_>) -> Result<RunOutcome> {
     let t0 = Instant::now();
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::NotRoot("rcx-dm run"));
@@ -62,7 +68,7 @@ pub fn run(pool: &Pool, spec: &RunSpec) -> Result<RunOutcome> {
     if let Some(n) = &spec.name {
         crate::pool::validate_user_volume_name(n)?;
     }
-    let run_id = new_run_id();
+    let run_id = run_id.unwrap_or_else(new_run_id);
     let snapshot = (mode == Mode::Snapshot).then(|| spec.name.clone().unwrap_or_else(|| format!("run-{run_id}")));
     if let Some(n) = &snapshot {
         if pool.resolve(&VolRef::Name(n.clone())).is_ok() {
@@ -102,7 +108,7 @@ pub fn run(pool: &Pool, spec: &RunSpec) -> Result<RunOutcome> {
         }
     };
     let mut timings = Vec::new();
-    let result = run_recorded(pool, spec, &st, mode, &label, base.id, cg_mnt.as_deref(), &mut timings);
+    let result = run_recorded(pool, spec, &st, mode, &label, base.id, cg_mnt.as_deref(), &mut timings, on_running);
 
     let t_teardown = Instant::now();
     let mut rec = st.record.clone();
@@ -153,6 +159,7 @@ fn run_recorded(
     base: u32,
     cg_mnt: Option<&Path>,
     timings: &mut Vec<(&'static str, Duration)>,
+    on_running: OnRunning<'_>,
 ) -> Result<RunOutcome> {
     let t = Instant::now();
     let device = match (&st.record.snapshot, mode) {
@@ -189,11 +196,11 @@ fn run_recorded(
         bridge: st.record.ip.as_ref().and_then(|ip| ip.parse().ok()).map(|ip| (ip, network::host_if(&st.record.id))),
         userns: st.record.userns,
     };
-    run_container(&target, spec, &hostname, timings)
+    run_container_with(&target, spec, &hostname, timings, on_running)
 }
 
 /// 8 hex digits from the kernel's random pool.
-fn new_run_id() -> String {
+pub(super) fn new_run_id() -> String {
     let mut b = [0u8; 4];
     // SAFETY: fills a local buffer.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };

@@ -125,7 +125,7 @@ const DEFAULT_CAPS: [&str; 14] = [
 ];
 
 /// One `--cap-add` / `--cap-drop` value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Capability {
     /// `ALL`.
     All,
@@ -257,8 +257,9 @@ pub fn parse_security_opt(text: &str) -> Result<SecurityOpt> {
     }
 }
 
-/// The container's security settings, as a run asks for them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The container's security settings, as a run asks for them (kept in a detached container's
+/// record, for `exec`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Security {
     /// `--privileged`: every capability, no seccomp, no masked paths, /proc/sys and /sys
     /// writable.

@@ -44,7 +44,7 @@ const X32_SYSCALL_BIT: i64 = 0x4000_0000;
 const X32_LAST: i64 = 547;
 
 /// Which seccomp filter a container gets.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SeccompProfile {
     /// The embedded default: Docker's default profile semantics (an allowlist; kexec, module
     /// loading, bpf, perf_event_open, keyctl, open_by_handle_at, userfaultfd, mount and new
