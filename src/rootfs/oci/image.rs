@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::layout::Layout;
+use super::prefetch::Prefetched;
 use super::{corrupt, Digest, ImageConfig, MAX_TRAILING_BYTES};
 use crate::error::{Error, IoContext, Result};
 
@@ -131,7 +132,9 @@ impl Layer {
                     .ctx(|| format!("starting zstd decompression of {}", self.label))?,
             ),
         };
-        Ok(LayerReader { decoded: Hashing::new(decoder, true), layer: self.clone(), decode_error: None })
+        let decoded = Prefetched::new(Hashing::new(decoder, true))
+            .ctx(|| format!("starting a thread to decompress {}", self.label))?;
+        Ok(LayerReader { decoded, layer: self.clone(), decode_error: None })
     }
 }
 
@@ -191,7 +194,8 @@ impl Read for Decoder {
 
 /// The uncompressed tar stream of a layer, verified by [`LayerReader::finish`].
 pub struct LayerReader {
-    decoded: Hashing<Decoder>,
+    /// Decompressed and digested on a thread of its own (`prefetch`).
+    decoded: Prefetched<Hashing<Decoder>>,
     layer: Layer,
     /// The first decoding error the consumer saw: decoders need not repeat it on the next
     /// read, and finish must not mistake the stop for a clean end.
@@ -246,8 +250,11 @@ impl LayerReader {
                 Err(e) => Some(e.to_string()),
             },
         };
+        let Some(mut decoded) = self.decoded.into_inner() else {
+            return Err(Error::Inconsistent(format!("the thread decompressing {} panicked", l.label)));
+        };
         // Bytes after the compressed stream, or all of it when decoding failed part way.
-        let raw = self.decoded.inner.raw();
+        let raw = decoded.inner.raw();
         io::copy(raw, &mut io::sink()).ctx(|| format!("reading {} at {}", l.label, l.path.display()))?;
 
         // The blob itself first: if it is damaged, that explains any decode or diff_id error.
@@ -280,7 +287,7 @@ impl LayerReader {
                 ),
             ));
         }
-        let diff_id = Digest::from_hasher(self.decoded.hasher.take().unwrap_or_default());
+        let diff_id = Digest::from_hasher(decoded.hasher.take().unwrap_or_default());
         if diff_id != l.diff_id {
             return Err(Error::invalid(
                 "OCI image",

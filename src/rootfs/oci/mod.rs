@@ -19,6 +19,7 @@
 //! verifying [`LayerReader`]).
 
 mod digest;
+mod prefetch;
 mod document;
 mod image;
 mod layout;

@@ -135,9 +135,14 @@ pub fn pull(pool: &Pool, reference: &str, opts: &PullOptions, events: Events, pr
     }
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
     let blob_dir = pool.dir().join("images").join("downloads");
+    let t = std::time::Instant::now();
+    let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
     let remote = client::Remote::new(reference, &opts.connect, blob_dir, oci_client::RegistryOperation::Pull)?;
+    let client_ms = ms(t);
     let (digest, bytes) = remote.top()?;
     let img = oci::resolve(&remote, digest, bytes, "", &platform, reference).map_err(|e| about(reference, e))?;
+    // Where a pull's time goes, with the layers' own lines: RUST_LOG=rcx_dm=info.
+    tracing::info!(client_ms, resolve_ms = ms(t) - client_ms, layers = img.layers.len(), "pull: image resolved");
     if img.layers.is_empty() {
         return Err(Error::Registry { reference: reference.into(), why: "the image has no layers".into() });
     }
@@ -151,6 +156,7 @@ pub fn pull(pool: &Pool, reference: &str, opts: &PullOptions, events: Events, pr
     }
     let mut downloads = download::Downloads::new(&remote, events);
     let (rec, built) = image::install(pool, &img, &name, opts.fs, opts.size_bytes, &mut downloads, progress).map_err(|e| about(reference, e))?;
+    tracing::info!(total_ms = ms(t), "pull: image installed");
     let fetched: Vec<usize> = downloads.fetched.clone();
     let bytes_fetched = downloads.bytes_fetched.load(std::sync::atomic::Ordering::Relaxed);
     drop(downloads);
