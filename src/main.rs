@@ -6,10 +6,12 @@
 //! `main` does itself: standard descriptors 0-2 are made valid and SIGPIPE is ignored.
 //! `std::env::args` still works (glibc hands argv to Rust's initialiser), and
 //! `std::process::exit` still flushes stdout. A stack overflow is a plain SIGSEGV.
-#![no_main]
+// Unit tests keep the test harness's own main.
+#![cfg_attr(not(test), no_main)]
 
 mod cli;
 
+#[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: std::ffi::c_int, _argv: *const *const std::ffi::c_char) -> std::ffi::c_int {
     sanitize_std_fds();
@@ -21,6 +23,7 @@ extern "C" fn main(_argc: std::ffi::c_int, _argv: *const *const std::ffi::c_char
     std::process::exit(code)
 }
 
+#[cfg(not(test))]
 /// A closed 0, 1 or 2 is opened on /dev/null, so that no file rcx-dm opens (a pool's intent,
 /// a volume record) can become stdout or stderr and receive its output.
 fn sanitize_std_fds() {

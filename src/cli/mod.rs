@@ -408,7 +408,8 @@ mod tests {
     }
 
     fn abouts(cmd: &clap::Command, path: String, out: &mut Vec<(String, String)>) {
-        for sub in cmd.get_subcommands() {
+        // clap adds its `help` subcommands when it builds the tree.
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
             let path = format!("{path} {}", sub.get_name());
             out.push((path.clone(), sub.get_about().map(|a| a.to_string()).unwrap_or_default()));
             abouts(sub, path, out);
