@@ -18,6 +18,7 @@ use super::{print_json, size_arg, JsonFlag};
 
 // `rcx-dm origin ...` (no doc comment here: clap would take it for help text).
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub(super) enum OriginCmd {
     /// Make origin NAME: NAME-real (linear over the source) and NAME (snapshot-origin);
     /// prints the origin's device path last. Write through that device from then on.
@@ -44,6 +45,7 @@ pub(super) enum OriginCmd {
 
 // `rcx-dm cow ...`: classic snapshots, under the command's historical name.
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub(super) enum CowCmd {
     /// Make copy-on-write snapshot SNAP of origin NAME (the origin is suspended around the
     /// load, as the kernel requires); prints the snapshot's device path last.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Serialize;
 
 use rcx_dm::dm::Dm;
@@ -14,6 +14,7 @@ use rcx_dm::units::{format_size, parse_size};
 mod classic;
 mod completions;
 mod containers;
+mod logging;
 mod pool_cmd;
 mod rootfs;
 mod run;
@@ -40,7 +41,10 @@ struct Cli {
     cmd: Cmd,
 }
 
+// `defer` on every subcommand enum: a call builds the arguments of the one subcommand it names,
+// not the whole tree (the tree was a fifth of `rcx-dm snap`'s own cost; README, issue 17).
 #[derive(Subcommand)]
+#[command(defer = true)]
 enum Cmd {
     /// Create, activate, inspect and destroy pools.
     #[command(subcommand)]
@@ -130,6 +134,7 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 enum ThinCmd {
     /// Create an empty thin volume and activate it; prints the device path last.
     Create {
@@ -180,22 +185,16 @@ fn id_arg(s: Option<&str>) -> Result<Option<u32>> {
 }
 
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
             return e.exit_code();
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // A monitor's log is its output: each extend is worth a line by default.
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                if matches!(cli.cmd, Cmd::Pool(pool_cmd::PoolCmd::Monitor { .. })) { "warn,rcx_dm=info" } else { "warn" }.into()
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // A monitor's log is its output: each extend is worth a line by default.
+    let monitor = matches!(cli.cmd, Cmd::Pool(pool_cmd::PoolCmd::Monitor { .. }));
+    logging::init(monitor || matches!(cli.cmd, Cmd::Serve(_)), if monitor { "warn,rcx_dm=info" } else { "warn" });
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -203,6 +202,17 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// `Cli::try_parse`, without freeing clap's command tree: the process exits soon after, and
+/// dropping the tree cost as much as building it.
+fn parse() -> std::result::Result<Cli, clap::Error> {
+    let mut cmd = Cli::command();
+    let parsed = cmd
+        .try_get_matches_from_mut(std::env::args_os())
+        .and_then(|mut m| Cli::from_arg_matches_mut(&mut m).map_err(|e| e.format(&mut cmd)));
+    std::mem::forget(cmd);
+    parsed
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -387,5 +397,39 @@ fn human(bytes: u64) -> String {
         format!("{bytes}B")
     } else {
         format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With `defer`, a call checks only the subcommand it names: clap's consistency checks of the
+    /// whole tree run here instead.
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn abouts(cmd: &clap::Command, path: String, out: &mut Vec<(String, String)>) {
+        // clap adds its `help` subcommands when it builds the tree.
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let path = format!("{path} {}", sub.get_name());
+            out.push((path.clone(), sub.get_about().map(|a| a.to_string()).unwrap_or_default()));
+            abouts(sub, path, out);
+        }
+    }
+
+    /// A deferred subcommand's arguments are added after its about text: a flattened struct with
+    /// a doc comment would replace it (in `--help` and the man pages, not in the parent's list).
+    #[test]
+    fn deferred_arguments_keep_each_subcommands_about() {
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        abouts(&Cli::command(), String::new(), &mut before);
+        let mut built = Cli::command();
+        built.build();
+        abouts(&built, String::new(), &mut after);
+        assert!(before.len() > 40, "{before:?}");
+        assert_eq!(before, after);
     }
 }

@@ -12,6 +12,7 @@ use rcx_dm::units::{format_size, parse_bytes, parse_size};
 use super::{print_json, size_arg, JsonFlag};
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub(crate) enum PoolCmd {
     /// Create a pool: backing storage, zeroed metadata, the thin-pool device.
     Create {
@@ -100,7 +101,8 @@ pub(crate) enum PoolCmd {
     },
 }
 
-/// LVM's auto-extend knobs (thin_pool_autoextend_threshold / _percent) plus a ceiling.
+// LVM's auto-extend knobs (thin_pool_autoextend_threshold / _percent) plus a ceiling. A plain
+// comment: with `defer`, clap would take a doc comment of a flattened struct for the about text.
 #[derive(Args)]
 pub(crate) struct AutoextendArgs {
     /// Extend data or metadata when its use reaches PCT percent (50-100; 100 or "off" turns

@@ -55,6 +55,7 @@ pub struct PopulateArgs {
 }
 
 #[derive(Subcommand)]
+#[command(defer = true)]
 pub enum ImageCmd {
     /// Import an OCI image layout: one read-only volume per layer, shared by chain id.
     Import {
@@ -141,7 +142,8 @@ Credentials and --plain-http as for `image pull`.")]
     },
 }
 
-/// The filesystem and size an image's layer volumes get (`image import`, `image pull`).
+// The filesystem and size an image's layer volumes get (`image import`, `image pull`). A plain
+// comment: with `defer`, clap would take a doc comment of a flattened struct for the about text.
 #[derive(Args)]
 pub struct LayerShape {
     /// Filesystem of the layer volumes.

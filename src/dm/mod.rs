@@ -242,7 +242,14 @@ impl Dm {
     /// without a live table (a create killed half-way) has no I/O to quiesce and the kernel
     /// refuses its resume (EINVAL): it is left to whoever makes it again.
     pub fn with_suspended<T>(&self, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let suspend = matches!(self.info(name)?, Some(i) if !i.suspended && i.live_table);
+        let info = self.info(name)?;
+        self.with_suspended_as(name, info.as_ref(), f)
+    }
+
+    /// `with_suspended` for a caller that has just read the device's info under the pool lock
+    /// (`rcx-dm snap` checks the origin is its own first): one status ioctl less.
+    pub fn with_suspended_as<T>(&self, name: &str, info: Option<&DevInfo>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let suspend = matches!(info, Some(i) if !i.suspended && i.live_table);
         if suspend {
             self.suspend(name)?;
         }

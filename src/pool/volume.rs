@@ -223,9 +223,9 @@ impl Pool {
             Some(origin) => {
                 // The kernel requires an active origin to be suspended around create_snap so
                 // that the snapshot sees all of its writes (thin_device first: it checks the
-                // device is ours and removes one left without a table).
-                self.thin_device(dm, origin.id)?;
-                dm.with_suspended(&self.thin_dm_name(origin.id), || {
+                // device is ours and removes one left without a table; its answer decides the suspend).
+                let info = self.thin_device(dm, origin.id)?;
+                dm.with_suspended_as(&self.thin_dm_name(origin.id), info.as_ref(), || {
                     fault::point("snap.suspended")?;
                     dm.message(&pool, &format!("create_snap {id} {}", origin.id))?;
                     fault::point("snap.created")
