@@ -90,25 +90,28 @@ def ratio_row(w, base, s, x="0"):
 
 # Workload 1
 n1 = meta.get("ops", "?")
-p(f"## 1. New writable snapshot of an active base, made and activated ({n1} times each)\n")
-p("| system | median ms | min-max ms | time / rcx-dm CLI |\n|---|---|---|---|")
-for s in systems:
-    v = get("snap", s)
-    if v:
-        p(f"| {labels[s]} | {med(v):.1f} | {rng(v)} | {ratio_row('snap', 'rcx-cli', s):.2f}x |")
-p("")
-p("containerd's snapshots descend from a committed (inactive) parent, as containerd makes them; the others from the active base.\n")
-for peer, target in [("ctr-devmapper", 10), ("dmsetup", 3), ("lvm", 20)]:
-    if get("snap", peer) and get("snap", "rcx-cli"):
-        r = ratio_row("snap", "rcx-cli", peer)
-        verdicts.append((f"{labels[peer]}: rcx-dm CLI at least {target}x faster per call", f"{r:.2f}x", r >= target))
-if get("snap", "ctr-devmapper") and get("snap", "rcx-serve"):
-    r = ratio_row("snap", "rcx-serve", "ctr-devmapper")
-    p(f"Through the same `ctr`, `rcx-dm serve` is {r:.2f}x faster than the built-in devmapper snapshotter per prepare.\n")
-if get("snap", "rcx-lib"):
-    parts = [f"{labels[s]} {ratio_row('snap', 'rcx-lib', s):.1f}x" for s in ["ctr-devmapper", "dmsetup", "lvm"] if get("snap", s)]
-    p("Without a process per call (the library in-process, as `rcx-dm serve` and `rcx-dm run` use it), rcx-dm is "
-      "faster than " + ", ".join(parts) + " (time of the peer / time of the library).\n")
+if any(w == "snap" for (w, _, _) in rows):
+    p(f"## 1. New writable snapshot of an active base, made and activated ({n1} times each)\n")
+    p("| system | median ms | min-max ms | time / rcx-dm CLI |\n|---|---|---|---|")
+    for s in systems:
+        v = get("snap", s)
+        if v:
+            p(f"| {labels[s]} | {med(v):.1f} | {rng(v)} | {ratio_row('snap', 'rcx-cli', s):.2f}x |")
+    p("")
+    p("containerd's snapshots descend from a committed (inactive) parent, as containerd makes them; the others from the active base.\n")
+    for peer, target in [("ctr-devmapper", 10), ("dmsetup", 3), ("lvm", 20)]:
+        if get("snap", peer) and get("snap", "rcx-cli"):
+            r = ratio_row("snap", "rcx-cli", peer)
+            verdicts.append((f"{labels[peer]}: rcx-dm CLI at least {target}x faster per call", f"{r:.2f}x", r >= target))
+    if get("snap", "ctr-devmapper") and get("snap", "rcx-serve"):
+        r = ratio_row("snap", "rcx-serve", "ctr-devmapper")
+        p(f"Through the same `ctr`, `rcx-dm serve` is {r:.2f}x faster than the built-in devmapper snapshotter per prepare.\n")
+    if get("snap", "rcx-lib"):
+        parts = [f"{labels[s]} {ratio_row('snap', 'rcx-lib', s):.1f}x" for s in ["ctr-devmapper", "dmsetup", "lvm"] if get("snap", s)]
+        p("Without a process per call (the library in-process, as `rcx-dm serve` and `rcx-dm run` use it), rcx-dm is "
+          "faster than " + ", ".join(parts) + " (time of the peer / time of the library).\n")
+else:
+    p("## Process floors\n")
 
 fl = [k for k in rows if k[0] == "floor"]
 if fl:
