@@ -378,10 +378,11 @@ fn loopback_up() -> Step<()> {
     Ok(())
 }
 
-/// Last steps before the command: default signal handling and an empty mask (rcx-dm blocks
-/// and Rust ignores some), no stray descriptors, then execve along the search list.
-fn exec(plan: &ChildPlan, rep: RawFd) -> ! {
-    // SAFETY: resetting dispositions and the mask of this single-threaded process.
+/// What a command must not inherit from rcx-dm: default dispositions for every signal, an
+/// empty mask (rcx-dm blocks the ones it forwards; Rust ignores SIGPIPE), and every descriptor
+/// above 2 closed at execve. For the single-threaded process about to exec.
+pub(super) fn reset_signals_and_descriptors() {
+    // SAFETY: dispositions, mask and close-on-exec flags of this single-threaded process.
     unsafe {
         for sig in 1..libc::SIGRTMIN() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
@@ -393,6 +394,12 @@ fn exec(plan: &ChildPlan, rep: RawFd) -> ! {
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
     }
+}
+
+/// Last steps before the command: default signal handling and an empty mask (rcx-dm blocks
+/// and Rust ignores some), no stray descriptors, then execve along the search list.
+fn exec(plan: &ChildPlan, rep: RawFd) -> ! {
+    reset_signals_and_descriptors();
     report::stamp(rep, Stage::Exec);
     let mut denied = None;
     let mut other = None;

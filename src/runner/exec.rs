@@ -20,7 +20,7 @@ use std::os::unix::fs::MetadataExt;
 
 use nix::errno::Errno;
 
-use super::child::search_list;
+use super::child::{self, search_list};
 use super::detach;
 use super::report::{self, parse_report, FailureKind, Report};
 use super::security::{lock_down, SecurityPlan};
@@ -29,7 +29,6 @@ use super::{fork, init};
 use crate::error::{Error, IoContext, Result};
 use crate::pool::Pool;
 
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// What to run in the container.
 #[derive(Debug, Clone, Default)]
@@ -150,28 +149,8 @@ pub fn exec(pool: &Pool, name: &str, spec: &ExecSpec) -> Result<i32> {
 
 /// clone3 like fork, into the cgroup `cg` if given: 0 in the child, its pid in the parent.
 fn clone_into(cg: Option<RawFd>) -> Result<i32> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
-    let mut args = CloneArgs { exit_signal: libc::SIGCHLD as u64, ..Default::default() };
-    if let Some(fd) = cg {
-        args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = fd as u64;
-    }
-    // SAFETY: clone3 without CLONE_VM or a stack behaves as fork in this single-threaded process.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    // SAFETY: this process (the exec'ing rcx-dm) is single-threaded here.
+    let r = unsafe { fork::clone3_fork(0, cg) };
     if r < 0 {
         let e = Errno::last();
         return Err(Error::ContainerSetup {
@@ -217,20 +196,8 @@ fn command(plan: &Plan, rep: RawFd) -> ! {
     }
     let argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
     let envp: Vec<*const libc::c_char> = plan.envp.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
-    // SAFETY: default dispositions, an empty mask (rcx-dm blocks the forwarded signals) and
-    // every descriptor above 2 closed at execve (the report pipe too: its end of file says
-    // the command runs).
-    unsafe {
-        for sig in 1..libc::SIGRTMIN() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
-    }
+    // The report pipe is closed at execve too: its end of file says the command runs.
+    child::reset_signals_and_descriptors();
     let mut failed: Option<(FailureKind, Errno, &CString)> = None;
     for c in &plan.candidates {
         // SAFETY: NUL-terminated strings and NULL-terminated pointer arrays.

@@ -74,40 +74,8 @@ pub(super) fn spawn(
         _ => None,
     };
     let ids = if ns_flags & libc::CLONE_NEWUSER as u64 != 0 { Some(pipe()?) } else { None };
-    #[repr(C)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
-    let mut args = CloneArgs {
-        flags: ns_flags,
-        pidfd: 0,
-        child_tid: 0,
-        parent_tid: 0,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: 0,
-        stack_size: 0,
-        tls: 0,
-        set_tid: 0,
-        set_tid_size: 0,
-        cgroup: 0,
-    };
-    if let Some(fd) = cgroup {
-        args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = fd.as_raw_fd() as u64;
-    }
-    // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork: the child gets a
-    // copy of this (single-threaded) process and returns 0 here on its own copy of the stack.
-    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    // SAFETY: the runner's process is single-threaded (run's precondition), as clone3_fork needs.
+    let ret = unsafe { clone3_fork(ns_flags, cgroup.map(|fd| fd.as_raw_fd())) };
     match ret {
         -1 => {
             let e = Errno::last();
@@ -155,6 +123,37 @@ pub(super) fn spawn(
             ids: ids.map(|(_, w)| w),
         }),
     }
+}
+
+/// clone3 as fork (no CLONE_VM, no stack): the child gets a copy of this process and returns 0
+/// on its own copy of the stack; the parent gets the child's pid, or -1 with errno set. `flags`
+/// adds namespaces; `cgroup` (a descriptor of a cgroup v2 directory) makes the child born in it
+/// (CLONE_INTO_CGROUP).
+///
+/// # Safety
+/// The calling process must be single-threaded: the child has only the calling thread.
+pub(super) unsafe fn clone3_fork(flags: u64, cgroup: Option<std::os::fd::RawFd>) -> libc::c_long {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let mut args = CloneArgs { flags, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd as u64;
+    }
+    libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
 }
 
 /// A close-on-exec pipe: (read end, write end).
