@@ -8,7 +8,6 @@ use clap::{Args, Subcommand};
 
 use rcx_dm::pool::Pool;
 use rcx_dm::runner::{self, ContainerState, ExecSpec};
-use rcx_dm::Error;
 
 use super::{print_json, JsonFlag};
 
@@ -143,11 +142,7 @@ pub fn run(pool: &Pool, cmd: ContainerCmd) -> Result<()> {
                 Ok(code) => std::process::exit(code),
                 Err(e) => {
                     eprintln!("rcx-dm: error: {e}");
-                    std::process::exit(match e {
-                        Error::CommandNotFound { .. } => runner::EXIT_NOTFOUND,
-                        Error::CommandNotExecutable { .. } => runner::EXIT_NOEXEC,
-                        _ => runner::EXIT_SETUP,
-                    });
+                    std::process::exit(runner::start_status(&e));
                 }
             }
         }

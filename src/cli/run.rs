@@ -8,7 +8,6 @@ use clap::{Args, ValueEnum};
 use rcx_dm::pool::{self, Pool, VolRef};
 use rcx_dm::runner::{self, Capability, Limits, Net, RunSpec, Security, SecurityOpt, Userns};
 use rcx_dm::units::format_size;
-use rcx_dm::Error;
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -212,12 +211,7 @@ pub fn run(pool: rcx_dm::Result<Pool>, args: RunArgs) -> Result<()> {
             }
             Err(e) => {
                 eprintln!("rcx-dm: error: {e}");
-                std::process::exit(match e {
-                    Error::DetachedStart { status, .. } => status,
-                    Error::CommandNotFound { .. } => runner::EXIT_NOTFOUND,
-                    Error::CommandNotExecutable { .. } => runner::EXIT_NOEXEC,
-                    _ => runner::EXIT_SETUP,
-                });
+                std::process::exit(runner::start_status(&e));
             }
         };
     }
@@ -225,11 +219,7 @@ pub fn run(pool: rcx_dm::Result<Pool>, args: RunArgs) -> Result<()> {
         Ok(o) => o,
         Err(e) => {
             eprintln!("rcx-dm: error: {e}");
-            std::process::exit(match e {
-                Error::CommandNotFound { .. } => runner::EXIT_NOTFOUND,
-                Error::CommandNotExecutable { .. } => runner::EXIT_NOEXEC,
-                _ => runner::EXIT_SETUP,
-            });
+            std::process::exit(runner::start_status(&e));
         }
     };
     if out.events.oom_kills > 0 {

@@ -308,11 +308,7 @@ fn supervise(pool: &Pool, spec: &RunSpec, rec: &ContainerRecord, dir: &Path, loc
     let exit = match result {
         Err(e) if w.is_some() => {
             // Never started: nothing to keep (as a failed `run`).
-            let status = match e {
-                Error::CommandNotFound { .. } => report::EXIT_NOTFOUND,
-                Error::CommandNotExecutable { .. } => report::EXIT_NOEXEC,
-                _ => report::EXIT_SETUP,
-            };
+            let status = report::start_status(&e);
             tell(&mut w, &format!("ERR {status}\n{e}"));
             let _ = fs::remove_dir_all(dir);
             std::process::exit(status);

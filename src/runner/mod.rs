@@ -65,7 +65,7 @@ pub use detach::{
 pub use exec::{exec, ExecSpec};
 pub use init::STOP_GRACE;
 pub use network::{BRIDGE, GATEWAY};
-pub use report::{EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SETUP};
+pub use report::{start_status, EXIT_NOEXEC, EXIT_NOTFOUND, EXIT_SETUP};
 pub use root_mount::{detect as detect_filesystem, parse_mountinfo, Fs, MountEntry};
 pub use run::run;
 pub use seccomp::SeccompProfile;

@@ -33,6 +33,18 @@ pub(super) enum FailureKind {
     NoExec,
 }
 
+/// The exit status `run` (and `run -d`, `exec`) gives when the command did not start: 127 not
+/// found, 126 not executable, a detached start's own status, else 125.
+pub fn start_status(e: &crate::error::Error) -> i32 {
+    use crate::error::Error;
+    match e {
+        Error::DetachedStart { status, .. } => *status,
+        Error::CommandNotFound { .. } => EXIT_NOTFOUND,
+        Error::CommandNotExecutable { .. } => EXIT_NOEXEC,
+        _ => EXIT_SETUP,
+    }
+}
+
 impl FailureKind {
     /// The word on the pipe.
     pub(super) fn wire(self) -> &'static str {

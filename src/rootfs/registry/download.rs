@@ -172,8 +172,13 @@ impl Drop for Downloads<'_> {
     }
 }
 
-/// What a resumed download's digest mismatch says (and `Job::run` looks for).
-const RESUMED_MISMATCH: &str = "the digest of a resumed download does not match";
+/// How a download ended, short of an error.
+enum Fetched {
+    /// Complete, digest checked, in place.
+    Whole,
+    /// Continued from a kept `.partial` whose whole then did not match its digest (removed).
+    ResumedMismatch,
+}
 
 /// Feed the first `len` bytes of `f` to `hasher`; the bytes read.
 fn hash_prefix(f: &mut std::fs::File, hasher: &mut Sha256, len: u64) -> std::io::Result<u64> {
@@ -215,17 +220,18 @@ impl Job {
     }
 
     async fn run(self) -> Result<()> {
-        match self.fetch(true).await {
-            // A resumed blob whose digest is wrong: its kept part may be what a crash left
-            // half-written; once more from the start before blaming the registry.
-            Err(Error::Registry { why, .. }) if why.contains(RESUMED_MISMATCH) => self.fetch(false).await,
-            r => r,
+        // A resumed blob whose digest is wrong: its kept part may be what a crash left
+        // half-written; once more from the start (which is never "resumed") before blaming the
+        // registry.
+        if let Fetched::ResumedMismatch = self.fetch(true).await? {
+            self.fetch(false).await?;
         }
+        Ok(())
     }
 
     /// Download into `<hex>.partial` (continuing one a killed pull left when `resume`), check
     /// size and digest, fsync, and give it its final name.
-    async fn fetch(&self, resume: bool) -> Result<()> {
+    async fn fetch(&self, resume: bool) -> Result<Fetched> {
         let ev = |state| (self.events)(PullEvent { index: self.index, total: self.total, digest: self.digest.short(), size: self.size, state });
         let started = std::time::Instant::now();
         let partial = self.path.with_extension("partial");
@@ -287,7 +293,8 @@ impl Job {
         if got != self.digest {
             let _ = std::fs::remove_file(&partial);
             if from > 0 {
-                return Err(self.bad(format!("{RESUMED_MISMATCH} ({got})")));
+                tracing::info!(layer = self.index, got = %got, "a resumed download's digest does not match; fetching it whole");
+                return Ok(Fetched::ResumedMismatch);
             }
             return Err(self.bad(format!("digest mismatch: the registry sent {got}; its copy of the blob is damaged")));
         }
@@ -296,6 +303,6 @@ impl Job {
         crate::durable::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
         tracing::info!(layer = self.index, bytes = n, ms = started.elapsed().as_millis() as u64, "blob downloaded");
         ev(LayerState::Downloaded);
-        Ok(())
+        Ok(Fetched::Whole)
     }
 }
