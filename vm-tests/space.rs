@@ -136,7 +136,7 @@ fn space_delete_gives_a_volumes_blocks_back_to_the_host_file() {
     assert!(full - empty >= 500 * M, "500M written, data.img grew by {:.0} MiB", mib(full - empty));
     assert_eq!(kernel_status(&s).data_used_blocks, 500 * M / (64 << 10));
 
-    // Active: --force takes it down; the discard goes through a device of the delete's own.
+    // Active: --force discards it through its own device, then takes it down.
     let t = Instant::now();
     pool.delete(&VolRef::Name("big".into()), true).unwrap();
     let returned = t.elapsed();

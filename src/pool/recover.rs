@@ -13,13 +13,14 @@ use crate::error::{Errno, Error, Result};
 impl Pool {
     /// Finish or undo an interrupted operation. Call with the pool lock held.
     pub(crate) fn recover_locked(&self, dm: &Dm) -> Result<()> {
-        self.recover_steps(dm, false)
+        self.recover_steps(dm, false, false)
     }
 
     /// A delete's forward path is its recovery: run it with the `delete.*` fault points, which
     /// must not fire when some later command recovers (that recovery has to finish the job).
-    pub(crate) fn delete_forward_locked(&self, dm: &Dm) -> Result<()> {
-        self.recover_steps(dm, true)
+    /// `discarded`: the caller discarded the volume through its live device already.
+    pub(crate) fn delete_forward_locked(&self, dm: &Dm, discarded: bool) -> Result<()> {
+        self.recover_steps(dm, true, discarded)
     }
 
     /// For read commands (`list`, `info`): they are "the next command" too, so they finish an
@@ -53,7 +54,7 @@ impl Pool {
         self.recover_locked(dm)
     }
 
-    fn recover_steps(&self, dm: &Dm, faults: bool) -> Result<()> {
+    fn recover_steps(&self, dm: &Dm, faults: bool, discarded: bool) -> Result<()> {
         let point = |step: &str| if faults { fault::point(step) } else { Ok(()) };
         if let Some(e) = self.store.extend_intent().get()? {
             self.finish_extend(dm, &e)?;
@@ -106,7 +107,9 @@ impl Pool {
                 // its blocks back to the host first. Here rather than in `delete` alone, so a
                 // crash anywhere before the kernel's delete still ends with the space returned.
                 if kernel == *txid && self.fresh_config()?.discard_on_delete {
-                    self.discard_before_delete(dm, *id);
+                    if !discarded {
+                        self.discard_before_delete(dm, *id);
+                    }
                     point("delete.discarded")?;
                 }
                 self.remove_thin_device(dm, *id)?;

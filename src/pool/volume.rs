@@ -2,13 +2,13 @@
 //! Each mutating operation records its intent before touching the kernel and commits with
 //! the pool's transaction id (see `recover`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::store::{Intent, VolumeRecord};
 use super::{busy_or, fault, Pool, MAX_THIN_ID};
-use crate::dm::{self, Dm, Target, ThinStatus, ThinTarget};
+use crate::dm::{self, DevInfo, Dm, Target, ThinStatus, ThinTarget};
 use super::names;
 use crate::error::{Errno, Error, IoContext, Result};
 use crate::units::SECTOR;
@@ -345,17 +345,34 @@ impl Pool {
         let dm = Dm::open()?;
         let _l = self.lock_and_recover(&dm)?;
         let rec = self.resolve(v)?;
-        if self.thin_device(&dm, rec.id)?.is_some() {
+        // An active volume (`run --rm`'s snapshot) is discarded through its own device below,
+        // not removed here and loaded again for the discard: a device removal and a load less.
+        let mut live = None;
+        if let Some(info) = self.thin_device(&dm, rec.id)? {
             if !force {
                 return Err(Error::Busy { what: format!("{v}"), state: "active", advice: "deactivate it first or pass --force" });
             }
-            self.remove_thin_device(&dm, rec.id)?;
+            live = Some(self.open_idle(&dm, rec.id, &info).map_err(|e| busy_or(e, &format!("volume {v}")))?);
         }
         let txid = self.writable_status(&dm)?.transaction_id;
         let intent = Intent::Delete { id: rec.id, name: rec.name.clone(), txid };
         self.store.intent().put(&intent)?;
         // From here the delete is decided: recovery always rolls it forward.
-        let done = fault::point("delete.intent").and_then(|_| self.delete_forward_locked(&dm));
+        let discarded = match live {
+            Some((f, path)) => {
+                if self.fresh_config()?.discard_on_delete {
+                    if let Err(e) = discard_file(&f, &path) {
+                        tracing::warn!(id = rec.id, error = %e, "could not discard the volume before deleting it; the pool frees its blocks, the host file keeps them");
+                    }
+                }
+                drop(f);
+                true
+            }
+            None => false,
+        };
+        let done = fault::point("delete.intent")
+            .and_then(|_| if discarded { self.remove_thin_device(&dm, rec.id) } else { Ok(()) })
+            .and_then(|_| self.delete_forward_locked(&dm, discarded));
         if let Err(e) = done {
             // Failed half-way (an error, not a crash): finish it now instead of leaving the
             // intent for the next command.
@@ -379,29 +396,37 @@ impl Pool {
     }
 
     fn discard_whole(&self, dm: &Dm, id: u32) -> Result<()> {
-        use std::io::{Seek, SeekFrom};
-        use std::os::fd::AsRawFd;
         use std::os::unix::fs::OpenOptionsExt;
-        // BLKDISCARD is _IO(0x12, 119) but takes a pointer to [start, length] in bytes.
-        nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
         // No record: a crash after the kernel's delete and the record's removal; nothing to do.
         let Some(rec) = self.store.volume(id)? else { return Ok(()) };
         // Fails when the kernel already deleted the id (a crash before its commit): nothing left.
         let path = self.activate_thin(dm, &rec)?;
         // O_EXCL: never discard under a mount; a mounted device is refused (and the delete's
         // removal of the device then reports it busy).
-        let mut f = std::fs::OpenOptions::new()
+        let f = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_EXCL)
             .open(&path)
             .ctx(|| format!("opening {} to discard it", path.display()))?;
-        // The live length, which is the record's unless a resize was interrupted.
-        let len = f.seek(SeekFrom::End(0)).ctx(|| format!("sizing {}", path.display()))?;
-        // SAFETY: BLKDISCARD reads two u64s from the pointer.
-        unsafe { blkdiscard(f.as_raw_fd(), &[0, len]) }
-            .map_err(std::io::Error::from)
-            .ctx(|| format!("discarding {} ({len} bytes)", path.display()))?;
-        Ok(())
+        discard_file(&f, &path)
+    }
+
+    /// Open a live volume's device for writing, exclusively, and make sure nothing else holds
+    /// it (open count 1: this descriptor): what a removal of the device would check, checked
+    /// without removing it. O_EXCL refuses a mounted device.
+    fn open_idle(&self, dm: &Dm, id: u32, info: &DevInfo) -> Result<(std::fs::File, PathBuf)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let name = self.thin_dm_name(id);
+        let path = dm::node::ensure(&name, info.dev)?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&path)
+            .ctx(|| format!("opening {}", path.display()))?;
+        match dm.info(&name)? {
+            Some(i) if i.open_count <= 1 => Ok((f, path)),
+            _ => Err(Error::Busy { what: format!("volume {id} ({})", path.display()), state: "open", advice: "stop what uses it (a mount, a process holding the device), then retry" }),
+        }
     }
 
     /// Record a volume's lineage (e.g. after its content was replaced from another volume
@@ -526,4 +551,19 @@ mod tests {
         assert!(names::validate_volume_name("123").is_err());
         names::validate_volume_name("v1").unwrap();
     }
+}
+
+/// Discard the whole of an open block device.
+fn discard_file(f: &std::fs::File, path: &Path) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+    // BLKDISCARD is _IO(0x12, 119) but takes a pointer to [start, length] in bytes.
+    nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
+    // The live length, which is the record's unless a resize was interrupted.
+    let len = (&*f).seek(SeekFrom::End(0)).ctx(|| format!("sizing {}", path.display()))?;
+    // SAFETY: BLKDISCARD reads two u64s from the pointer.
+    unsafe { blkdiscard(f.as_raw_fd(), &[0, len]) }
+        .map_err(std::io::Error::from)
+        .ctx(|| format!("discarding {} ({len} bytes)", path.display()))?;
+    Ok(())
 }
