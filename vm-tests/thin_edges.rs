@@ -258,6 +258,21 @@ fn delete_gives_the_blocks_back_and_refuses_an_active_volume() {
     s.ok(&["thin", "create", "5", "--size", "16M", "--name", "big"]);
     s.ok(&["delete", "--force", "big"]);
 
+    // --force refuses a volume that something holds: a plain descriptor (the device's open
+    // count), or an exclusive claim such as a mount's (O_EXCL): refused before anything is
+    // recorded or discarded, the blocks still the volume's.
+    for exclusive in [false, true] {
+        use std::os::unix::fs::OpenOptionsExt;
+        let flags = if exclusive { libc::O_EXCL } else { 0 };
+        let _held = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(&dev1).unwrap();
+        let before = data_used(&s);
+        let err = refused(&s, &["delete", "--force", "1"], &["volume 1", "in use"]);
+        println!("delete --force of a held volume (O_EXCL {exclusive}): {}", err.trim());
+        assert_eq!(data_used(&s), before, "nothing discarded");
+        assert!(!s.pool_dir().join("intent.json").exists());
+        assert!(dev1.exists());
+    }
+
     // --force takes an active volume down first.
     s.ok(&["delete", "--force", "1"]);
     assert!(!dev1.exists(), "{} still there", dev1.display());

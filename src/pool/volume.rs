@@ -286,7 +286,7 @@ impl Pool {
             dm::node::remove(&name); // a stale link, if any
             return Ok(());
         }
-        dm.remove(&name).map_err(|e| busy_or(e, &format!("volume {id} ({})", dm::node::mapper_path(&name).display())))?;
+        dm.remove(&name).map_err(|e| busy_or(e, &format!("{id} ({})", dm::node::mapper_path(&name).display())))?;
         dm::node::remove(&name);
         Ok(())
     }
@@ -352,7 +352,7 @@ impl Pool {
             if !force {
                 return Err(Error::Busy { what: format!("{v}"), state: "active", advice: "deactivate it first or pass --force" });
             }
-            live = Some(self.open_idle(&dm, rec.id, &info).map_err(|e| busy_or(e, &format!("volume {v}")))?);
+            live = Some(self.open_idle(&dm, rec.id, &info).map_err(|e| busy_or(e, &format!("{v}")))?);
         }
         let txid = self.writable_status(&dm)?.transaction_id;
         let intent = Intent::Delete { id: rec.id, name: rec.name.clone(), txid };
@@ -425,7 +425,7 @@ impl Pool {
             .ctx(|| format!("opening {}", path.display()))?;
         match dm.info(&name)? {
             Some(i) if i.open_count <= 1 => Ok((f, path)),
-            _ => Err(Error::Busy { what: format!("volume {id} ({})", path.display()), state: "open", advice: "stop what uses it (a mount, a process holding the device), then retry" }),
+            _ => Err(Error::Busy { what: format!("{id} ({})", path.display()), state: "in use", advice: "unmount it or close what holds it open" }),
         }
     }
 
