@@ -420,10 +420,19 @@ pub fn list(pool: &Pool) -> Result<Vec<CheckpointStatus>> {
     let Ok(entries) = fs::read_dir(checkpoints_dir(pool)) else { return Ok(out) };
     for e in entries.flatten() {
         let Some(name) = e.file_name().to_str().map(str::to_string) else { continue };
+        let dir = e.path();
         if name.starts_with('.') {
+            // A `checkpoint` that died before its directory was renamed into place: nothing
+            // refers to it (its snapshot is made after the rename).
+            let creator_alive = name
+                .rsplit_once('-')
+                .and_then(|(_, pid)| pid.parse::<u32>().ok())
+                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            if !creator_alive && FileLock::try_lock_existing(&dir, LockMode::Exclusive).ok().flatten().is_some() {
+                let _ = fs::remove_dir_all(&dir);
+            }
             continue;
         }
-        let dir = e.path();
         let record = read_json::<CheckpointRecord>(&dir.join(RECORD)).ok().flatten();
         let state = match (&record, FileLock::try_lock_existing(&dir, LockMode::Shared)) {
             (Some(_), _) => "complete",
