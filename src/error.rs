@@ -221,6 +221,47 @@ pub enum Error {
         advice: &'static str,
     },
 
+    /// No checkpoint by that name (`rcx-dm checkpoint ls` lists them).
+    #[error("no checkpoint '{name}' in pool '{pool}'; `rcx-dm checkpoint ls` lists them")]
+    NoSuchCheckpoint {
+        /// The name as given.
+        name: String,
+        /// The pool looked in.
+        pool: String,
+    },
+
+    /// A checkpoint that cannot be restored: its `checkpoint` command died or failed before
+    /// it was complete, or it is being written right now.
+    #[error("checkpoint '{name}' is {state}, so it cannot be restored; {advice}")]
+    CheckpointUnusable {
+        /// The checkpoint's name.
+        name: String,
+        /// "incomplete (...)", "being written by a running `rcx-dm checkpoint`".
+        state: String,
+        /// What to do.
+        advice: &'static str,
+    },
+
+    /// A container that rcx-dm does not checkpoint (it is left running as it was).
+    #[error("container '{name}' cannot be checkpointed: {why}; it was left running, untouched")]
+    CheckpointRefused {
+        /// The container's name.
+        name: String,
+        /// What it holds or shares that CRIU cannot dump, and what to do.
+        why: String,
+    },
+
+    /// CRIU failed (or is missing). `log` is its log file, whose error lines `msg` quotes.
+    #[error("criu {op} failed: {msg}{}", log.as_ref().map(|l| format!(" (its log: {})", l.display())).unwrap_or_default())]
+    Criu {
+        /// "dump" or "restore".
+        op: &'static str,
+        /// Why: its exit status and the error lines of its log, or that it is not installed.
+        msg: String,
+        /// Its log file.
+        log: Option<std::path::PathBuf>,
+    },
+
     /// A detached container did not start (`run -d`); its supervisor said why. `status` is
     /// what `rcx-dm run` would have exited with (125, 126 or 127).
     #[error("{msg}")]

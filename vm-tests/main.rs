@@ -10,6 +10,7 @@ mod thin_edges;
 mod thin_walkthrough;
 mod runner;
 mod detached;
+mod checkpoint;
 mod oci_build;
 mod rootfs;
 mod containerd;

@@ -65,7 +65,7 @@ pub fn validate_volume_name(s: &str) -> Result<()> {
 /// Prefixes of the names rcx-dm gives its own volumes (populate's scratch, commits, formatted
 /// bases, image layers, serve's snapshots, runs' snapshots). Its cleanup deletes volumes by these
 /// names, so users may not create them.
-pub const RESERVED_PREFIXES: &[&str] = &["populate-", "commit-", "base-", "layer-", "ctrd-", "run-"];
+pub const RESERVED_PREFIXES: &[&str] = &["populate-", "commit-", "base-", "layer-", "ctrd-", "run-", "ckpt-"];
 
 /// A volume name a user chose: [`validate_volume_name`], and not one of rcx-dm's own names
 /// ([`RESERVED_PREFIXES`]).

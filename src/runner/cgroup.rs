@@ -16,7 +16,7 @@ const CGROUP2_MAGIC: i64 = 0x6367_7270;
 const PERIOD_US: u64 = 100_000;
 
 /// Resource limits; None means unlimited.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// `memory.max` in bytes (swap is then off too: `memory.swap.max` 0).
     pub memory_bytes: Option<u64>,
@@ -178,6 +178,18 @@ impl Cgroup {
             pids_refused: key(&self.path.join("pids.events"), "max"),
         }
     }
+}
+
+/// The limits a group has now (what `Cgroup::create` wrote, or a container's at checkpoint).
+pub(super) fn read_limits(path: &Path) -> Limits {
+    let num = |f: &str| fs::read_to_string(path.join(f)).ok().and_then(|t| t.trim().parse::<u64>().ok());
+    let cpus = fs::read_to_string(path.join("cpu.max")).ok().and_then(|t| {
+        let mut it = t.split_whitespace();
+        let quota = it.next()?.parse::<u64>().ok()?;
+        let period = it.next()?.parse::<u64>().ok()?;
+        (period > 0).then(|| quota as f64 / period as f64)
+    });
+    Limits { memory_bytes: num("memory.max"), pids: num("pids.max"), cpus }
 }
 
 /// Kill whatever is left in a group, wait until it is empty and remove it. A group that is

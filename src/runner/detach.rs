@@ -31,10 +31,13 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use nix::errno::Errno;
+
 use super::cgroup::{self, Cgroup};
+use super::container::{OnRunning, RunOutcome};
 use super::run::{new_run_id, run_with};
 use super::security::Security;
-use super::spec::RunSpec;
+use super::spec::{Net, RunSpec};
 use super::{fork, report, state};
 use crate::durable::{json, read_json, sync_dir, write_durable};
 use crate::error::{Error, IoContext, Result};
@@ -74,6 +77,15 @@ pub struct ContainerRecord {
     pub workdir: Option<String>,
     /// Capabilities, seccomp, no_new_privs (`exec` applies the same).
     pub security: Security,
+    /// `--net`: "none", "host" or "bridge" (None in records of older rcx-dm).
+    #[serde(default)]
+    pub net: Option<String>,
+    /// `--userns`: it runs in a user namespace of its own.
+    #[serde(default)]
+    pub userns: bool,
+    /// The checkpoint it was restored from (`rcx-dm restore`), if it was.
+    #[serde(default)]
+    pub restored_from: Option<String>,
 }
 
 /// Written by the supervisor once the command runs.
@@ -140,11 +152,11 @@ impl ContainerStatus {
     }
 }
 
-fn containers_dir(pool: &Pool) -> PathBuf {
+pub(super) fn containers_dir(pool: &Pool) -> PathBuf {
     pool.dir().join(CONTAINERS_DIR)
 }
 
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -183,8 +195,26 @@ pub fn start(pool: &Pool, spec: &RunSpec) -> Result<String> {
         env: spec.environment(&hostname),
         workdir: spec.workdir.clone(),
         security: spec.security.clone(),
+        net: Some(match spec.net {
+            Net::None => "none",
+            Net::Host => "host",
+            Net::Bridge => "bridge",
+        }
+        .to_string()),
+        userns: spec.userns.is_some(),
+        restored_from: None,
     };
-    let (dir, lock) = create(pool, &record)?;
+    let run_id = record.run_id.clone();
+    start_supervised(pool, &record, &mut |on_running| run_with(pool, spec, Some(run_id.clone()), on_running))
+}
+
+/// What a supervisor runs: a run (`run -d`) or a restore, told when the command runs.
+pub(super) type Body<'a> = &'a mut dyn FnMut(OnRunning<'_>) -> Result<RunOutcome>;
+
+/// Create the record of `record` and fork its supervisor, which runs `body`; returns the
+/// container's name once `body` reports it running. Call from a single-threaded process.
+pub(super) fn start_supervised(pool: &Pool, record: &ContainerRecord, body: Body<'_>) -> Result<String> {
+    let (dir, lock) = create(pool, record)?;
     let (r, w) = fork::pipe()?;
     // SAFETY: the caller is single-threaded (documented); the child is a copy of it.
     match unsafe { libc::fork() } {
@@ -199,7 +229,7 @@ pub fn start(pool: &Pool, spec: &RunSpec) -> Result<String> {
             unsafe {
                 libc::setsid();
                 match libc::fork() {
-                    0 => supervise(pool, spec, &record, &dir, lock, w),
+                    0 => supervise(pool, record, &dir, lock, w, body),
                     -1 => {
                         let msg = format!("ERR 125\nforking the supervisor: {}", std::io::Error::last_os_error());
                         let _ = fs::remove_dir_all(&dir);
@@ -251,7 +281,7 @@ fn create(pool: &Pool, rec: &ContainerRecord) -> Result<(PathBuf, FileLock)> {
     Ok((dir, lock))
 }
 
-fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(super) fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput));
     let (a, b) = (c(from)?, c(to)?);
@@ -284,16 +314,19 @@ fn read_start(r: OwnedFd, name: &str) -> Result<String> {
 }
 
 /// The supervisor: output to the log, the ordinary run, then the exit record. Never returns.
-fn supervise(pool: &Pool, spec: &RunSpec, rec: &ContainerRecord, dir: &Path, lock: FileLock, w: OwnedFd) -> ! {
+fn supervise(pool: &Pool, rec: &ContainerRecord, dir: &Path, lock: FileLock, w: OwnedFd, body: Body<'_>) -> ! {
     let _ = nix::sys::prctl::set_name(c"rcx-supervise");
     // Pins no mount of the caller's.
     let _ = std::env::set_current_dir("/");
     let mut w = Some(w);
-    if let Err(e) = redirect_output(&dir.join(LOG)) {
-        tell(&mut w, &format!("ERR {}\n{e}", report::EXIT_SETUP));
-        let _ = fs::remove_dir_all(dir);
-        std::process::exit(report::EXIT_SETUP);
-    }
+    let copier = match redirect_output(&dir.join(LOG)) {
+        Ok(pid) => pid,
+        Err(e) => {
+            tell(&mut w, &format!("ERR {}\n{e}", report::EXIT_SETUP));
+            let _ = fs::remove_dir_all(dir);
+            std::process::exit(report::EXIT_SETUP);
+        }
+    };
     let cg = cgroup::mount_point().map(|m| Cgroup::path_for(&m, &format!("{}-{}", pool.name(), rec.run_id)));
     let result = {
         let mut on_running = |pid: nix::unistd::Pid| {
@@ -303,7 +336,7 @@ fn supervise(pool: &Pool, spec: &RunSpec, rec: &ContainerRecord, dir: &Path, loc
             }
             tell(&mut w, "OK\n");
         };
-        run_with(pool, spec, Some(rec.run_id.clone()), Some(&mut on_running))
+        body(Some(&mut on_running))
     };
     let exit = match result {
         Err(e) if w.is_some() => {
@@ -321,6 +354,8 @@ fn supervise(pool: &Pool, spec: &RunSpec, rec: &ContainerRecord, dir: &Path, loc
         }
     };
     eprintln!("rcx-dm: container '{}' exited with status {}", rec.name, exit.code);
+    // Everything is in the log before the exit record tells `logs -f` and `wait` it is over.
+    finish_output(copier);
     if let Err(e) = json(&exit).and_then(|b| write_durable(&dir.join(EXIT), &b)) {
         eprintln!("rcx-dm: recording the exit status failed: {e}");
     }
@@ -335,21 +370,82 @@ fn tell(w: &mut Option<OwnedFd>, msg: &str) {
     }
 }
 
-/// stdin from /dev/null, stdout and stderr appended to the log.
-fn redirect_output(log: &Path) -> Result<()> {
+/// stdin from /dev/null; stdout and stderr a pipe that a child of the supervisor copies to the
+/// log (as containerd's shim does), so the container holds a pipe, which CRIU can dump as an
+/// external object and restore onto a new pipe, not a host file outside its mount namespace.
+/// Returns the copier's pid.
+fn redirect_output(log: &Path) -> Result<libc::pid_t> {
     let null = File::open("/dev/null").ctx(|| "opening /dev/null".into())?;
     let out = OpenOptions::new()
         .append(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(log)
         .ctx(|| format!("opening {}", log.display()))?;
-    for (from, to) in [(null.as_raw_fd(), 0), (out.as_raw_fd(), 1), (out.as_raw_fd(), 2)] {
-        // SAFETY: dup2 onto this process's standard descriptors.
-        if unsafe { libc::dup2(from, to) } != to {
-            return Err(std::io::Error::last_os_error()).ctx(|| format!("redirecting descriptor {to} to {}", log.display()));
+    let (r, w) = fork::pipe()?;
+    // SAFETY: the supervisor is single-threaded; the copier only reads, writes and exits.
+    let copier = unsafe { libc::fork() };
+    if copier < 0 {
+        return Err(std::io::Error::last_os_error()).ctx(|| "forking the log copier".into());
+    }
+    if copier == 0 {
+        // SAFETY: plain descriptor calls in the copier, which never returns.
+        unsafe {
+            libc::dup2(r.as_raw_fd(), 0);
+            libc::dup2(out.as_raw_fd(), 1);
+            // Nothing else: the lock, the start pipe and the write end stay the supervisor's.
+            libc::syscall(libc::SYS_close_range, 2u32, u32::MAX, 0u32);
+            let _ = nix::sys::prctl::set_name(c"rcx-logcopy");
+            let mut buf = [0u8; 65536];
+            loop {
+                let n = libc::read(0, buf.as_mut_ptr().cast(), buf.len());
+                if n < 0 && Errno::last() == Errno::EINTR {
+                    continue;
+                }
+                if n <= 0 {
+                    libc::_exit(0);
+                }
+                let mut off = 0usize;
+                while off < n as usize {
+                    let m = libc::write(1, buf.as_ptr().add(off).cast(), n as usize - off);
+                    if m < 0 && Errno::last() == Errno::EINTR {
+                        continue;
+                    }
+                    if m <= 0 {
+                        break;
+                    }
+                    off += m as usize;
+                }
+            }
         }
     }
-    Ok(())
+    for (from, to) in [(null.as_raw_fd(), 0), (w.as_raw_fd(), 1), (w.as_raw_fd(), 2)] {
+        // SAFETY: dup2 onto this process's standard descriptors.
+        if unsafe { libc::dup2(from, to) } != to {
+            return Err(std::io::Error::last_os_error()).ctx(|| format!("redirecting descriptor {to} to the log pipe"));
+        }
+    }
+    Ok(copier)
+}
+
+/// The supervisor's last output is written: close its ends of the pipe and let the copier
+/// finish (the container's processes, the other writers, are gone by now). Bounded: a writer
+/// that escaped would otherwise hold the supervisor forever.
+fn finish_output(copier: libc::pid_t) {
+    if let Ok(null) = File::open("/dev/null") {
+        // SAFETY: dup2 onto this process's standard descriptors.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(null.as_raw_fd(), 2);
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        // SAFETY: waits for our own child without blocking.
+        match unsafe { libc::waitpid(copier, std::ptr::null_mut(), libc::WNOHANG) } {
+            0 => std::thread::sleep(Duration::from_millis(5)),
+            _ => return,
+        }
+    }
 }
 
 /// A container's directory and record; NoSuchContainer for a name without one.
@@ -504,7 +600,7 @@ pub(super) fn running(pool: &Pool, name: &str, advice: &'static str) -> Result<(
     Ok((st, started, pidfd))
 }
 
-fn send(pidfd: &OwnedFd, sig: i32) -> Result<()> {
+pub(super) fn send(pidfd: &OwnedFd, sig: i32) -> Result<()> {
     // SAFETY: pidfd_send_signal with no siginfo and no flags.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0) };
     if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) {

@@ -27,6 +27,7 @@
 //! `detach`: `run -d`, a run under a supervisor of its own (a double fork of rcx-dm) with a
 //! record in the pool's `containers/` (log, pids, exit status) for `ps`, `stop`, `kill`, `logs`,
 //! `wait` and `rm`; `exec`: a command in a running one's namespaces and cgroup.
+//! `checkpoint`: checkpoint (CRIU dump + a thin snapshot while frozen) and restore of those.
 //!
 //! No process is spawned besides the container itself. If rcx-dm dies, the container dies
 //! with it (PR_SET_PDEATHSIG), the kernel drops the mount with the container's mount
@@ -34,6 +35,7 @@
 //! (`reap_dead_runs`).
 
 mod cgroup;
+mod checkpoint;
 mod child;
 mod container;
 mod detach;
@@ -56,6 +58,10 @@ mod userns;
 use std::path::Path;
 
 pub use cgroup::{cpu_max, parse_cpus, parse_memory, parse_pids, Events, Limits};
+pub use checkpoint::{
+    checkpoint, list as list_checkpoints, remove as remove_checkpoint, restore, restore_timings, CheckpointOptions,
+    CheckpointRecord, CheckpointStatus, CheckpointTimings, RestoreTimings, CHECKPOINTS_DIR, CHECKPOINT_SNAPSHOT_PREFIX,
+};
 pub use container::{run_container, ContainerRoot, RunOutcome};
 pub use detach::{
     kill, list as list_containers, logs, reap_dead_containers, remove as remove_container, start as start_detached,
