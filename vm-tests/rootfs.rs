@@ -208,6 +208,38 @@ fn rootfs_populate_from_directory_and_tar_all_or_nothing() {
     };
     assert!(!populated.contains_key("only-in-one"));
     s.ok(&["deactivate", "v"]);
+    // The first tree as a plain tar file: its files' data is copied by the kernel from the
+    // archive (sendfile) instead of read through the stream; the result is the same, and a
+    // truncated one is refused with the volume unchanged.
+    let plain = scratch().join(format!("one-{}.tar", std::process::id()));
+    let t = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--numeric-owner", "-cf"])
+        .arg(&plain)
+        .arg("-C")
+        .arg(&src)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+    s.ok(&["populate", "v", "--from", path_str(&plain)]);
+    let dev = s.device(&["activate", "v"]);
+    fsck_clean(&dev);
+    let plain_digest = {
+        let m = Mount::new(&dev, "pop3");
+        let mut want = tree_view(&src);
+        want.remove(".");
+        assert_eq!(tree_view(&m.dir), want, "populate from a plain tar file equals its source");
+        drop(m);
+        device_digest(&dev)
+    };
+    s.ok(&["deactivate", "v"]);
+    let bytes = std::fs::read(&plain).unwrap();
+    let cut_plain = scratch().join(format!("cut-{}.tar", std::process::id()));
+    std::fs::write(&cut_plain, &bytes[..bytes.len() / 2]).unwrap();
+    let err = s.fails(&["populate", "v", "--from", path_str(&cut_plain)]);
+    assert!(err.contains("truncated"), "{err}");
+    assert_eq!(device_digest(&s.device(&["activate", "v"])), plain_digest, "a truncated plain tar changed the volume");
+    s.ok(&["deactivate", "v"]);
     // A truncated archive: refused, volume unchanged, no scratch left.
     let bytes = std::fs::read(&tgz).unwrap();
     let cut = scratch().join(format!("cut-{}.tar.gz", std::process::id()));

@@ -21,7 +21,8 @@ pub struct Image {
     pub content_bytes: u64,
 }
 
-pub fn build(dir: &Path, mb: usize) -> Image {
+/// `name` is containerd's repository name for it (`docker.io/library/NAME:1`).
+pub fn build(dir: &Path, mb: usize, name: &str) -> Image {
     let rootfs = dir.join("rootfs");
     for d in ["bin", "dev", "proc", "sys", "etc", "root", "tmp", "data"] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
@@ -74,7 +75,7 @@ pub fn build(dir: &Path, mb: usize) -> Image {
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_d, "size": layer_n}],
     });
     let (man_d, man_n) = put_bytes(manifest.to_string().as_bytes());
-    let reference = "docker.io/library/rcxbench:1".to_string();
+    let reference = format!("docker.io/library/{name}:1");
     let index = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{

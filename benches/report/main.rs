@@ -13,6 +13,8 @@
 //!   4. delete of those snapshots
 //!   5. 100 containers from one image of 200 MB: pool space against the image
 //!   6. `run --rm IMAGE /bin/true` end to end
+//!   9. populate (from a tar, from a directory) and image import against GNU tar, rsync and
+//!      `ctr image import` with overlayfs; peak RSS of populate and import
 //!   2. snapshot latency with 10, 100, 1000 and 10000 volumes in the pool
 //!
 //! Knobs (environment): RCX_DM_BENCH_OPS (workload 1, default 200), RCX_DM_BENCH_REPS (samples
@@ -21,7 +23,9 @@
 //! RCX_DM_BENCH_RUNS (workload 6, 20), RCX_DM_BENCH_POPULATIONS (10,100,1000,10000),
 //! RCX_DM_BENCH_POP_BUDGET (seconds a system may spend growing its pool for one level of
 //! workload 2, default 1500; a level its growth rate so far says it cannot reach in time is
-//! skipped), RCX_DM_BENCH_ONLY (comma list of workload numbers).
+//! skipped), RCX_DM_BENCH_FILL_ROUNDS (workload 9's populate rounds, default 5),
+//! RCX_DM_BENCH_IMPORT_ROUNDS (its import rounds, default 3), RCX_DM_BENCH_ONLY (comma list of
+//! workload numbers).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,6 +37,7 @@ use rcx_dm::{Pool, PoolOptions};
 #[path = "../common/mod.rs"]
 mod common;
 mod containerd;
+mod fill;
 mod image;
 mod space;
 mod systems;
@@ -69,7 +74,7 @@ impl Tools {
     fn stage(dir: &Path) -> Tools {
         let s = common::Stage::new(dir);
         s.copy(Path::new(BIN), "rcx-dm");
-        for p in ["dmsetup", "busybox", "lvm", "containerd", "ctr", "containerd-shim-runc-v2", "runc", "mkfs.ext4", "blkid", "unshare", "chroot", "flock"] {
+        for p in ["dmsetup", "busybox", "lvm", "containerd", "ctr", "containerd-shim-runc-v2", "runc", "mkfs.ext4", "blkid", "unshare", "chroot", "flock", "tar", "rsync"] {
             s.copy(&common::which(p), p);
         }
         for applet in ["sh", "awk"] {
@@ -268,7 +273,7 @@ fn main() {
         }
     }
 
-    let img = if want(5) || want(6) { Some(image::build(&dir.join("image"), knob("RCX_DM_BENCH_IMAGE_MB", 200))) } else { None };
+    let img = if want(5) || want(6) { Some(image::build(&dir.join("image"), knob("RCX_DM_BENCH_IMAGE_MB", 200), "rcxbench")) } else { None };
     if let (true, Some(img)) = (want(5), &img) {
         eprintln!("bench: workload 5: containers from one image, pool space");
         let n = knob("RCX_DM_BENCH_CONTAINERS", 100);
@@ -284,6 +289,18 @@ fn main() {
     if let (true, Some(img)) = (want(6), &img) {
         eprintln!("bench: workload 6: run --rm IMAGE /bin/true");
         space::run(&tools, &root, POOL, &ctrd, &[&serve, &devmapper], img, knob("RCX_DM_BENCH_RUNS", 20));
+    }
+
+    if want(9) {
+        eprintln!("bench: workload 9: populate and import against their peers");
+        let f = fill::Fill { tools: &tools, root: &root, pool: POOL, dir: dir.join("fill") };
+        std::fs::create_dir_all(&f.dir).unwrap();
+        fill::populate(&f, knob("RCX_DM_BENCH_FILL_ROUNDS", 5));
+        // Images of their own (other chain ids than workloads 5 and 6's, so nothing is shared).
+        let big = image::build(&f.dir.join("image-big"), knob("RCX_DM_BENCH_IMAGE_MB", 200), "rcxfill");
+        let small = image::build(&f.dir.join("image-small"), 50, "rcxfillsmall");
+        fill::import(&f, &ctrd, &big, &small, knob("RCX_DM_BENCH_IMPORT_ROUNDS", 3));
+        let _ = std::fs::remove_dir_all(&f.dir);
     }
 
     if want(2) {

@@ -45,7 +45,7 @@ impl Compression {
     }
 
     /// `r` decompressed as this says.
-    pub fn decoder<'a, R: BufRead + 'a>(self, r: R) -> Result<Box<dyn Read + 'a>> {
+    pub fn decoder<'a, R: BufRead + Send + 'a>(self, r: R) -> Result<Box<dyn Read + Send + 'a>> {
         Ok(match self {
             Compression::None => Box::new(r),
             // Multi-member: `pigz` and concatenated gzip files are one stream of several members.
@@ -68,13 +68,13 @@ fn peek<R: Read>(r: &mut BufReader<R>, n: usize) -> io::Result<Vec<u8>> {
 }
 
 /// `r` decompressed according to its magic: gzip, zstd or else plain tar.
-pub fn decompressed<'a, R: Read + 'a>(r: R) -> Result<Box<dyn Read + 'a>> {
+pub fn decompressed<'a, R: Read + Send + 'a>(r: R) -> Result<Box<dyn Read + Send + 'a>> {
     let (compression, r) = detect(r)?;
     compression.decoder(r)
 }
 
 /// The compression of `r` by its magic, and a reader that still yields every byte of `r`.
-pub fn detect<'a, R: Read + 'a>(r: R) -> Result<(Compression, Box<dyn BufRead + 'a>)> {
+pub fn detect<'a, R: Read + Send + 'a>(r: R) -> Result<(Compression, Box<dyn BufRead + Send + 'a>)> {
     let mut br = BufReader::with_capacity(BUF, r);
     let head = retry_interrupted(|| peek(&mut br, ZSTD_MAGIC.len())).ctx(|| "reading the start of the archive".to_string())?;
     if head.len() >= ZSTD_MAGIC.len() || head.is_empty() {

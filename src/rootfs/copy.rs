@@ -26,6 +26,7 @@ use nix::sys::time::TimeSpec;
 
 use crate::error::{Error, IoContext, Result};
 use crate::rootfs::tree::{set_fd_meta, xattr, EntryKind, Meta, Times, Tree};
+use crate::rootfs::writeback::Writeback;
 
 /// What a copy did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,9 +53,11 @@ pub(crate) fn copy_tree(src: &Path, tree: &Tree, progress: &mut dyn FnMut(u64)) 
     if !md.is_dir() {
         return Err(Error::invalid("source", format!("{} is not a directory; give the directory whose content the volume should get", src.display())));
     }
-    let mut s = TreeCopy { src, tree, progress, links: HashMap::new(), kept: HashSet::new(), stats: CopyStats::default() };
+    let mut s = TreeCopy { src, tree, progress, links: HashMap::new(), kept: HashSet::new(), stats: CopyStats::default(), writeback: Writeback::start() };
     s.dir(Path::new(""), &md)?;
-    Ok(s.stats)
+    let stats = s.stats;
+    s.writeback.finish()?;
+    Ok(stats)
 }
 
 /// One copy under way: the hard links and kept inodes seen so far, and the counts.
@@ -67,6 +70,8 @@ struct TreeCopy<'a> {
     /// Tree inodes with several names kept by the quick check.
     kept: HashSet<u64>,
     stats: CopyStats,
+    /// Copied files go here to be written back while the rest is copied.
+    writeback: Writeback,
 }
 
 fn kind_of(md: &Metadata, path: &Path) -> Result<EntryKind> {
@@ -197,7 +202,9 @@ impl TreeCopy<'_> {
         let copied = copy_chunks(&mut from, &mut to, self.progress).ctx(|| format!("copying {} into the tree", sp.display()))?;
         self.stats.bytes += copied;
         let meta = self.meta(md, sp, false)?;
-        set_fd_meta(to.as_fd(), &meta).ctx(|| format!("setting metadata of {} in {}", rel.display(), self.tree.path().display()))
+        set_fd_meta(to.as_fd(), &meta).ctx(|| format!("setting metadata of {} in {}", rel.display(), self.tree.path().display()))?;
+        self.writeback.hand(to);
+        Ok(())
     }
 }
 

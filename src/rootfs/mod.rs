@@ -16,6 +16,7 @@
 //! - `registry`: images pulled from and pushed to OCI distribution registries.
 //! - `trim`: deleted files' blocks given back to the pool and the host (FITRIM).
 //! - `grow`: a filesystem grown to its volume's new size (`thin resize`).
+//! - `writeback`: finished files' write-back started on a thread while the rest is written.
 
 pub(crate) mod archive;
 pub mod base;
@@ -30,3 +31,4 @@ pub mod populate;
 pub mod registry;
 pub(crate) mod tree;
 pub mod trim;
+pub(crate) mod writeback;

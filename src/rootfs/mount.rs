@@ -56,7 +56,13 @@ fn with_mounted_flags<T: Send>(
             mount(Some(dev), mountpoint, Some(fs.kernel_name()), flags, fs.mount_data(flags.contains(MsFlags::MS_RDONLY)))
                 .map_err(std::io::Error::from)
                 .ctx(|| format!("mounting {} ({fs}) on {}", dev.display(), mountpoint.display()))?;
-            let result = work(mountpoint);
+            let mut result = work(mountpoint);
+            // umount writes everything back but reports no write-back error (a full pool's
+            // EIO would be lost); syncfs does report them (Linux 5.8+), and leaves the umount
+            // nothing to write.
+            if result.is_ok() && !flags.contains(MsFlags::MS_RDONLY) {
+                result = sync_fs(mountpoint).and(result);
+            }
             // umount writes everything back (and the journal commit flushes), so the data is on
             // the thin device before any metadata commit that publishes it.
             let unmounted = umount2(mountpoint, MntFlags::empty())
@@ -68,5 +74,15 @@ fn with_mounted_flags<T: Send>(
         })
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// syncfs of the filesystem mounted on `dir`: its write-back done, errors reported.
+fn sync_fs(dir: &Path) -> Result<()> {
+    let fd = nix::fcntl::open(dir, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        .map_err(std::io::Error::from)
+        .ctx(|| format!("opening {} to write it back", dir.display()))?;
+    nix::unistd::syncfs(&fd).map_err(std::io::Error::from).ctx(|| {
+        format!("writing back the filesystem on {} (is the pool out of space? `rcx-dm pool status` says)", dir.display())
     })
 }

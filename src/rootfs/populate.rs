@@ -205,7 +205,13 @@ pub(crate) fn fill(pool: &Pool, dev: &Path, fs: Fs, source: &Source, progress: P
         match source {
             Source::Tar(path) => {
                 let f = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+                if plain_file(&f)? {
+                    let s = layer::apply_file(&tree, f, move |n| progress(n))?;
+                    return Ok((s.entries, s.bytes));
+                }
                 let r = archive::decompressed(Counted { inner: std::io::BufReader::with_capacity(1 << 20, f), progress })?;
+                // Read (and decompressed) on a thread of its own, as image layers are.
+                let r = oci::prefetch::Prefetched::new(r).ctx(|| format!("starting a thread to read {}", path.display()))?;
                 let s = layer::apply(&tree, r)?;
                 Ok((s.entries, s.bytes))
             }
@@ -225,6 +231,19 @@ pub(crate) fn fill(pool: &Pool, dev: &Path, fs: Fs, source: &Source, progress: P
             }
         }
     })
+}
+
+/// Whether `f` is a regular file holding a plain (uncompressed) tar, which
+/// [`layer::apply_file`] extracts without reading the file data through this process.
+fn plain_file(f: &File) -> Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let regular = f.metadata().map(|m| m.is_file()).unwrap_or(false);
+    if !regular {
+        return Ok(false); // a pipe or device: read as a stream
+    }
+    let mut head = [0u8; 4];
+    let n = f.read_at(&mut head, 0).ctx(|| "reading the start of the archive".to_string())?;
+    Ok(archive::Compression::detect(&head[..n]) == archive::Compression::None)
 }
 
 /// Apply one OCI layer, then check its digests: a layer that does not match its manifest

@@ -81,6 +81,12 @@ impl<R: Read> Read for Guarded<R> {
     }
 }
 
+/// Seeks pass through: the tar crate skips an entry's data it was not asked for this way.
+impl<R: std::io::Seek> std::io::Seek for Guarded<R> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,7 @@
 //! verifying [`LayerReader`]).
 
 mod digest;
-mod prefetch;
+pub(crate) mod prefetch;
 mod document;
 mod image;
 mod layout;

@@ -14,7 +14,7 @@ const AHEAD: usize = 3;
 
 /// A reader over what `inner` yields, read by a thread; [`Prefetched::into_inner`] gives
 /// `inner` back (read up to where the consumer stopped, give or take the chunks in flight).
-pub(super) struct Prefetched<R> {
+pub(crate) struct Prefetched<R> {
     rx: Option<Receiver<io::Result<Vec<u8>>>>,
     thread: Option<JoinHandle<R>>,
     chunk: Vec<u8>,
@@ -24,7 +24,7 @@ pub(super) struct Prefetched<R> {
 }
 
 impl<R: Read + Send + 'static> Prefetched<R> {
-    pub(super) fn new(mut inner: R) -> io::Result<Prefetched<R>> {
+    pub(crate) fn new(mut inner: R) -> io::Result<Prefetched<R>> {
         let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(AHEAD);
         let thread = std::thread::Builder::new().name("layer-decode".into()).spawn(move || {
             loop {
@@ -50,7 +50,8 @@ impl<R: Read + Send + 'static> Prefetched<R> {
     }
 
     /// Stop the thread and take the inner reader back (None if the thread panicked).
-    pub(super) fn into_inner(mut self) -> Option<R> {
+    #[allow(dead_code)] // used by the layer reader only
+    pub(crate) fn into_inner(mut self) -> Option<R> {
         drop(self.rx.take()); // a thread blocked on a full channel wakes up and ends
         self.thread.take().and_then(|t| t.join().ok())
     }
