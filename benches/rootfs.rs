@@ -49,45 +49,6 @@ impl Env {
     }
 }
 
-/// A rootfs-like archive: nested directories, many small files and some large ones, symlinks.
-fn make_tar(path: &Path) -> u64 {
-    let mut b = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(path).unwrap()));
-    let mut seed = 0x1234_5678u64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let header = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_size(size);
-        h.set_mtime(1_700_000_000);
-        h
-    };
-    let mut data_bytes = 0u64;
-    for d in 0..40 {
-        let dir = format!("usr/lib/pkg{d}");
-        let mut h = header(tar::EntryType::Directory, 0o755, 0);
-        b.append_data(&mut h, &dir, std::io::empty()).unwrap();
-        for f in 0..50 {
-            // Mostly small files (configs, scripts, .py), a few large (.so).
-            let size = if f % 25 == 0 { 500_000 + (next() % 1_000_000) } else { 512 + next() % 24_000 };
-            let body: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(31) ^ (d as u8)).collect();
-            let mut h = header(tar::EntryType::Regular, 0o644, size);
-            b.append_data(&mut h, format!("{dir}/file{f}"), &body[..]).unwrap();
-            data_bytes += size;
-        }
-        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-        b.append_link(&mut h, format!("{dir}/current"), "file0").unwrap();
-    }
-    b.into_inner().unwrap();
-    data_bytes
-}
 
 fn timed(f: impl FnOnce()) -> f64 {
     let t = Instant::now();
@@ -111,7 +72,7 @@ fn main() {
         root,
     };
     let tar_path = scratch.join("bench-fs-layer.tar");
-    let data = make_tar(&tar_path);
+    let (data, _) = common::rootfs_tar(&tar_path);
     let tar_len = std::fs::metadata(&tar_path).unwrap().len();
     let tarp = tar_path.to_str().unwrap();
     env.rcx(&["pool", "create", "--data-size", "20G"]);

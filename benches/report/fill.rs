@@ -110,47 +110,6 @@ impl Fill<'_> {
     }
 }
 
-/// A root-filesystem-like archive: 40 directories of 50 files, mostly small (0.5-24 KiB, as
-/// configs, scripts and modules), two of each directory 0.5-1.5 MB (as shared libraries), a
-/// symlink and a hard link per directory. (archive path, files' bytes, entries)
-fn make_tar(path: &Path) -> (u64, u64) {
-    let mut b = tar::Builder::new(std::io::BufWriter::new(File::create(path).unwrap()));
-    let mut seed = 0x1234_5678u64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let header = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_size(size);
-        h.set_mtime(1_700_000_000);
-        h
-    };
-    let (mut bytes, mut entries) = (0u64, 0u64);
-    for d in 0..40u64 {
-        let dir = format!("usr/lib/pkg{d}");
-        b.append_data(&mut header(tar::EntryType::Directory, 0o755, 0), &dir, std::io::empty()).unwrap();
-        for f in 0..50 {
-            let size = if f % 25 == 0 { 500_000 + next() % 1_000_000 } else { 512 + next() % 24_000 };
-            let body: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(31) ^ (d as u8) ^ (f as u8)).collect();
-            let mode = if f % 10 == 0 { 0o755 } else { 0o644 };
-            b.append_data(&mut header(tar::EntryType::Regular, mode, size), format!("{dir}/file{f}"), &body[..]).unwrap();
-            bytes += size;
-        }
-        b.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), format!("{dir}/current"), "file0").unwrap();
-        b.append_link(&mut header(tar::EntryType::Link, 0o644, 0), format!("{dir}/file1.hard"), format!("{dir}/file1")).unwrap();
-        entries += 53;
-    }
-    b.into_inner().unwrap();
-    (bytes, entries)
-}
-
 fn mib(p: &Path) -> f64 {
     std::fs::metadata(p).unwrap().len() as f64 / MIB
 }
@@ -158,7 +117,7 @@ fn mib(p: &Path) -> f64 {
 /// Populate from a tar and from a directory, `rounds` interleaved rounds after one unmeasured.
 pub fn populate(f: &Fill, rounds: usize) {
     let tar = f.dir.join("rootfs.tar");
-    let (bytes, entries) = make_tar(&tar);
+    let (bytes, entries) = crate::common::rootfs_tar(&tar);
     let src = f.dir.join("rootfs");
     std::fs::create_dir_all(&src).unwrap();
     f.measured(

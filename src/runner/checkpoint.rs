@@ -639,10 +639,7 @@ fn restore_recorded(
         f(pid);
     }
     let status = init::supervise(pid, None)?;
-    let signal = match status {
-        nix::sys::wait::WaitStatus::Signaled(_, s, _) => Some(s as i32),
-        _ => None,
-    };
+    let signal = init::killed_by(&status);
     Ok(RunOutcome {
         code: init::exit_code(&status),
         signal,

@@ -211,10 +211,7 @@ pub(super) fn run_container_with(
     timings.push(("mount", parent_mount + ms(times.start, times.mounted)));
     timings.push(("namespaces+pivot_root", ms(t_clone, times.start) + ms(times.mounted, times.ready)));
     timings.push(("exec", ms(times.ready, t_end)));
-    let signal = match status {
-        nix::sys::wait::WaitStatus::Signaled(_, s, _) => Some(s as i32),
-        _ => None,
-    };
+    let signal = init::killed_by(&status);
     Ok(RunOutcome {
         code: init::exit_code(&status),
         signal,

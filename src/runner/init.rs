@@ -148,6 +148,14 @@ pub(super) fn exit_code(s: &WaitStatus) -> i32 {
     }
 }
 
+/// The signal that killed it, if one did.
+pub(super) fn killed_by(s: &WaitStatus) -> Option<i32> {
+    match s {
+        WaitStatus::Signaled(_, sig, _) => Some(*sig as i32),
+        _ => None,
+    }
+}
+
 /// In the container, after setup (`--init`): fork; the child returns (and execs the command,
 /// as PID 2); this process stays PID 1, forwarding signals and reaping, and never returns.
 pub(super) fn become_init(rep: std::os::fd::RawFd) {
