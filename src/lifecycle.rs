@@ -54,6 +54,10 @@ impl Pool {
         if let Err(e) = runner::reap_dead_containers(&pool) {
             tracing::warn!("recording the end of a detached container whose supervisor died failed: {e}; will retry");
         }
+        // A container left frozen by a `checkpoint` that died is thawed.
+        if let Err(e) = runner::thaw_abandoned_checkpoints(&pool) {
+            tracing::warn!("thawing a container left frozen by a dead checkpoint command failed: {e}; will retry");
+        }
         Ok(pool)
     }
 

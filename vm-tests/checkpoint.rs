@@ -162,3 +162,54 @@ fn checkpoint_restore_counter_twice_and_refusals() {
     assert_eq!(volume_names(&s), ["base"]);
     assert_nothing_left(&s);
 }
+
+/// A `checkpoint` command killed (SIGKILL) while the container's cgroup is frozen: the next
+/// rcx-dm command thaws it (once CRIU, left behind, has let go of the tasks), the counter goes
+/// on, and the checkpoint is incomplete: refused by restore, removed by `checkpoint rm`.
+#[test]
+fn checkpoint_killed_while_frozen_is_thawed_by_the_next_command() {
+    let s = Scenario::new("ckfz");
+    s.ok(&["pool", "create", "--data-size", "4G"]);
+    make_base(&s, "base");
+    s.ok(&["run", "-d", "--name", "fz", "base", "--", "sh", "-c", COUNTER]);
+    wait_for("the counter to reach 3", 60, || (logged(&s, "fz").len() >= 3).then_some(()));
+    let cgs = run_cgroups(&s);
+    assert_eq!(cgs.len(), 1, "{cgs:?}");
+    let cg = &cgs[0];
+
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["checkpoint", "fz", "--leave-running", "--name", "cpk"])
+        .env("RCX_DM_ROOT", &s.root)
+        .env("RCX_DM_POOL", &s.pool)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("spawn rcx-dm checkpoint");
+    let marker = s.pool_dir().join("checkpoints/cpk/frozen");
+    wait_for("the checkpoint to freeze the container", 60, || {
+        (marker.exists() && cg_read(cg, "cgroup.events").contains("frozen 1")).then_some(())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(cg_read(cg, "cgroup.events").contains("frozen 1"), "still frozen after the kill");
+
+    // Any command thaws it, once the criu the dead command started is done with the tasks.
+    wait_for("a later command to thaw the container", 180, || {
+        s.ok(&["ps"]);
+        cg_read(cg, "cgroup.events").contains("frozen 0").then_some(())
+    });
+    assert!(!marker.exists(), "the marker is gone with the thaw");
+    let before = logged(&s, "fz").len();
+    wait_for("the thawed counter to go on", 60, || (logged(&s, "fz").len() >= before + 3).then_some(()));
+    assert_eq!(ps_entry(&s, "fz")["state"], "running");
+
+    let ls = s.json(&["checkpoint", "ls", "--json"]);
+    assert_eq!(ls[0]["name"], "cpk", "{ls}");
+    assert_eq!(ls[0]["state"], "incomplete", "{ls}");
+    let err = s.fails(&["restore", "cpk"]);
+    assert!(err.contains("'cpk' is incomplete"), "{err}");
+    s.ok(&["checkpoint", "rm", "cpk"]);
+    assert!(!volume_names(&s).iter().any(|v| v == "ckpt-cpk"));
+    s.ok(&["stop", "--time", "1", "fz"]);
+    s.ok(&["rm", "fz"]);
+    assert_nothing_left(&s);
+}

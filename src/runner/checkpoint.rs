@@ -50,6 +50,8 @@ pub const CHECKPOINTS_DIR: &str = "checkpoints";
 /// The prefix of a checkpoint's snapshot volume (reserved: users cannot name volumes so).
 pub const CHECKPOINT_SNAPSHOT_PREFIX: &str = "ckpt-";
 const RECORD: &str = "checkpoint.json";
+/// Present while the container's cgroup may be frozen by this checkpoint: the group's path.
+const FROZEN: &str = "frozen";
 const IMAGES: &str = "images";
 /// Written by a restored container's supervisor beside its record: where its restore's time went.
 pub const RESTORE_TIMINGS: &str = "restore.json";
@@ -174,6 +176,9 @@ pub fn checkpoint(pool: &Pool, container: &str, opts: &CheckpointOptions) -> Res
     let mut timings = CheckpointTimings::default();
 
     let t = Instant::now();
+    // Should this command die while the group is frozen, the next rcx-dm command thaws it
+    // (`thaw_abandoned`): the marker says which group, the directory's lock that we are gone.
+    write_durable(&dir.join(FROZEN), cg.to_string_lossy().as_bytes())?;
     if let Err(e) = set_frozen(&cg, true) {
         let _ = set_frozen(&cg, false);
         let _ = fs::remove_dir_all(&dir);
@@ -206,6 +211,9 @@ pub fn checkpoint(pool: &Pool, container: &str, opts: &CheckpointOptions) -> Res
         let thawed = set_frozen(&cg, false);
         killed.and(thawed).and_then(|_| detach::wait(pool, container).map(|_| ()))
     };
+    if stopped.is_ok() {
+        let _ = fs::remove_file(dir.join(FROZEN));
+    }
     let finish = (|| {
         // A base for restores: never written in place, no device left active.
         pool.set_read_only(&VolRef::Id(v.id), true)?;
@@ -446,6 +454,46 @@ pub fn list(pool: &Pool) -> Result<Vec<CheckpointStatus>> {
         key(a).cmp(&key(b))
     });
     Ok(out)
+}
+
+/// Thaw the containers whose `checkpoint` command died while their cgroup was frozen (its
+/// directory still has the `frozen` marker, and nobody holds its lock). Not while CRIU, which
+/// the dead command started, still has the tasks seized (their TracerPid): it finishes on its
+/// own, and a later command thaws. Returns how many were thawed. Cheap when there are no
+/// checkpoints: one directory read.
+pub fn thaw_abandoned(pool: &Pool) -> Result<usize> {
+    let Ok(entries) = fs::read_dir(checkpoints_dir(pool)) else { return Ok(0) };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let dir = e.path();
+        let marker = dir.join(FROZEN);
+        if e.file_name().to_string_lossy().starts_with('.') || !marker.exists() {
+            continue;
+        }
+        let Ok(Some(_lock)) = FileLock::try_lock_existing(&dir, LockMode::Exclusive) else { continue };
+        let cg = PathBuf::from(fs::read_to_string(&marker).ctx(|| format!("reading {}", marker.display()))?);
+        if cg.join("cgroup.freeze").exists() {
+            if seized_by_a_tracer(&cg) {
+                continue;
+            }
+            tracing::warn!(checkpoint = %dir.display(), cgroup = %cg.display(), "thawing a container whose checkpoint command died while it was frozen");
+            set_frozen(&cg, false)?;
+            n += 1;
+        }
+        fs::remove_file(&marker).ctx(|| format!("removing {}", marker.display()))?;
+    }
+    Ok(n)
+}
+
+/// Whether a task of the group is traced (CRIU attaches to every task it dumps).
+fn seized_by_a_tracer(cg: &Path) -> bool {
+    let procs = fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+    procs.lines().any(|pid| {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|st| st.lines().find_map(|l| l.strip_prefix("TracerPid:").map(|v| v.trim() != "0")))
+            .unwrap_or(false)
+    })
 }
 
 /// Delete a checkpoint: its snapshot volume and its directory (a complete or a half-written

@@ -59,7 +59,7 @@ use std::path::Path;
 
 pub use cgroup::{cpu_max, parse_cpus, parse_memory, parse_pids, Events, Limits};
 pub use checkpoint::{
-    checkpoint, list as list_checkpoints, remove as remove_checkpoint, restore, restore_timings, CheckpointOptions,
+    checkpoint, list as list_checkpoints, remove as remove_checkpoint, restore, restore_timings, thaw_abandoned as thaw_abandoned_checkpoints, CheckpointOptions,
     CheckpointRecord, CheckpointStatus, CheckpointTimings, RestoreTimings, CHECKPOINTS_DIR, CHECKPOINT_SNAPSHOT_PREFIX,
 };
 pub use container::{run_container, ContainerRoot, RunOutcome};
