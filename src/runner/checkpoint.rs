@@ -178,7 +178,10 @@ pub fn checkpoint(pool: &Pool, container: &str, opts: &CheckpointOptions) -> Res
     let t = Instant::now();
     // Should this command die while the group is frozen, the next rcx-dm command thaws it
     // (`thaw_abandoned`): the marker says which group, the directory's lock that we are gone.
-    write_durable(&dir.join(FROZEN), cg.to_string_lossy().as_bytes())?;
+    if let Err(e) = write_durable(&dir.join(FROZEN), cg.to_string_lossy().as_bytes()) {
+        let _ = fs::remove_dir_all(&dir);
+        return Err(e);
+    }
     if let Err(e) = set_frozen(&cg, true) {
         let _ = set_frozen(&cg, false);
         let _ = fs::remove_dir_all(&dir);
@@ -432,11 +435,7 @@ pub fn list(pool: &Pool) -> Result<Vec<CheckpointStatus>> {
         if name.starts_with('.') {
             // A `checkpoint` that died before its directory was renamed into place: nothing
             // refers to it (its snapshot is made after the rename).
-            let creator_alive = name
-                .rsplit_once('-')
-                .and_then(|(_, pid)| pid.parse::<u32>().ok())
-                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-            if !creator_alive && FileLock::try_lock_existing(&dir, LockMode::Exclusive).ok().flatten().is_some() {
+            if !state::new_dir_creator_alive(&name) && FileLock::try_lock_existing(&dir, LockMode::Exclusive).ok().flatten().is_some() {
                 let _ = fs::remove_dir_all(&dir);
             }
             continue;

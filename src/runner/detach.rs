@@ -541,12 +541,8 @@ pub fn reap_dead_containers(pool: &Pool) -> Result<usize> {
     for e in entries.flatten() {
         let Some(name) = e.file_name().to_str().map(str::to_string) else { continue };
         let dir = e.path();
-        if let Some(rest) = name.strip_prefix(".new-") {
-            let creator_alive = rest
-                .rsplit_once('-')
-                .and_then(|(_, pid)| pid.parse::<u32>().ok())
-                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-            if !creator_alive && FileLock::try_lock_existing(&dir, LockMode::Exclusive).ok().flatten().is_some() {
+        if name.starts_with(".new-") {
+            if !state::new_dir_creator_alive(&name) && FileLock::try_lock_existing(&dir, LockMode::Exclusive).ok().flatten().is_some() {
                 let _ = fs::remove_dir_all(&dir);
                 n += 1;
             }

@@ -183,7 +183,7 @@ pub(super) fn cleanup(pool: &Pool, rec: &RunRecord, dir: &Path) -> Result<()> {
 
 /// Whether the process that made the run directory `.new-<id>-<pid>` is alive. A name without
 /// a pid (older rcx-dm) counts as dead, as before.
-fn new_dir_creator_alive(name: &str) -> bool {
+pub(super) fn new_dir_creator_alive(name: &str) -> bool {
     name.rsplit_once('-')
         .and_then(|(_, pid)| pid.parse::<u32>().ok())
         .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
